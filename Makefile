@@ -1,0 +1,26 @@
+# Everything a fresh machine needs: `make test` and `make demo` create the virtual environment
+# on first use and reinstall the project whenever pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m cl_engine run --dataset digits-rotated --strategy replay --model mlp \
+		--lr 0.1 --batch-size 10 --buffer-capacity 500 --report out/demo.json
+
+clean:
+	rm -rf $(VENV) out build *.egg-info

@@ -1,0 +1,114 @@
+"""The replay memory: preallocated tensors with a hard capacity, and accounting by bucket and class.
+
+Slots 0..size-1 hold samples; each carries its label, the bucket it came from and a keep-first
+priority (see selection.py). Storage is allocated once, on the first write, in the shape and
+dtype of the first samples, so memory never grows past `capacity` samples.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, device: torch.device | str = "cpu"):
+        if capacity < 0:
+            raise ValueError(f"buffer capacity must be >= 0, got {capacity}")
+        self.capacity = capacity
+        self.device = torch.device(device)
+        self.size = 0
+        self.x: torch.Tensor | None = None
+        self.y = torch.empty(capacity, dtype=torch.int64, device=self.device)
+        self.bucket = torch.empty(capacity, dtype=torch.int64, device=self.device)
+        self.priority = torch.empty(capacity, dtype=torch.float32, device=self.device)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _ensure_storage(self, x: torch.Tensor) -> None:
+        if self.x is None:
+            self.x = torch.empty((self.capacity, *x.shape[1:]), dtype=x.dtype, device=self.device)
+        elif x.shape[1:] != self.x.shape[1:]:
+            raise ValueError(f"buffer holds samples of shape {tuple(self.x.shape[1:])}, got {tuple(x.shape[1:])}")
+
+    def write(self, slots: torch.Tensor, x: torch.Tensor, y: torch.Tensor, bucket: torch.Tensor | int,
+              priority: torch.Tensor | float = 0.0) -> None:
+        """Store samples into `slots` (distinct, each < size or == the next free slot onwards)."""
+        if len(slots) == 0:
+            return
+        self._ensure_storage(x)
+        slots = slots.to(self.device)
+        self.x[slots] = x.to(self.device, self.x.dtype)
+        self.y[slots] = y.to(self.device)
+        self.bucket[slots] = torch.as_tensor(bucket, dtype=torch.int64, device=self.device)
+        self.priority[slots] = torch.as_tensor(priority, dtype=torch.float32, device=self.device)
+        self.size = max(self.size, int(slots.max()) + 1)
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Keep only `slots`, compacted to the front in the given order."""
+        slots = slots.to(self.device)
+        n = len(slots)
+        if self.x is not None:
+            self.x[:n] = self.x[slots]
+        self.y[:n], self.bucket[:n], self.priority[:n] = self.y[slots], self.bucket[slots], self.priority[slots]
+        self.size = n
+
+    def get(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        slots = slots.to(self.device)
+        return self.x[slots], self.y[slots]
+
+    def slots(self, buckets: torch.Tensor | None = None) -> torch.Tensor:
+        """Filled slots, optionally only those whose bucket is in `buckets`."""
+        all_slots = torch.arange(self.size, device=self.device)
+        if buckets is None:
+            return all_slots
+        return all_slots[torch.isin(self.bucket[: self.size], buckets.to(self.device))]
+
+    def sample(self, n: int, generator: torch.Generator, buckets: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """n samples drawn uniformly without replacement (all of them if fewer are held)."""
+        candidates = self.slots(buckets)
+        if len(candidates) > n:
+            candidates = candidates[torch.randperm(len(candidates), generator=generator)[:n].to(self.device)]
+        return self.get(candidates)
+
+    def buckets_held(self) -> list[int]:
+        return sorted(self.bucket[: self.size].unique().tolist())
+
+    def counts_by_bucket(self) -> dict[int, int]:
+        ids, counts = self.bucket[: self.size].unique(return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist()))
+
+    def counts_by_class(self) -> dict[int, int]:
+        ids, counts = self.y[: self.size].unique(return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist()))
+
+    def bytes_per_sample(self) -> int:
+        sample = 0 if self.x is None else self.x[0].numel() * self.x.element_size()
+        return sample + self.y.element_size() + self.bucket.element_size() + self.priority.element_size()
+
+    def nbytes(self) -> int:
+        """Bytes held by the preallocated storage (the full capacity, filled or not)."""
+        return self.capacity * self.bytes_per_sample()
+
+    def state_dict(self) -> dict:
+        n = self.size
+        return {
+            "capacity": self.capacity,
+            "x": None if self.x is None else self.x[:n].cpu().clone(),
+            "sample_shape": None if self.x is None else tuple(self.x.shape[1:]),
+            "dtype": None if self.x is None else str(self.x.dtype).removeprefix("torch."),
+            "y": self.y[:n].cpu().clone(),
+            "bucket": self.bucket[:n].cpu().clone(),
+            "priority": self.priority[:n].cpu().clone(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["capacity"] != self.capacity:
+            raise ValueError(f"checkpoint buffer capacity {state['capacity']} != configured {self.capacity}")
+        self.size = 0
+        self.x = None
+        if state["x"] is not None:
+            self.x = torch.empty((self.capacity, *state["sample_shape"]), dtype=getattr(torch, state["dtype"]),
+                                 device=self.device)
+            n = len(state["y"])
+            self.write(torch.arange(n), state["x"], state["y"], state["bucket"], state["priority"])

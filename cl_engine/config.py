@@ -1,0 +1,49 @@
+"""The learner's configuration: one validated model that the CLI, the server and checkpoints share."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .models import MODELS
+from .selection import SELECTIONS
+
+
+class LearnerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("mlp", description=f"network: one of {', '.join(MODELS)}")
+    strategy: Literal["naive", "replay", "gem", "agem"] = "replay"
+    lr: float = Field(0.1, gt=0, description="SGD learning rate")
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    # Replay memory. Capacity is a hard bound on samples held, whatever the retention.
+    buffer_capacity: int = Field(1000, ge=0, description="samples the replay memory can hold")
+    retention: Literal["reservoir", "ratio", "per-bucket"] | None = Field(
+        None, description="reservoir (online, fixed capacity), ratio (a share of each bucket, chosen at its "
+                          "end), per-bucket (a fixed count of each bucket); default: reservoir for replay, "
+                          "per-bucket for GEM and A-GEM")
+    retain_ratio: float = Field(0.05, gt=0, le=1, description="share of each bucket retained (ratio retention)")
+    selection: Literal[SELECTIONS] = Field("random", description="which samples a bucket leaves behind")
+    class_balanced: bool = Field(False, description="reservoir retention evicts from the largest class")
+    candidate_pool: int = Field(2000, ge=1, description="candidates kept per bucket for end-of-bucket selection")
+    replay_batch_size: int | None = Field(None, ge=1, description="memory samples per step; default the batch size")
+    # GEM and A-GEM.
+    memory_per_bucket: int = Field(256, ge=1, description="episodic memories per bucket")
+    memory_strength: float = Field(0.5, ge=0, description="GEM's margin γ in the dual QP")
+    qp_eps: float = Field(1e-3, gt=0, description="GEM: ε added to the Gram matrix's diagonal")
+    agem_sample_size: int = Field(256, ge=1, description="A-GEM: memories drawn for the reference gradient")
+    prequential_window: int = Field(1000, ge=1, description="samples in the prequential accuracy window")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LearnerConfig":
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.retention is None:
+            self.retention = "reservoir" if self.strategy in ("naive", "replay") else "per-bucket"
+        if self.retention == "reservoir" and self.selection != "random":
+            raise ValueError(f"selection {self.selection!r} needs ratio or per-bucket retention; reservoir "
+                             "retention is uniform random by definition")
+        return self

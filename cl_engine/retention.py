@@ -1,0 +1,200 @@
+"""What enters the replay memory, and what leaves it when it is full.
+
+- `ReservoirRetention` (fixed total capacity): every observed sample has the same chance to be
+  held (Vitter's reservoir). Class-balanced, a full memory makes room by dropping a random sample
+  of its largest class, so rare classes are not crowded out (CBRS, Chrysakis & Moens 2020).
+- `BucketRetention` (the seed study's way, and GEM's per-bucket memory): during a bucket, a
+  bounded reservoir of candidates is kept; at the end of the bucket they are scored with the
+  model as it stands and the k of highest priority are retained, k = ratio × bucket size or a
+  fixed count per bucket. When the memory is full, room is made evenly: the largest bucket
+  gives up its lowest-priority samples first, so every bucket keeps a fair share.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .buffer import ReplayBuffer
+from .selection import priority
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]
+
+
+def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """For n arrivals after `seen` earlier ones: the slot each takes (-1: not kept)."""
+    slots = torch.full((n,), -1, dtype=torch.int64)
+    for i in range(n):
+        if size < capacity:
+            slots[i] = size
+            size += 1
+        else:
+            j = int(torch.randint(seen + i + 1, (1,), generator=generator))
+            if j < capacity:
+                slots[i] = j
+    return slots
+
+
+def last_write_wins(slots: torch.Tensor) -> torch.Tensor:
+    """Mask of the entries of `slots` (-1 = none) that are the last write to their slot."""
+    keep = slots >= 0
+    seen: set[int] = set()
+    for i in range(len(slots) - 1, -1, -1):
+        s = int(slots[i])
+        if s >= 0:
+            if s in seen:
+                keep[i] = False
+            seen.add(s)
+    return keep
+
+
+def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]:
+    """How many samples each group keeps so that the total fits `capacity` as evenly as possible.
+
+    Water-filling: every group keeps min(size, L) for the largest level L that fits; the few
+    places left over go to the newest of the groups that were cut.
+    """
+    if sum(group_sizes.values()) <= capacity:
+        return dict(group_sizes)
+    level = 0
+    while sum(min(n, level + 1) for n in group_sizes.values()) <= capacity:
+        level += 1
+    quota = {g: min(n, level) for g, n in group_sizes.items()}
+    spare = capacity - sum(quota.values())
+    for g in sorted((g for g, n in group_sizes.items() if n > level), reverse=True)[:spare]:
+        quota[g] += 1
+    return quota
+
+
+class ReservoirRetention:
+    def __init__(self, buffer: ReplayBuffer, class_balanced: bool = False):
+        self.buffer = buffer
+        self.class_balanced = class_balanced
+        self.seen = 0
+        self.seen_per_class: dict[int, int] = {}
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator) -> None:
+        buf = self.buffer
+        if buf.capacity == 0:
+            return
+        if self.class_balanced:
+            slots = self._class_balanced_slots(y, generator)
+        else:
+            slots = reservoir_slots(self.seen, len(y), buf.capacity, buf.size, generator)
+        self.seen += len(y)
+        keep = last_write_wins(slots)
+        buf.write(slots[keep], x[keep.to(x.device)], y[keep.to(y.device)], bucket)
+
+    def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        buf = self.buffer
+        labels = buf.y[: buf.size].cpu().clone()
+        slots = torch.full((len(y),), -1, dtype=torch.int64)
+        size = buf.size
+        for i, c in enumerate(y.tolist()):
+            self.seen_per_class[c] = self.seen_per_class.get(c, 0) + 1
+            if size < buf.capacity:
+                slots[i], size = size, size + 1
+                labels = torch.cat([labels, torch.tensor([c])])
+                continue
+            counts = torch.bincount(labels, minlength=c + 1)
+            largest = counts.max()
+            if counts[c] < largest:  # c is not a largest class: evict from a largest one
+                victim_class = int(torch.nonzero(counts == largest).flatten()[
+                    torch.randint(int((counts == largest).sum()), (1,), generator=generator)])
+            elif torch.rand(1, generator=generator) < counts[c] / self.seen_per_class[c]:
+                victim_class = c
+            else:
+                continue
+            members = torch.nonzero(labels == victim_class).flatten()
+            slot = int(members[torch.randint(len(members), (1,), generator=generator)])
+            slots[i] = slot
+            labels[slot] = c
+        return slots
+
+    def end_bucket(self, bucket: int, scorer: Scorer, selection: str, generator: torch.Generator,
+                   bucket_size: int | None = None) -> None:
+        """Reservoir retention happens online; nothing to consolidate."""
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen, "seen_per_class": dict(self.seen_per_class)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen = state["seen"]
+        self.seen_per_class = dict(state["seen_per_class"])
+
+
+class BucketRetention:
+    def __init__(self, buffer: ReplayBuffer, pool_size: int, ratio: float | None = None,
+                 per_bucket: int | None = None):
+        if (ratio is None) == (per_bucket is None):
+            raise ValueError("bucket retention needs exactly one of a ratio or a per-bucket count")
+        if ratio is not None and not 0 < ratio <= 1:
+            raise ValueError(f"retain ratio must be in (0, 1], got {ratio}")
+        self.buffer = buffer
+        self.ratio = ratio
+        self.per_bucket = per_bucket
+        self.pool = ReplayBuffer(pool_size, buffer.device)
+        self.pool_seen = 0  # samples observed in the current bucket
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator) -> None:
+        slots = reservoir_slots(self.pool_seen, len(y), self.pool.capacity, self.pool.size, generator)
+        self.pool_seen += len(y)
+        keep = last_write_wins(slots)
+        self.pool.write(slots[keep], x[keep.to(x.device)], y[keep.to(y.device)], bucket)
+
+    def quota(self, bucket_size: int) -> int:
+        if self.per_bucket is not None:
+            return self.per_bucket
+        return max(1, round(self.ratio * bucket_size))
+
+    def end_bucket(self, bucket: int, scorer: Scorer, selection: str, generator: torch.Generator,
+                   bucket_size: int | None = None) -> None:
+        """Retain the bucket's k highest-priority distinct candidates, then fit the memory to capacity.
+
+        `bucket_size` is the number of distinct samples in the bucket (the caller knows it when a
+        bucket is trained for several epochs); it defaults to the number of samples observed.
+        """
+        pool, buf = self.pool, self.buffer
+        n_bucket = bucket_size if bucket_size is not None else self.pool_seen
+        self.pool_seen = 0
+        if pool.size == 0 or buf.capacity == 0:
+            pool.size = 0
+            return
+        x, y = pool.get(torch.unique(self._distinct(pool), sorted=True))
+        scores = priority(selection, scorer(x), y, generator)
+        k = min(self.quota(n_bucket), len(y))
+        chosen = torch.argsort(scores, descending=True, stable=True)[:k]
+        pool.size = 0
+
+        sizes = buf.counts_by_bucket()
+        sizes[bucket] = sizes.get(bucket, 0) + k
+        quota = balanced_quota(sizes, buf.capacity)
+        keep = [self._top_slots(b, q) for b, q in quota.items() if b != bucket]
+        kept = torch.cat(keep) if keep else torch.empty(0, dtype=torch.int64, device=buf.device)
+        buf.keep(kept)
+        take = chosen[: quota[bucket]]
+        buf.write(torch.arange(buf.size, buf.size + len(take)), x[take], y[take], bucket, scores[take])
+
+    def _top_slots(self, bucket: int, n: int) -> torch.Tensor:
+        slots = self.buffer.slots(torch.tensor([bucket]))
+        order = torch.argsort(self.buffer.priority[slots], descending=True, stable=True)
+        return torch.sort(slots[order[:n]]).values
+
+    @staticmethod
+    def _distinct(pool: ReplayBuffer) -> torch.Tensor:
+        """One slot per distinct (sample, label): a bucket trained for several epochs repeats samples."""
+        flat = pool.x[: pool.size].reshape(pool.size, -1).double()
+        g = torch.Generator().manual_seed(1234)
+        key = flat @ torch.rand(flat.shape[1], generator=g, dtype=torch.float64).to(flat.device)
+        key = key * 1000 + pool.y[: pool.size].double()
+        _, inverse = torch.unique(key, return_inverse=True)
+        first = torch.full((int(inverse.max()) + 1,), pool.size, dtype=torch.int64, device=flat.device)
+        first.scatter_reduce_(0, inverse, torch.arange(pool.size, device=flat.device), "amin")
+        return first
+
+    def state_dict(self) -> dict:
+        return {"pool": self.pool.state_dict(), "pool_seen": self.pool_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pool.load_state_dict(state["pool"])
+        self.pool_seen = state["pool_seen"]

@@ -1,0 +1,17 @@
+"""Fine-tuning: one SGD step on the incoming batch, no memory. The lower bound."""
+from __future__ import annotations
+
+import torch
+
+from .base import StepOutput, Strategy
+
+
+class Naive(Strategy):
+    name = "naive"
+    uses_memory = False
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
+        self.ctx.optimizer.zero_grad(set_to_none=True)
+        logits, losses = self._forward_backward(x, y)
+        self.ctx.optimizer.step()
+        return StepOutput(logits, float(losses.mean()))

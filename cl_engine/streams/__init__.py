@@ -1,0 +1,62 @@
+"""Datasets replayed as time-ordered streams, named by a spec string such as `digits-rotated`
+or `buckets-npz:/data/my.npz`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import Bucket, ConcatSet, SampleSet, Stream, SubsetSet, TensorSet, iid_buckets
+from .digits import digits_permuted, digits_rotated, digits_split
+from .npz import buckets_npz
+
+
+@dataclass
+class StreamOptions:
+    """Knobs that some streams take; each stream ignores the ones that mean nothing to it."""
+
+    num_buckets: int | None = None
+    samples_per_bucket: int | None = None
+    seed: int = 0
+
+
+def _digits(builder):
+    def build(path: str | None, o: StreamOptions) -> Stream:
+        kwargs = {"seed": o.seed, "samples_per_bucket": o.samples_per_bucket}
+        if o.num_buckets is not None:
+            kwargs["num_buckets"] = o.num_buckets
+        return builder(**kwargs)
+    return build
+
+
+BUILDERS = {
+    "digits-rotated": (_digits(digits_rotated), False),
+    "digits-permuted": (_digits(digits_permuted), False),
+    "digits-split": (_digits(digits_split), False),
+    "buckets-npz": (lambda path, o: buckets_npz(path), True),
+}
+
+
+def build_stream(spec: str, options: StreamOptions | None = None, order: str = "time") -> Stream:
+    """The stream named by `spec` ("NAME" or "NAME:PATH"), in `order` "time" or "iid"."""
+    options = options or StreamOptions()
+    name, _, path = spec.partition(":")
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(BUILDERS))}")
+    builder, needs_path = BUILDERS[name]
+    if needs_path and not path:
+        raise ValueError(f"dataset {name} needs a path: {name}:PATH")
+    if not needs_path and path:
+        raise ValueError(f"dataset {name} takes no path, got {spec!r}")
+    stream = builder(path or None, options)
+    if order == "iid":
+        return iid_buckets(stream, torch.Generator().manual_seed(options.seed))
+    if order != "time":
+        raise ValueError(f"unknown order {order!r}; expected 'time' or 'iid'")
+    return stream
+
+
+__all__ = [
+    "Bucket", "ConcatSet", "SampleSet", "Stream", "StreamOptions", "SubsetSet", "TensorSet",
+    "build_stream", "iid_buckets", "BUILDERS",
+]

@@ -1,0 +1,143 @@
+"""What every stream is made of: buckets of labelled samples, in time order.
+
+A `SampleSet` is anything that can hand out batches by index. Small streams keep their
+samples in memory (`TensorSet`); image datasets decode on demand behind the same interface,
+so a bucket of CLEAR images never has to fit in memory at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+
+class SampleSet(Protocol):
+    """Indexable labelled samples. `labels` is the int64 label of every sample, in order."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples `index` (int64 positions) as (x float32 [n, *input_shape], y int64 [n]).
+
+        `train=True` lets a set apply training-time augmentation; evaluation uses `False`.
+        """
+        ...
+
+
+class TensorSet:
+    """A SampleSet held in memory as one float32 tensor and one int64 label tensor."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+        self.x = x.float().contiguous()
+        self.labels = y.long().contiguous()
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.labels[index]
+
+
+@dataclass
+class Bucket:
+    """One time step of the stream: what arrives to train on, and its held-out test split."""
+
+    train: SampleSet
+    test: SampleSet
+    name: str = ""
+
+
+@dataclass
+class Stream:
+    """A dataset replayed as a time-ordered sequence of buckets."""
+
+    name: str
+    buckets: list[Bucket]
+    input_shape: tuple[int, ...]
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.class_names:
+            self.class_names = [str(c) for c in range(self.num_classes)]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"stream {self.name!r}: {len(self.class_names)} class names for {self.num_classes} classes"
+            )
+
+    def __len__(self) -> int:
+        return len(self.buckets)
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "buckets": len(self.buckets),
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "train_sizes": [len(b.train) for b in self.buckets],
+            "test_sizes": [len(b.test) for b in self.buckets],
+            **self.info,
+        }
+
+
+class SubsetSet:
+    """A lazy view of some positions of another set."""
+
+    def __init__(self, base: SampleSet, index: torch.Tensor):
+        self.base = base
+        self.index = index.long()
+        self.labels = base.labels[self.index]
+
+    def __len__(self) -> int:
+        return self.index.shape[0]
+
+    def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.batch(self.index[index], train)
+
+
+class ConcatSet:
+    """A lazy concatenation of sets, in order."""
+
+    def __init__(self, sets: Sequence[SampleSet]):
+        self.sets = list(sets)
+        sizes = torch.tensor([len(s) for s in self.sets])
+        self.starts = torch.cumsum(sizes, 0) - sizes
+        self.labels = torch.cat([s.labels for s in self.sets])
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        index = index.long()
+        owner = torch.searchsorted(self.starts, index, right=True) - 1
+        xs: list[torch.Tensor] = []
+        order: list[torch.Tensor] = []
+        for k in owner.unique().tolist():
+            at = (owner == k).nonzero().flatten()
+            x, _ = self.sets[k].batch(index[at] - self.starts[k], train)
+            xs.append(x)
+            order.append(at)
+        x = torch.cat(xs)[torch.argsort(torch.cat(order))]
+        return x, self.labels[index]
+
+
+def iid_buckets(stream: Stream, generator: torch.Generator) -> Stream:
+    """The upper-bound reference: all training samples shuffled, cut into as many equal buckets.
+
+    Test splits stay as they were, so the accuracy matrix keeps its meaning per real bucket.
+    """
+    everything = ConcatSet([b.train for b in stream.buckets])
+    order = torch.randperm(len(everything), generator=generator)
+    chunks = torch.tensor_split(order, len(stream.buckets))
+    buckets = [Bucket(SubsetSet(everything, c), b.test, b.name) for c, b in zip(chunks, stream.buckets)]
+    return Stream(
+        f"{stream.name} (iid)", buckets, stream.input_shape, stream.num_classes, stream.class_names,
+        {**stream.info, "order": "iid"},
+    )
