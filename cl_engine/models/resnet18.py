@@ -7,12 +7,13 @@ the first block, so small inputs get the CIFAR stem instead (3×3 stride-1, no p
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
 
 
 def resnet18(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if len(input_shape) != 3:
         raise ValueError(f"resnet18 needs image input C×H×W, got shape {input_shape}")
+    from torchvision.models import resnet18 as tv_resnet18  # slow to import; only this model needs it
+
     channels, height, width = input_shape
     net = tv_resnet18(weights=None, num_classes=num_classes)
     if min(height, width) < 64:

@@ -9,7 +9,6 @@ One stratified 70/30 split is drawn first, so no test digit is ever trained on i
 from __future__ import annotations
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from .base import Bucket, Stream, TensorSet
 
@@ -46,6 +45,8 @@ def _subsample(x: torch.Tensor, y: torch.Tensor, n: int | None, g: torch.Generat
 
 def digits_rotated(num_buckets: int = 5, max_angle: float = 180.0, samples_per_bucket: int | None = None,
                    seed: int = 0) -> Stream:
+    from torchvision.transforms.v2 import functional as TF  # slow to import; only this stream needs it
+
     xtr, ytr, xte, yte = load_digits_split(seed)
     g = torch.Generator().manual_seed(seed + 1)
     buckets = []
