@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean
+.PHONY: test demo install clean proto
 
 install: $(STAMP)
 
@@ -21,6 +21,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m cl_engine run --dataset digits-rotated --strategy replay --model mlp \
 		--lr 0.1 --batch-size 10 --buffer-capacity 500 --report out/demo.json
+
+proto: $(STAMP)  # regenerate proto/clstream_proto from proto/clstream/v1/*.proto (checked by a test)
+	$(PY) proto/generate.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
