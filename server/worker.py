@@ -245,21 +245,23 @@ class TrainingWorker:
                 op.future.set_exception(Cancelled("dropped unapplied: an earlier operation of the same call "
                                                   "failed, or the call ended"))
                 continue
+            result, error = None, None
             try:
                 result = self._apply(op)
             except ServiceError as e:
-                op.scope.fail()
-                op.future.set_exception(e)
+                error = e
             except Exception as e:  # a bug: keep serving, tell the caller nothing internal
                 log.exception("training worker failed on %s", type(op).__name__)
-                op.scope.fail()
-                op.future.set_exception(e)
-            else:
-                op.future.set_result(result)
+                error = e
             try:
-                self._after(op)
+                self._after(op)  # published before the caller hears back: its next GetStatus sees this op
             except Exception:  # a bug in publishing or checkpointing must not stop training
                 log.exception("training worker: publishing after %s failed", type(op).__name__)
+            if error is not None:
+                op.scope.fail()
+                op.future.set_exception(error)
+            else:
+                op.future.set_result(result)
 
     def _apply(self, op: Op):
         if isinstance(op, TrainOp):
