@@ -17,8 +17,8 @@ from clstream_proto import continual_learner_pb2 as pb
 
 from .errors import InvalidArgument
 
-WIRE_DTYPES = {  # wire enum → (numpy dtype, scale to float32)
-    pb.DTYPE_UINT8: (np.dtype("u1"), 1.0 / 255.0),
+WIRE_DTYPES = {  # wire enum → (numpy dtype, divisor to float32; uint8 as the npz stream scales it)
+    pb.DTYPE_UINT8: (np.dtype("u1"), 255.0),
     pb.DTYPE_FLOAT16: (np.dtype("<f2"), 1.0),
     pb.DTYPE_FLOAT32: (np.dtype("<f4"), 1.0),
 }
@@ -63,7 +63,7 @@ def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_sa
     if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != input_shape:
         raise InvalidArgument(f"{field}.shape", f"got {shape[:8]}{'…' if len(shape) > 8 else ''}; expected {expected}")
     _count(shape[0], f"{field}.shape[0]", max_samples)
-    dtype, scale = WIRE_DTYPES[t.dtype]
+    dtype, divisor = WIRE_DTYPES[t.dtype]
     count = shape[0]
     for d in input_shape:
         count *= d
@@ -71,8 +71,8 @@ def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_sa
         raise InvalidArgument(f"{field}.data", f"{len(t.data)} bytes; expected {count * dtype.itemsize} "
                                                f"({shape} × {dtype.itemsize} bytes per {dtype.name})")
     array = np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(np.float32)
-    if scale != 1.0:
-        array *= np.float32(scale)
+    if divisor != 1.0:
+        array /= np.float32(divisor)
     x = torch.from_numpy(array)
     _finite(x, f"{field}.data")
     return x
