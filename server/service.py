@@ -100,7 +100,10 @@ class Service:
                    ("grpc.so_reuseport", 0)]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.worker_threads,
                                                              thread_name_prefix="clstream-rpc"),
-                                  interceptors=interceptors, options=options)
+                                  interceptors=interceptors, options=options,
+                                  # a call beyond the handler threads is refused (RESOURCE_EXHAUSTED) at once
+                                  # rather than left waiting behind long-lived streams
+                                  maximum_concurrent_rpcs=s.worker_threads)
         pb_grpc.add_ContinualLearnerServicer_to_server(
             ContinualLearnerServicer(s, self.schemas, self.worker, self.snapshots, self.metrics), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -37,7 +37,8 @@ class ServerSettings(BaseSettings, LearnerConfig):
     metrics_port: int = Field(9464, ge=0, le=65535, description="metrics port; 0 picks a free one")
     max_message_bytes: int = Field(64 * MiB, ge=4096, le=2**31 - 1,
                                    description="largest gRPC message accepted or sent (RESOURCE_EXHAUSTED above)")
-    worker_threads: int = Field(16, ge=4, description="gRPC handler threads (each open stream holds one)")
+    worker_threads: int = Field(16, ge=4, description="gRPC handler threads, and so concurrent calls (each open "
+                                                      "stream holds one; calls beyond are RESOURCE_EXHAUSTED)")
     # Training.
     queue_size: int = Field(64, ge=1, description="training operations waiting for the worker, at most")
     enqueue_timeout_seconds: float = Field(30.0, gt=0, description="how long a sender waits on a full queue "

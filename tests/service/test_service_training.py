@@ -172,3 +172,33 @@ def test_schema_from_settings_serves_before_any_training(start, connect, stream)
         list(stub.Train(iter([wrong])))
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "classes: 11" in e.value.details() and "classes: 10" in e.value.details()
+
+
+def test_a_stream_of_png_images_trains_and_predicts(start, connect, stream):
+    """Compressed images travel as PNG bytes and are decoded by the server to the schema's shape."""
+    import io
+
+    from PIL import Image
+
+    def png(sample: torch.Tensor) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray((sample[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy(), "L").save(buf, "PNG")
+        return buf.getvalue()
+
+    stub = connect(start())
+    train = stream.buckets[0].train
+    batches = []
+    for k in range(5):
+        x, y = train.batch(torch.arange(10 * k, 10 * k + 10))
+        batches.append(pb.TrainBatch(stream_id="images", sequence=k + 1, bucket=0, labels=y.tolist(),
+                                     samples=pb.Samples(images=pb.EncodedImages(images=[png(s) for s in x])),
+                                     schema=schema_of(stream)))
+    acks = list(stub.Train(iter(batches)))
+    assert [a.model_version for a in acks] == [1, 2, 3, 4, 5]
+    x = stream.buckets[0].test.batch(torch.arange(3))[0]
+    by_image = stub.Predict(pb.PredictRequest(samples=pb.Samples(images=pb.EncodedImages(images=[png(s) for s in x])),
+                                              top_k=10))
+    by_tensor = stub.Predict(pb.PredictRequest(samples=encode_samples((x * 255).round() / 255), top_k=10))
+    for a, b in zip(by_image.predictions, by_tensor.predictions):  # the same pixels either way
+        assert list(a.top_labels) == list(b.top_labels)
+        assert np.allclose(a.top_probabilities, b.top_probabilities, atol=1e-6)

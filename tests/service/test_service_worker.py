@@ -127,3 +127,29 @@ def test_predictions_beyond_the_concurrency_limit_are_shed(start, connect, strea
     evaluating.join()
     assert result["r"].total == 200
     assert len(stub.Predict(pb.PredictRequest(samples=x)).predictions) == 3
+
+
+def test_calls_beyond_the_handler_threads_are_refused_not_queued(start, connect, stream):
+    service = start(worker_threads=4)
+    stub = connect(service)
+    release = threading.Event()
+
+    def idle_stream():
+        release.wait(20)
+        return
+        yield
+
+    open_calls = [stub.Train(idle_stream()) for _ in range(4)]  # each holds a handler thread
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            stub.GetStatus(pb.GetStatusRequest(), timeout=5)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            break
+        assert time.monotonic() < deadline, "a fifth call was served while four streams held every thread"
+        time.sleep(0.05)
+    release.set()
+    for call in open_calls:
+        assert list(call) == []
+    assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).open_bucket == 0
