@@ -135,3 +135,11 @@ def test_a_checkpoint_from_other_learner_settings_is_refused(start, connect, str
     service.stop(grace=0.5)
     with pytest.raises(ValueError, match="lr"):
         Service(base_settings(checkpoint_dir=tmp_path, lr=0.2))
+
+
+def test_a_checkpoint_of_another_schema_is_refused(start, connect, stream, tmp_path):
+    service = start(checkpoint_dir=tmp_path)
+    list(connect(service).Train(train_batches(stream, 0, limit=1)))
+    service.stop(grace=0.5)
+    with pytest.raises(ValueError, match="schema mismatch"):
+        Service(base_settings(checkpoint_dir=tmp_path, input_shape=[64], class_names=list("abcdefghij")))

@@ -135,12 +135,12 @@ def test_calls_beyond_the_handler_threads_are_refused_not_queued(start, connect,
     release = threading.Event()
 
     def idle_stream():
-        release.wait(20)
+        release.wait(90)
         return
         yield
 
     open_calls = [stub.Train(idle_stream()) for _ in range(4)]  # each holds a handler thread
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # generous: the streams reach the server at the pace of a loaded machine
     while True:
         try:
             stub.GetStatus(pb.GetStatusRequest(), timeout=5)
