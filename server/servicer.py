@@ -292,10 +292,11 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     @_handle("GetStatus")
     def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.Status:
         return status_message(self.worker.status(), self.snapshots.version, self.worker.queue_depth,
-                              self.worker.queue_size)
+                              self.worker.queue_size, self.settings.public())
 
 
-def status_message(s: dict, serving_version: int, queue_depth: int, queue_capacity: int) -> pb.Status:
+def status_message(s: dict, serving_version: int, queue_depth: int, queue_capacity: int, config: dict
+                   ) -> pb.Status:
     schema: Schema | None = s["schema"]
     buffer = s["buffer"]
     drift = s["drift"]
@@ -318,6 +319,6 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
         drift=pb.DriftStatus(statistic=drift["statistic"], threshold=drift["threshold"], events=drift["events"],
                              last_event_version=drift["last_event_version"]),
         last_checkpoint=s["last_checkpoint"], last_checkpoint_time=s["last_checkpoint_time"],
-        config_json=json.dumps(s["config"], sort_keys=True),
+        config_json=json.dumps(config, sort_keys=True),
     )
 

@@ -418,7 +418,6 @@ class TrainingWorker:
                       "events": self.drift.events, "last_event_version": self.last_drift_version},
             "last_checkpoint": self.last_checkpoint,
             "last_checkpoint_time": self.last_checkpoint_time,
-            "config": self.config.model_dump(mode="json"),
         }
         if learner is None:
             return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,
