@@ -143,3 +143,10 @@ def test_a_checkpoint_of_another_schema_is_refused(start, connect, stream, tmp_p
     service.stop(grace=0.5)
     with pytest.raises(ValueError, match="schema mismatch"):
         Service(base_settings(checkpoint_dir=tmp_path, input_shape=[64], class_names=list("abcdefghij")))
+
+
+def test_checkpoints_by_time(start, connect, stream, tmp_path):
+    service = start(checkpoint_dir=tmp_path, checkpoint_every_batches=0, checkpoint_every_seconds=1e-9,
+                    checkpoint_keep=10)
+    list(connect(service).Train(train_batches(stream, 0, limit=3)))
+    assert len(list(tmp_path.glob("*.ckpt"))) == 3  # the interval has passed after every batch

@@ -148,3 +148,16 @@ def test_calls_beyond_the_handler_threads_are_refused_not_queued(start, connect,
     for call in open_calls:
         assert list(call) == []
     assert stub.GetStatus(pb.GetStatusRequest(), timeout=10).samples_trained == 40
+
+
+def test_the_snapshot_is_a_copy_training_never_touches(stream):
+    from cl_engine import Learner
+    from server.snapshot import Snapshot
+
+    learner = Learner(LearnerConfig(device="cpu", lr=0.5), (1, 8, 8), 10)
+    snapshot = Snapshot.of(learner.model, learner.version, learner.device)
+    x, y = stream.buckets[0].train.batch(torch.arange(20))
+    before = snapshot.logits(x)
+    learner.observe(x, y, 0)
+    assert torch.equal(snapshot.logits(x), before) and not torch.equal(learner.logits(x), before)
+    assert not any(p.requires_grad for p in snapshot.model.parameters()) and not snapshot.model.training
