@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
 from pydantic import ValidationError
 
 from .config import LearnerConfig
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
     run.add_argument("--report", default=None, help="write the JSON report here")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch intra-op threads (default: torch's own choice); small models are fastest on 1")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         config = learner_config(args)
