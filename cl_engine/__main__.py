@@ -67,11 +67,14 @@ def add_stream_flags(p: argparse.ArgumentParser) -> None:
                    help="time: bucket by bucket; iid: everything shuffled (the upper-bound reference)")
     p.add_argument("--buckets", type=int, default=None, help="bucket count, for streams that take one")
     p.add_argument("--samples-per-bucket", type=int, default=None, help="training samples per bucket, where taken")
+    p.add_argument("--test-samples-per-bucket", type=int, default=None,
+                   help="mnist-*: test on a seeded subset of this many samples per bucket")
     p.add_argument("--stream-seed", type=int, default=0, help="seed of the stream's construction (splits, angles)")
 
 
 def stream_options(args: argparse.Namespace) -> StreamOptions:
-    return StreamOptions(num_buckets=args.buckets, samples_per_bucket=args.samples_per_bucket, seed=args.stream_seed)
+    return StreamOptions(num_buckets=args.buckets, samples_per_bucket=args.samples_per_bucket,
+                         test_samples_per_bucket=args.test_samples_per_bucket, seed=args.stream_seed)
 
 
 def main(argv: list[str] | None = None) -> int:

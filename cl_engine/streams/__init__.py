@@ -1,13 +1,15 @@
-"""Datasets replayed as time-ordered streams, named by a spec string such as `digits-rotated`
-or `buckets-npz:/data/my.npz`."""
+"""Datasets replayed as time-ordered streams, named by a spec string such as `digits-rotated`,
+`buckets-npz:/data/my.npz`, `mnist-rotated:/data/mnist.npz`. docs/datasets.md says where each dataset is
+published and which file or folder PATH names."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from .base import Bucket, ConcatSet, SampleSet, Stream, SubsetSet, TensorSet, iid_buckets
+from .base import Bucket, ConcatSet, SampleSet, ScaledSet, Stream, SubsetSet, TensorSet, iid_buckets
 from .digits import digits_permuted, digits_rotated, digits_split
+from .mnist import mnist_permuted, mnist_rotated
 from .npz import buckets_npz
 
 
@@ -17,6 +19,7 @@ class StreamOptions:
 
     num_buckets: int | None = None
     samples_per_bucket: int | None = None
+    test_samples_per_bucket: int | None = None  # mnist-*: a seeded subset of each test set
     seed: int = 0
 
 
@@ -29,11 +32,21 @@ def _digits(builder):
     return build
 
 
+def _gem_mnist(builder):
+    def build(path: str | None, o: StreamOptions) -> Stream:
+        return builder(path, num_tasks=20 if o.num_buckets is None else o.num_buckets,
+                       samples_per_task=o.samples_per_bucket if o.samples_per_bucket is not None else 1000,
+                       test_samples=o.test_samples_per_bucket, seed=o.seed)
+    return build
+
+
 BUILDERS = {
     "digits-rotated": (_digits(digits_rotated), False),
     "digits-permuted": (_digits(digits_permuted), False),
     "digits-split": (_digits(digits_split), False),
     "buckets-npz": (lambda path, o: buckets_npz(path), True),
+    "mnist-permuted": (_gem_mnist(mnist_permuted), True),
+    "mnist-rotated": (_gem_mnist(mnist_rotated), True),
 }
 
 
@@ -57,6 +70,6 @@ def build_stream(spec: str, options: StreamOptions | None = None, order: str = "
 
 
 __all__ = [
-    "Bucket", "ConcatSet", "SampleSet", "Stream", "StreamOptions", "SubsetSet", "TensorSet",
+    "Bucket", "ConcatSet", "SampleSet", "ScaledSet", "Stream", "StreamOptions", "SubsetSet", "TensorSet",
     "build_stream", "iid_buckets", "BUILDERS",
 ]
