@@ -68,13 +68,19 @@ def add_stream_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buckets", type=int, default=None, help="bucket count, for streams that take one")
     p.add_argument("--samples-per-bucket", type=int, default=None, help="training samples per bucket, where taken")
     p.add_argument("--test-samples-per-bucket", type=int, default=None,
-                   help="mnist-*: test on a seeded subset of this many samples per bucket")
+                   help="mnist-*, cifar100-split: test on a seeded subset of this many samples per bucket")
     p.add_argument("--stream-seed", type=int, default=0, help="seed of the stream's construction (splits, angles)")
+    d = StreamOptions()
+    p.add_argument("--class-order", choices=["label", "shuffled"], default=d.class_order,
+                   help="cifar100-split: classes into buckets by label id (as GEM) or in a seeded random order")
 
 
 def stream_options(args: argparse.Namespace) -> StreamOptions:
-    return StreamOptions(num_buckets=args.buckets, samples_per_bucket=args.samples_per_bucket,
-                         test_samples_per_bucket=args.test_samples_per_bucket, seed=args.stream_seed)
+    return StreamOptions(
+        num_buckets=args.buckets, samples_per_bucket=args.samples_per_bucket,
+        test_samples_per_bucket=args.test_samples_per_bucket, seed=args.stream_seed,
+        class_order=args.class_order,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

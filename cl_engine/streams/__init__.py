@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import Bucket, ConcatSet, SampleSet, ScaledSet, Stream, SubsetSet, TensorSet, iid_buckets
+from .cifar100 import cifar100_split
 from .digits import digits_permuted, digits_rotated, digits_split
 from .mnist import mnist_permuted, mnist_rotated
 from .npz import buckets_npz
@@ -19,8 +20,10 @@ class StreamOptions:
 
     num_buckets: int | None = None
     samples_per_bucket: int | None = None
-    test_samples_per_bucket: int | None = None  # mnist-*: a seeded subset of each test set
+    test_samples_per_bucket: int | None = None  # mnist-*, cifar100-split: a seeded subset of each test set
     seed: int = 0
+    # cifar100-split
+    class_order: str = "label"  # label | shuffled (seeded by `seed`)
 
 
 def _digits(builder):
@@ -40,6 +43,12 @@ def _gem_mnist(builder):
     return build
 
 
+def _cifar100(path: str | None, o: StreamOptions) -> Stream:
+    return cifar100_split(path, num_buckets=20 if o.num_buckets is None else o.num_buckets,
+                          class_order=o.class_order, samples_per_bucket=o.samples_per_bucket,
+                          test_samples_per_bucket=o.test_samples_per_bucket, seed=o.seed)
+
+
 BUILDERS = {
     "digits-rotated": (_digits(digits_rotated), False),
     "digits-permuted": (_digits(digits_permuted), False),
@@ -47,6 +56,7 @@ BUILDERS = {
     "buckets-npz": (lambda path, o: buckets_npz(path), True),
     "mnist-permuted": (_gem_mnist(mnist_permuted), True),
     "mnist-rotated": (_gem_mnist(mnist_rotated), True),
+    "cifar100-split": (_cifar100, True),
 }
 
 
