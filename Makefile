@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean proto
+.PHONY: test demo install clean proto prometheus-tools
 
 install: $(STAMP)
 
@@ -15,8 +15,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) prometheus-tools
 	$(PY) -m pytest -q
+
+# tests/monitoring run promtool and a real Prometheus: Debian's `prometheus` package provides both.
+# Installed here when missing and we may (apt-get, as root or by passwordless sudo); otherwise those tests say so (and fail
+# under CI=true, where they must run).
+prometheus-tools:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+		echo "installing Debian's prometheus package (promtool, prometheus) for tests/monitoring"; \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+		$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends prometheus; \
+	else echo "note: promtool/prometheus missing and not installable here (needs apt-get and root):" \
+		"apt-get install prometheus, or tests/monitoring report them skipped (failed under CI=true)"; fi
 
 demo: $(STAMP)
 	$(PY) -m cl_engine run --dataset digits-rotated --strategy replay --model mlp --threads 1 \

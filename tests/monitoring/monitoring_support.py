@@ -1,0 +1,110 @@
+"""Shared by the monitoring tests: where the shipped files are, the Prometheus tools, and the PromQL
+that the dashboard and the rules contain."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+COMPOSE = DOCKER / "docker-compose.yml"
+PROMETHEUS_CONFIG = DOCKER / "prometheus" / "prometheus.yml"
+RULES_DIR = DOCKER / "prometheus" / "rules"
+RULE_TESTS_DIR = DOCKER / "prometheus" / "tests"
+GRAFANA = DOCKER / "grafana"
+DATASOURCES_DIR = GRAFANA / "provisioning" / "datasources"
+DASHBOARD_PROVIDERS_DIR = GRAFANA / "provisioning" / "dashboards"
+DASHBOARDS_DIR = GRAFANA / "dashboards"
+DASHBOARD = DASHBOARDS_DIR / "clstream.json"
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+INSTALL_HINT = ("Debian's `prometheus` package provides both (`apt-get install -y prometheus`); `make test` "
+                "installs it when run as root on a machine with apt-get")
+
+
+def prometheus_tool(name: str) -> str:
+    """Path of `promtool` or `prometheus`. Missing: a failure in CI (CI=true), a reported skip elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"`{name}` is not installed: {INSTALL_HINT}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the monitoring tests must run, not skip)")
+        pytest.skip(message)
+    return path
+
+
+def rule_files() -> list[Path]:
+    return sorted(RULES_DIR.glob("*.yml"))
+
+
+def load_yaml(path: Path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def rules() -> list[dict]:
+    """Every rule of every shipped rule file, each with its group name under `group`."""
+    found = []
+    for path in rule_files():
+        for group in load_yaml(path)["groups"]:
+            for rule in group["rules"]:
+                found.append({**rule, "group": group["name"]})
+    return found
+
+
+def dashboard_panels(dashboard: dict) -> list[dict]:
+    """All panels, those nested in collapsed rows included."""
+    panels = []
+    for panel in dashboard.get("panels", []):
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def dashboard_targets(dashboard: dict) -> list[tuple[dict, dict]]:
+    """(panel, target) for every query of the dashboard."""
+    return [(panel, target) for panel in dashboard_panels(dashboard) for target in panel.get("targets", [])]
+
+
+GRAFANA_VARIABLE = re.compile(r"\$(__\w+|\{__\w+\}|\w+)")
+
+
+def grafana_to_promql(expr: str, rate_interval: str) -> str:
+    """A dashboard expression as Grafana sends it to Prometheus. Only `$__rate_interval` is used by
+    the shipped dashboard; any other variable is an error here, so the tests learn about it."""
+    out = expr.replace("${__rate_interval}", rate_interval).replace("$__rate_interval", rate_interval)
+    leftover = GRAFANA_VARIABLE.findall(out)
+    if leftover:
+        raise AssertionError(f"unsupported Grafana variable(s) {leftover} in {expr!r}")
+    return out
+
+
+_TOKEN = re.compile(
+    r'(?P<grouping>\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\))'
+    r'|(?P<string>"(?:[^"\\]|\\.)*")'
+    r'|(?P<range>\[[^\]]*\])'
+    r'|(?P<name>[a-zA-Z_:][\w:]*)\s*(?P<matchers>\{[^}]*\})?(?P<call>\s*\()?'
+    r'|(?P<bare>\{[^}]*\})')
+KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan",  # operators, and aggregations
+            "sum", "min", "max", "avg", "count", "group", "stddev", "stdvar", "topk", "bottomk", "quantile",
+            "count_values"}  # (whose grouping may stand between the name and its parenthesis)
+
+
+def selectors(expr: str) -> list[str]:
+    """The vector selectors of a PromQL expression, e.g. `rate(a{x="1"}[5m]) / b` → ['a{x="1"}', 'b'].
+    A small tokenizer, enough for the expressions shipped here: function calls, grouping label
+    lists, strings and range durations are not taken for metric names."""
+    found = []
+    for m in _TOKEN.finditer(expr):
+        name = m.group("name")
+        if name is None or m.group("call") or name.lower() in KEYWORDS:
+            continue
+        selector = name + (m.group("matchers") or "")
+        if selector not in found:
+            found.append(selector)
+    return found

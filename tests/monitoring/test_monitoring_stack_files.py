@@ -1,0 +1,337 @@
+"""docker/ as shipped, checked without a docker engine: the compose file's services, ports, volumes
+and provisioning paths; the Grafana provisioning and dashboard; the Dockerfile's promises (CPU by
+default, CUDA by argument, non-root, gRPC health check, no dataset in the build context)."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from pathlib import PurePosixPath
+
+import pytest
+
+from monitoring_support import (COMPOSE, DASHBOARD, DASHBOARD_PROVIDERS_DIR, DASHBOARDS_DIR, DATASOURCES_DIR,
+                                DOCKER, GRAFANA, PROMETHEUS_CONFIG, ROOT, dashboard_panels, dashboard_targets,
+                                load_yaml)
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def interpolate(value):
+    """Compose's variable substitution with nothing set in the environment: `${X:-default}` →
+    default, `${X}` → '', `$$` → `$`."""
+    if not isinstance(value, str):
+        return value
+    value = re.sub(r"\$\{(\w+)(?::?-([^}]*))?\}", lambda m: m.group(2) or "", value.replace("$$", "\0"))
+    return value.replace("\0", "$")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_yaml(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def services(compose) -> dict:
+    return compose["services"]
+
+
+def env(service: dict) -> dict:
+    e = service.get("environment") or {}
+    if isinstance(e, list):
+        e = dict(item.split("=", 1) if "=" in item else (item, None) for item in e)
+    return {k: interpolate(v) for k, v in e.items()}
+
+
+def mounts(service: dict) -> list[tuple[str, str, str]]:
+    """(source, target, mode) of each volume entry, sources interpolated."""
+    out = []
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):
+            out.append((interpolate(entry["source"]), entry["target"], "ro" if entry.get("read_only") else "rw"))
+        else:
+            parts = interpolate(entry).split(":")
+            out.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "rw"))
+    return out
+
+
+def bind_source(source: str):
+    return (DOCKER / source).resolve() if source.startswith((".", "/")) else None
+
+
+def published(service: dict) -> list[tuple[str, int, int]]:
+    out = []
+    for entry in service.get("ports", []):
+        host_ip, host_port, container_port = str(entry).split(":")
+        out.append((host_ip, int(host_port), int(container_port.split("/")[0])))
+    return out
+
+
+def datasource() -> dict:
+    sources = [s for f in DATASOURCES_DIR.glob("*.yml") for s in load_yaml(f)["datasources"]]
+    assert len(sources) == 1, sources
+    return sources[0]
+
+
+def dashboard_provider() -> dict:
+    providers = [p for f in DASHBOARD_PROVIDERS_DIR.glob("*.yml") for p in load_yaml(f)["providers"]]
+    assert len(providers) == 1, providers
+    return providers[0]
+
+
+def mount_of(service: dict, target: str) -> tuple[str, str, str]:
+    for m in mounts(service):
+        if m[1] == target:
+            return m
+    raise AssertionError(f"nothing mounted at {target}: {mounts(service)}")
+
+
+def container_path_in_mount(service: dict, path: str):
+    """The host file behind a path inside the container, through the service's bind mounts."""
+    p = PurePosixPath(path)
+    for source, target, _ in mounts(service):
+        if p == PurePosixPath(target) or PurePosixPath(target) in p.parents:
+            host = bind_source(source)
+            assert host is not None, f"{path} is in the named volume {source}, not a shipped file"
+            return host / p.relative_to(target)
+    raise AssertionError(f"{path} is not inside any mount of the service")
+
+
+# -- compose ------------------------------------------------------------------------------------------
+
+def test_compose_has_the_four_services_and_both_volumes(compose, services):
+    assert set(services) == {"server", "replay", "prometheus", "grafana"}
+    assert {"checkpoints", "prometheus-data"} <= set(compose["volumes"])
+
+
+def test_every_published_port_binds_loopback_only(services):
+    for name, service in services.items():
+        for host_ip, _, _ in published(service):
+            assert host_ip == "127.0.0.1", f"{name} publishes on {host_ip}"
+    assert {p[2] for p in published(services["grafana"])} == {3000}
+    assert 9090 in {p[2] for p in published(services["prometheus"])}
+
+
+def test_server_ports_and_checkpoint_volume_agree_with_its_settings(services):
+    server = services["server"]
+    e = env(server)
+    assert {p[2] for p in published(server)} == {int(e["CLSTREAM_PORT"]), int(e["CLSTREAM_METRICS_PORT"])}
+    assert e["CLSTREAM_HOST"] == e["CLSTREAM_METRICS_HOST"] == "0.0.0.0"  # reachable in the compose network
+    source, target, _ = mount_of(server, e["CLSTREAM_CHECKPOINT_DIR"])
+    assert source == "checkpoints" and target == "/var/lib/clstream/checkpoints"
+    assert server["stop_grace_period"]  # time for the final checkpoint on SIGTERM
+
+
+def test_the_image_is_built_from_the_shipped_dockerfile(services):
+    for name in ("server", "replay"):
+        build = services[name]["build"]
+        context = (DOCKER / build["context"]).resolve()
+        assert context == ROOT
+        assert (context / build["dockerfile"]).is_file()
+        assert interpolate(build["args"]["TORCH_INDEX_URL"]) == "https://download.pytorch.org/whl/cpu"
+    assert services["server"]["image"] == services["replay"]["image"]
+
+
+def test_server_environment_names_real_settings(services, monkeypatch):
+    settings = pytest.importorskip("server.settings", reason="server/ is not in this checkout yet")
+    e = env(services["server"])
+    unknown = {k for k in e if k.startswith("CLSTREAM_")} - {
+        "CLSTREAM_" + f.upper() for f in settings.ServerSettings.model_fields}
+    assert not unknown, f"the compose file sets variables the server does not read: {unknown}"
+    for key in list(__import__("os").environ):
+        if key.startswith("CLSTREAM_"):
+            monkeypatch.delenv(key)
+    for key, value in e.items():
+        if value is not None:
+            monkeypatch.setenv(key, value)
+    s = settings.load_settings([])  # the values the compose file sets are valid settings
+    assert s.port == 50051 and s.metrics_port == 9464 and str(s.checkpoint_dir) == "/var/lib/clstream/checkpoints"
+
+
+def test_replay_job_streams_into_the_server(services):
+    replay = services["replay"]
+    command = " ".join(replay["entrypoint"])
+    port = env(services["server"])["CLSTREAM_PORT"]
+    assert f"clstream-client stream --target server:{port} --dataset" in command
+    assert replay["depends_on"]["server"]["condition"] == "service_healthy"
+    assert replay["restart"] == "no"
+    source, target, mode = mount_of(replay, "/data")
+    assert mode == "ro" and bind_source(source).is_dir()  # the default mount point ships (empty)
+    from cl_engine.streams import BUILDERS
+
+    default = env(replay)["REPLAY_DATASET"]
+    assert default in BUILDERS and ":" not in default  # embedded: streams with nothing mounted
+
+
+def test_replay_uses_the_client_cli_as_built():
+    scripts = PYPROJECT["project"].get("scripts", {})
+    if "clstream-client" not in scripts:
+        pytest.skip("clstream-client is not in this checkout yet (client branch): the replay job's command "
+                    "line is checked once it is")
+    module, func = scripts["clstream-client"].split(":")
+    done = subprocess.run([sys.executable, "-c", f"import sys; from {module} import {func} as m; "
+                           "sys.argv = ['clstream-client', 'stream', '--help']; m()"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**__import__("os").environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}"})
+    assert "--target" in done.stdout and "--dataset" in done.stdout, done.stdout + done.stderr
+
+
+def test_prometheus_gets_the_shipped_config_and_a_data_volume(services):
+    prom = services["prometheus"]
+    args = dict(a.lstrip("-").split("=", 1) for a in prom["command"])
+    config = container_path_in_mount(prom, args["config.file"])
+    assert config.resolve() == PROMETHEUS_CONFIG.resolve()
+    source, _, _ = mount_of(prom, args["storage.tsdb.path"])
+    assert source == "prometheus-data"
+    scrape = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
+    targets = [t for job in scrape for sc in job["static_configs"] for t in sc["targets"]]
+    assert targets == [f"server:{env(services['server'])['CLSTREAM_METRICS_PORT']}"]
+
+
+def test_grafana_provisioning_is_mounted_and_points_at_the_dashboard(services):
+    grafana = services["grafana"]
+    assert container_path_in_mount(grafana, "/etc/grafana/provisioning").resolve() == (GRAFANA / "provisioning")
+    provider = dashboard_provider()
+    assert provider["type"] == "file"
+    dashboards = container_path_in_mount(grafana, provider["options"]["path"])
+    assert dashboards.resolve() == DASHBOARDS_DIR and DASHBOARD.parent == DASHBOARDS_DIR
+    home = container_path_in_mount(grafana, env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"])
+    assert home.resolve() == DASHBOARD  # the home page, provisioned from the same file: no clicks
+    ds = datasource()
+    host, port = re.fullmatch(r"http://([\w-]+):(\d+)", ds["url"]).groups()
+    assert host in services
+    assert ds["type"] == "prometheus" and ds["uid"] and ds["access"] == "proxy"
+    listen = dict(a.lstrip("-").split("=", 1) for a in services["prometheus"]["command"])["web.listen-address"]
+    assert listen.rsplit(":", 1)[1] == port
+
+
+# -- dashboard ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def test_every_panel_queries_the_provisioned_datasource(dashboard):
+    uid = datasource()["uid"]
+    ids = set()
+    for panel in dashboard_panels(dashboard):
+        assert panel["id"] not in ids
+        ids.add(panel["id"])
+        if panel["type"] == "row":
+            assert not panel.get("targets"), "a row holds panels, not queries"
+            continue
+        assert panel.get("targets"), f"panel {panel['title']!r} has no query: it would show nothing"
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid, panel["title"]
+            assert target["expr"].strip(), panel["title"]
+        assert panel.get("description"), f"panel {panel['title']!r} does not say what it means"
+
+
+def test_panels_fit_the_grid_without_overlapping(dashboard):
+    cells = {}
+    for panel in dashboard_panels(dashboard):
+        g = panel["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, panel["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_the_panels_the_issue_lists_are_there(dashboard):
+    exprs = [t["expr"] for _, t in dashboard_targets(dashboard)]
+
+    def has(*needles):
+        return any(all(n in e for n in needles) for e in exprs)
+
+    assert has("clstream_prequential_accuracy_ratio")
+    assert has('clstream_learning_metric_ratio{family="gem", metric="acc"}')       # served model, held-out
+    matrix = [p for p, t in dashboard_targets(dashboard) if "clstream_accuracy_matrix_ratio" in t["expr"]]
+    assert matrix and matrix[0]["type"] in ("table", "heatmap")
+    assert has("clstream_forgetting_ratio")
+    assert has('family="gem"') and has('family="clear"')
+    assert has("clstream_buffer_bucket_samples") and has("clstream_buffer_class_samples")
+    assert has("rate(clstream_samples_trained_total")
+    assert has("histogram_quantile", "clstream_train_step_seconds_bucket")
+    assert has("histogram_quantile", "clstream_predict_seconds_bucket")
+    assert has("clstream_queue_depth")
+    assert has("clstream_gem_projections_total") and has("clstream_gem_qp_fallbacks_total")
+    assert has("clstream_drift_events_total")
+    assert has("clstream_current_bucket") and has("clstream_model_version")
+
+
+def test_dashboard_identity(dashboard):
+    assert dashboard["uid"] and dashboard["title"]
+    assert dashboard.get("templating", {}).get("list", []) == []  # nothing to pick: no clicks
+
+
+# -- Dockerfile ---------------------------------------------------------------------------------------
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DOCKER / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_cpu_by_default_cuda_by_argument():
+    ins = dockerfile_instructions()
+    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for w, rest in ins if w == "ARG" and "=" in rest}
+    assert args["BASE_IMAGE"].startswith("python:")                       # CPU base
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"  # CPU wheels, overridable
+    froms = [rest for w, rest in ins if w == "FROM"]
+    assert froms and all(f.split()[0] == "${BASE_IMAGE}" for f in froms)
+    assert any(w == "RUN" and '--index-url "${TORCH_INDEX_URL}"' in rest and "torch" in rest for w, rest in ins)
+
+
+def test_dockerfile_runs_as_non_root_with_a_grpc_health_check():
+    ins = dockerfile_instructions()
+    users = [rest for w, rest in ins if w == "USER"]
+    assert users and users[-1] not in ("root", "0", "0:0")
+    health = [rest for w, rest in ins if w == "HEALTHCHECK"]
+    assert len(health) == 1 and "healthcheck.py" in health[0]
+    assert any(w == "COPY" and rest.startswith("docker/healthcheck.py ") for w, rest in ins)
+    assert "grpc_health.v1" in (DOCKER / "healthcheck.py").read_text()
+    entry = [rest for w, rest in ins if w == "ENTRYPOINT"]
+    assert entry == ['["clstream-server"]'] and "clstream-server" in PYPROJECT["project"]["scripts"]
+
+
+def test_build_context_is_an_allow_list_without_data():
+    patterns = [line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*"  # everything out, then only what the install needs back in
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in ("cl_engine", "server", "proto"):
+        assert package in allowed
+    assert {"pyproject.toml", PYPROJECT["project"]["readme"], "docker/healthcheck.py"} <= allowed
+    assert not {"data", "docker/data", "out", "reports", "benchmarks", "tests", ".venv"} & allowed
+    assert "clstream_proto*" in include  # generated code, from proto/
+    for data in ("**/*.npz", "**/*.pt", "**/*.jpg"):
+        assert data in patterns
+
+
+def test_healthcheck_reports_an_unreachable_server_as_unhealthy():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), f"127.0.0.1:{port}"],
+                          capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "CLSTREAM_HEALTHCHECK_TIMEOUT": "1"})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "UNAVAILABLE" in done.stdout or "DEADLINE_EXCEEDED" in done.stdout
