@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m cl_engine run --dataset digits-rotated --strategy replay --model mlp \
+	$(PY) -m cl_engine run --dataset digits-rotated --strategy replay --model mlp --threads 1 \
 		--lr 0.1 --batch-size 10 --buffer-capacity 500 --report out/demo.json
 
 proto: $(STAMP)  # regenerate proto/clstream_proto from proto/clstream/v1/*.proto (checked by a test)

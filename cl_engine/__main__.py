@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
 from pydantic import ValidationError
 
 from .config import LearnerConfig
@@ -67,11 +68,33 @@ def add_stream_flags(p: argparse.ArgumentParser) -> None:
                    help="time: bucket by bucket; iid: everything shuffled (the upper-bound reference)")
     p.add_argument("--buckets", type=int, default=None, help="bucket count, for streams that take one")
     p.add_argument("--samples-per-bucket", type=int, default=None, help="training samples per bucket, where taken")
+    p.add_argument("--test-samples-per-bucket", type=int, default=None,
+                   help="mnist-*, cifar100-split: test on a seeded subset of this many samples per bucket")
     p.add_argument("--stream-seed", type=int, default=0, help="seed of the stream's construction (splits, angles)")
+    d = StreamOptions()
+    clear = p.add_argument_group("CLEAR (--dataset clear:PATH)")
+    clear.add_argument("--clear-mode", choices=["images", "features"], default=d.clear_mode,
+                       help="images: decode the JPEGs; features: the release's 2048-d vectors (use --model linear)")
+    clear.add_argument("--protocol", choices=["streaming", "iid"], default=d.protocol,
+                       help="streaming: train and test on all of each bucket (only accuracies on later buckets are "
+                            "held out); iid: each bucket's 70/30 split")
+    clear.add_argument("--split-seed", type=int, default=d.split_seed,
+                       help="NeurIPS 2021 release, iid protocol: which split_<seed> to use")
+    clear.add_argument("--image-size", type=int, default=d.image_size, help="images mode: side of the crop")
+    clear.add_argument("--clear-features", default=d.clear_features,
+                       help="features mode: the features/<type> folder (moco_b0; the NeurIPS 2021 release also has "
+                            "moco_imagenet, byol_imagenet, imagenet)")
+    p.add_argument("--class-order", choices=["label", "shuffled"], default=d.class_order,
+                   help="cifar100-split: classes into buckets by label id (as GEM) or in a seeded random order")
 
 
 def stream_options(args: argparse.Namespace) -> StreamOptions:
-    return StreamOptions(num_buckets=args.buckets, samples_per_bucket=args.samples_per_bucket, seed=args.stream_seed)
+    return StreamOptions(
+        num_buckets=args.buckets, samples_per_bucket=args.samples_per_bucket,
+        test_samples_per_bucket=args.test_samples_per_bucket, seed=args.stream_seed,
+        clear_mode=args.clear_mode, protocol=args.protocol, split_seed=args.split_seed,
+        image_size=args.image_size, clear_features=args.clear_features, class_order=args.class_order,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
     run.add_argument("--report", default=None, help="write the JSON report here")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch intra-op threads (default: torch's own choice); small models are fastest on 1")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         config = learner_config(args)

@@ -98,10 +98,11 @@ class Learner:
             raise ValueError(f"labels span {int(y.min())}..{int(y.max())}; expected 0..{self.num_classes - 1}")
 
     def check_bucket(self, bucket: int) -> None:
-        if bucket != self.open_bucket:
+        if bucket < self.open_bucket:
+            raise ValueError(f"bucket {bucket} is already finished; the open bucket is {self.open_bucket}")
+        if bucket > self.open_bucket:
             raise ValueError(f"bucket {bucket} is not the open bucket {self.open_bucket}; buckets are trained in "
-                             f"order and bucket {self.open_bucket - 1 if bucket < self.open_bucket else self.open_bucket}"
-                             f" {'is already finished' if bucket < self.open_bucket else 'must end first'}")
+                             f"order, so end bucket {self.open_bucket} first")
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepResult:
         """Score the batch with the current model, then take one update step on it."""

@@ -56,9 +56,12 @@ def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]
     """
     if sum(group_sizes.values()) <= capacity:
         return dict(group_sizes)
-    level = 0
-    while sum(min(n, level + 1) for n in group_sizes.values()) <= capacity:
-        level += 1
+    fits = lambda level: sum(min(n, level) for n in group_sizes.values()) <= capacity  # noqa: E731
+    low, high = 0, max(group_sizes.values())  # fits(low) holds, fits(high) does not
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    level = low
     quota = {g: min(n, level) for g, n in group_sizes.items()}
     spare = capacity - sum(quota.values())
     for g in sorted((g for g, n in group_sizes.items() if n > level), reverse=True)[:spare]:

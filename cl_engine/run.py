@@ -71,4 +71,5 @@ def build_report(learner: Learner, stream: Stream, run_settings: dict, train_sec
         "qp_fallbacks": learner.counters["qp_fallbacks"],
         "buffer": status["buffer"],
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
     }

@@ -1,5 +1,7 @@
 """The replay memory stays within capacity and keeps what each retention policy promises."""
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cl_engine.buffer import ReplayBuffer
 from cl_engine.retention import BucketRetention, ReservoirRetention, balanced_quota
@@ -125,3 +127,16 @@ def test_buffer_state_round_trip():
     for name in ("y", "bucket", "priority"):
         assert torch.equal(getattr(other, name)[:5], getattr(buf, name)[:5])
     assert torch.equal(other.x[:5], buf.x[:5])
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=12), capacity=st.integers(0, 1000))
+def test_balanced_quota_is_full_bounded_and_fair(sizes, capacity):
+    groups = dict(enumerate(sizes))
+    quota = balanced_quota(groups, capacity)
+    assert sum(quota.values()) == min(capacity, sum(sizes))
+    assert all(0 <= quota[g] <= n for g, n in groups.items())
+    cut = [quota[g] for g, n in groups.items() if quota[g] < n]
+    if cut:  # every group that lost samples keeps within one of the others that lost some,
+        assert max(cut) - min(cut) <= 1  # and no group keeps more than a cut group could have
+        assert all(q <= max(cut) for q in quota.values())

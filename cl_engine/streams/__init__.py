@@ -1,13 +1,17 @@
-"""Datasets replayed as time-ordered streams, named by a spec string such as `digits-rotated`
-or `buckets-npz:/data/my.npz`."""
+"""Datasets replayed as time-ordered streams, named by a spec string such as `digits-rotated`,
+`buckets-npz:/data/my.npz` or `clear:/data/clear10`. docs/datasets.md says where each dataset is
+published and which file or folder PATH names."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from .base import Bucket, ConcatSet, SampleSet, Stream, SubsetSet, TensorSet, iid_buckets
+from .base import Bucket, ConcatSet, SampleSet, ScaledSet, Stream, SubsetSet, TensorSet, iid_buckets
+from .cifar100 import cifar100_split
+from .clear import clear_stream
 from .digits import digits_permuted, digits_rotated, digits_split
+from .mnist import mnist_permuted, mnist_rotated
 from .npz import buckets_npz
 
 
@@ -17,7 +21,16 @@ class StreamOptions:
 
     num_buckets: int | None = None
     samples_per_bucket: int | None = None
+    test_samples_per_bucket: int | None = None  # mnist-*, cifar100-split: a seeded subset of each test set
     seed: int = 0
+    # CLEAR (clear.py says what each means)
+    clear_mode: str = "images"  # images | features
+    protocol: str = "streaming"  # streaming | iid
+    split_seed: int = 0  # the NeurIPS 2021 release's testset_ratio_0.3/split_<seed>
+    image_size: int = 224
+    clear_features: str = "moco_b0"  # features/<type>; the NeurIPS 2021 release has more types
+    # cifar100-split
+    class_order: str = "label"  # label | shuffled (seeded by `seed`)
 
 
 def _digits(builder):
@@ -29,11 +42,34 @@ def _digits(builder):
     return build
 
 
+def _gem_mnist(builder):
+    def build(path: str | None, o: StreamOptions) -> Stream:
+        return builder(path, num_tasks=20 if o.num_buckets is None else o.num_buckets,
+                       samples_per_task=o.samples_per_bucket if o.samples_per_bucket is not None else 1000,
+                       test_samples=o.test_samples_per_bucket, seed=o.seed)
+    return build
+
+
+def _clear(path: str | None, o: StreamOptions) -> Stream:
+    return clear_stream(path, mode=o.clear_mode, protocol=o.protocol, split_seed=o.split_seed,
+                        image_size=o.image_size, feature_type=o.clear_features)
+
+
+def _cifar100(path: str | None, o: StreamOptions) -> Stream:
+    return cifar100_split(path, num_buckets=20 if o.num_buckets is None else o.num_buckets,
+                          class_order=o.class_order, samples_per_bucket=o.samples_per_bucket,
+                          test_samples_per_bucket=o.test_samples_per_bucket, seed=o.seed)
+
+
 BUILDERS = {
     "digits-rotated": (_digits(digits_rotated), False),
     "digits-permuted": (_digits(digits_permuted), False),
     "digits-split": (_digits(digits_split), False),
     "buckets-npz": (lambda path, o: buckets_npz(path), True),
+    "clear": (_clear, True),
+    "mnist-permuted": (_gem_mnist(mnist_permuted), True),
+    "mnist-rotated": (_gem_mnist(mnist_rotated), True),
+    "cifar100-split": (_cifar100, True),
 }
 
 
@@ -57,6 +93,6 @@ def build_stream(spec: str, options: StreamOptions | None = None, order: str = "
 
 
 __all__ = [
-    "Bucket", "ConcatSet", "SampleSet", "Stream", "StreamOptions", "SubsetSet", "TensorSet",
+    "Bucket", "ConcatSet", "SampleSet", "ScaledSet", "Stream", "StreamOptions", "SubsetSet", "TensorSet",
     "build_stream", "iid_buckets", "BUILDERS",
 ]

@@ -7,7 +7,7 @@ so a bucket of CLEAR images never has to fit in memory at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -41,6 +41,29 @@ class TensorSet:
 
     def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[index], self.labels[index]
+
+
+class ScaledSet:
+    """uint8 samples held as they are and scaled to [0, 1] float32 per batch, a quarter of the memory
+    of a float copy; `transform` (a function of a float batch) is applied after scaling."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if x.dtype != torch.uint8:
+            raise ValueError(f"ScaledSet holds uint8 samples, got {x.dtype}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+        self.x = x
+        self.labels = y.long().contiguous()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[index].float() / 255.0
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.labels[index]
 
 
 @dataclass

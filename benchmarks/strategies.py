@@ -1,0 +1,94 @@
+"""The README's results table: every strategy on the embedded streams, mean ± std over seeds.
+
+    .venv/bin/python benchmarks/strategies.py [--seeds 3] [--datasets digits-rotated digits-permuted] [--readme]
+
+Every memory-based strategy gets the same budget: 50 samples per bucket, 250 in all. Writes
+benchmarks/results/strategies.json; with --readme, rewrites the table in README.md between its
+results markers, so the README shows what this code measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from cl_engine import LearnerConfig, build_stream, run_stream
+from cl_engine.report import jsonable
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMORY = {"buffer_capacity": 250, "memory_per_bucket": 50}
+RUNS = {
+    "naive (fine-tune)": ("time", dict(strategy="naive")),
+    "replay, reservoir 250": ("time", dict(strategy="replay", **MEMORY)),
+    "replay, 50/bucket at random": ("time", dict(strategy="replay", retention="per-bucket", **MEMORY)),
+    "replay, 50/bucket by EL2N": ("time", dict(strategy="replay", retention="per-bucket", selection="el2n", **MEMORY)),
+    "replay, 50/bucket by margin": ("time", dict(strategy="replay", retention="per-bucket", selection="margin",
+                                                 **MEMORY)),
+    "GEM, 50/bucket": ("time", dict(strategy="gem", **MEMORY)),
+    "A-GEM, 50/bucket": ("time", dict(strategy="agem", **MEMORY)),
+    "iid reference (naive, shuffled)": ("iid", dict(strategy="naive")),
+}
+SHOWN = ("acc", "bwt", "fwt", "forgetting", "clear_score")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--datasets", nargs="+", default=["digits-rotated", "digits-permuted"])
+    p.add_argument("--readme", action="store_true", help="rewrite the results table in README.md")
+    args = p.parse_args()
+
+    results = []
+    for dataset in args.datasets:
+        streams = {order: build_stream(dataset, order=order) for order in ("time", "iid")}
+        for label, (order, options) in RUNS.items():
+            runs = []
+            for seed in range(args.seeds):
+                config = LearnerConfig(lr=0.1, seed=seed, device="cpu", **options)
+                report = run_stream(streams[order], config, batch_size=10, progress=False)
+                runs.append({k: report["metrics"][k] for k in SHOWN} | {"train_seconds": report["train_seconds"]})
+            summary = {k: (statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs)
+                           if len(runs) > 1 else 0.0) for k in (*SHOWN, "train_seconds")}
+            results.append({"dataset": dataset, "run": label, "config": options, "order": order, "runs": runs,
+                            "mean_std": summary})
+            print(f"{dataset:16} {label:34} " + "  ".join(f"{k}={100 * summary[k][0]:6.2f}" for k in SHOWN),
+                  file=sys.stderr)
+
+    out = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+           "seeds": args.seeds, "settings": "MLP 2x100, SGD lr 0.1, batch 10, one pass", "results": results}
+    path = ROOT / "benchmarks" / "results" / "strategies.json"
+    path.write_text(json.dumps(jsonable(out), indent=2) + "\n")
+    table = markdown(results, args.seeds)
+    print(table)
+    if args.readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        new = re.sub(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", lambda m: m.group(1) + table + m.group(2),
+                     text, flags=re.S)
+        if new == text and table not in text:
+            raise SystemExit("README.md has no <!-- results:start --> / <!-- results:end --> markers")
+        readme.write_text(new)
+    return 0
+
+
+def markdown(results: list[dict], seeds: int) -> str:
+    lines = [f"| stream | strategy | ACC % | BWT % | FWT % | forgetting % | CLEAR score % | train s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ms = r["mean_std"]
+        cells = [f"{100 * ms[k][0]:.1f} ± {100 * ms[k][1]:.1f}" for k in SHOWN]
+        lines.append(f"| {r['dataset']} | {r['run']} | " + " | ".join(cells) + f" | {ms['train_seconds'][0]:.1f} |")
+    lines.append(f"\nMean ± standard deviation over {seeds} seeds; MLP 2×100, SGD lr 0.1, batch 10, one pass "
+                 "over each bucket; memory 50 samples per bucket (250 in all). "
+                 "From `benchmarks/results/strategies.json`.\n")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
