@@ -1,0 +1,1 @@
+"""clstream-server: the gRPC service around one live cl_engine.Learner."""

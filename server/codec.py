@@ -1,0 +1,159 @@
+"""Samples and labels off the wire: decoded, validated, and refused before anything is allocated
+that the message itself does not already pay for.
+
+Raw tensors must match the schema's shape and carry exactly prod(shape)·itemsize bytes; encoded
+images are opened lazily, their declared size checked against the pixel limit, and only then
+decoded (no decompression bombs). Every error is InvalidArgument naming the field.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from clstream_proto import continual_learner_pb2 as pb
+
+from .errors import InvalidArgument
+
+WIRE_DTYPES = {  # wire enum → (numpy dtype, divisor to float32; uint8 as the npz stream scales it)
+    pb.DTYPE_UINT8: (np.dtype("u1"), 255.0),
+    pb.DTYPE_FLOAT16: (np.dtype("<f2"), 1.0),
+    pb.DTYPE_FLOAT32: (np.dtype("<f4"), 1.0),
+}
+TORCH_TO_WIRE = {torch.uint8: pb.DTYPE_UINT8, torch.float16: pb.DTYPE_FLOAT16, torch.float32: pb.DTYPE_FLOAT32}
+IMAGE_FORMATS = ("JPEG", "PNG")
+IMAGE_MODES = {1: "L", 3: "RGB"}
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_samples: int = 4096  # per message
+    max_image_bytes: int = 16 * 1024 * 1024  # per encoded image
+    max_image_pixels: int = 4096 * 4096  # declared width × height, checked before decoding
+    image_mean: tuple[float, ...] | None = None  # per channel, after scaling to [0, 1]
+    image_std: tuple[float, ...] | None = None
+
+
+def decode_samples(samples: pb.Samples, field: str, input_shape: tuple[int, ...], limits: DecodeLimits
+                   ) -> torch.Tensor:
+    """A float32 tensor [n, *input_shape] with finite values, 1 <= n <= limits.max_samples."""
+    kind = samples.WhichOneof("payload")
+    if kind == "tensor":
+        return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples)
+    if kind == "images":
+        return decode_images(samples.images, f"{field}.images", input_shape, limits)
+    raise InvalidArgument(field, "not set; expected `tensor` (raw samples) or `images` (JPEG/PNG files)")
+
+
+def _count(n: int, field: str, max_samples: int) -> None:
+    if n < 1:
+        raise InvalidArgument(field, "empty batch; expected at least 1 sample")
+    if n > max_samples:
+        raise InvalidArgument(field, f"{n} samples; expected at most {max_samples} per message")
+
+
+def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_samples: int) -> torch.Tensor:
+    if t.dtype not in WIRE_DTYPES:
+        raise InvalidArgument(f"{field}.dtype", f"got {pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else t.dtype}; "
+                                                "expected DTYPE_UINT8, DTYPE_FLOAT16 or DTYPE_FLOAT32")
+    shape = list(t.shape)
+    expected = f"[n, {', '.join(map(str, input_shape))}]"
+    if len(shape) != 1 + len(input_shape) or tuple(shape[1:]) != input_shape:
+        raise InvalidArgument(f"{field}.shape", f"got {shape[:8]}{'…' if len(shape) > 8 else ''}; expected {expected}")
+    _count(shape[0], f"{field}.shape[0]", max_samples)
+    dtype, divisor = WIRE_DTYPES[t.dtype]
+    count = shape[0]
+    for d in input_shape:
+        count *= d
+    if len(t.data) != count * dtype.itemsize:
+        raise InvalidArgument(f"{field}.data", f"{len(t.data)} bytes; expected {count * dtype.itemsize} "
+                                               f"({shape} × {dtype.itemsize} bytes per {dtype.name})")
+    array = np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(np.float32)
+    if divisor != 1.0:
+        array /= np.float32(divisor)
+    x = torch.from_numpy(array)
+    _finite(x, f"{field}.data")
+    return x
+
+
+def _finite(x: torch.Tensor, field: str) -> None:
+    bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if bool(bad.any()):
+        raise InvalidArgument(field, f"sample {int(bad.nonzero()[0])} contains NaN or Inf; expected finite values")
+
+
+def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, ...], limits: DecodeLimits
+                  ) -> torch.Tensor:
+    if len(input_shape) != 3 or input_shape[0] not in IMAGE_MODES:
+        raise InvalidArgument(field, f"the model takes samples of shape {list(input_shape)}; images need a schema "
+                                     "input_shape of [1 or 3, height, width]; send a `tensor` instead")
+    _count(len(images.images), f"{field}.images", limits.max_samples)
+    x = torch.stack([decode_image(data, f"{field}.images[{i}]", input_shape, limits)
+                     for i, data in enumerate(images.images)])
+    if limits.image_mean is not None:
+        x -= torch.tensor(limits.image_mean, dtype=torch.float32).view(-1, 1, 1)
+    if limits.image_std is not None:
+        x /= torch.tensor(limits.image_std, dtype=torch.float32).view(-1, 1, 1)
+    _finite(x, field)
+    return x
+
+
+def decode_image(data: bytes, field: str, input_shape: tuple[int, ...], limits: DecodeLimits) -> torch.Tensor:
+    """One JPEG or PNG as float32 [C, H, W] in [0, 1]: shorter side resized to fit, centre cropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise InvalidArgument(field, "empty; expected a JPEG or PNG file")
+    if len(data) > limits.max_image_bytes:
+        raise InvalidArgument(field, f"{len(data)} bytes; expected at most {limits.max_image_bytes}")
+    channels, height, width = input_shape
+    try:
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        w, h = image.size  # from the header; nothing is decoded yet
+        if w < 1 or h < 1 or w * h > limits.max_image_pixels:
+            raise InvalidArgument(field, f"declares {w}×{h} = {w * h} pixels; expected 1..{limits.max_image_pixels} "
+                                         "(refused before decoding)")
+        image.load()
+        image = image.convert(IMAGE_MODES[channels])
+    except InvalidArgument:
+        raise
+    except Image.DecompressionBombError:
+        raise InvalidArgument(field, f"declares more than {limits.max_image_pixels} pixels (refused before decoding)")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InvalidArgument(field, f"could not be decoded as JPEG or PNG ({type(e).__name__}: {e})"[:300])
+    if (h, w) != (height, width):
+        scale = max(height / h, width / w)
+        rw, rh = max(width, round(w * scale)), max(height, round(h * scale))
+        image = image.resize((rw, rh), Image.Resampling.BILINEAR)
+        left, top = (rw - width) // 2, (rh - height) // 2
+        image = image.crop((left, top, left + width, top + height))
+    array = np.asarray(image, dtype=np.float32).reshape(height, width, channels) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def decode_labels(labels, field: str, n: int, num_classes: int) -> torch.Tensor:
+    """int64 [n], each in 0..num_classes-1."""
+    if len(labels) != n:
+        raise InvalidArgument(field, f"{len(labels)} labels for {n} samples; expected one per sample")
+    y = torch.from_numpy(np.fromiter(labels, dtype=np.int64, count=n))
+    bad = (y < 0) | (y >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise InvalidArgument(field, f"label {int(y[i])} at position {i}; expected 0..{num_classes - 1}")
+    return y
+
+
+def encode_tensor(x: torch.Tensor | np.ndarray) -> pb.Tensor:
+    """A wire tensor of x (uint8, float16 or float32; any other float is sent as float32)."""
+    x = torch.as_tensor(x).detach().cpu()
+    if x.dtype not in TORCH_TO_WIRE:
+        x = x.float()
+    array = x.contiguous().numpy()
+    return pb.Tensor(shape=list(array.shape), dtype=TORCH_TO_WIRE[x.dtype],
+                     data=array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+
+
+def encode_samples(x: torch.Tensor | np.ndarray) -> pb.Samples:
+    return pb.Samples(tensor=encode_tensor(x))

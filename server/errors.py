@@ -1,0 +1,50 @@
+"""The service's error vocabulary: each error carries the gRPC status code DESIGN.md assigns it.
+
+Validation and the training worker raise these; the servicer turns them into a status and a
+message for the caller. Anything else is a bug: logged with its traceback, answered INTERNAL.
+"""
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """Bad input: the message names the field and the value expected."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class FailedPrecondition(ServiceError):
+    """The request does not fit the server's state (bucket order, schema, no model yet)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(ServiceError):
+    """Overload: a full queue past its wait, too many concurrent requests, too many streams."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    """The server is shutting down."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class Cancelled(ServiceError):
+    """The operation was dropped unapplied because its call ended first."""
+
+    code = grpc.StatusCode.CANCELLED

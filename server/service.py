@@ -1,0 +1,143 @@
+"""The server assembled: settings → checkpoint restore → training worker → gRPC (the learner
+service, health, reflection; bearer-token auth and TLS when configured) → Prometheus endpoint.
+
+Health is NOT_SERVING until the checkpoint is loaded and the port is up, SERVING while running,
+and NOT_SERVING again from the first moment of shutdown. `stop` is the graceful path: refuse new
+calls, give in-flight ones `shutdown_grace_seconds`, let the worker apply what it already queued,
+write the final checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cl_engine.drift import PageHinkley
+from clstream_proto import continual_learner_pb2 as pb
+from clstream_proto import continual_learner_pb2_grpc as pb_grpc
+
+from .auth import BearerTokenInterceptor
+from .checkpoint import CheckpointStore
+from .metrics import ServerMetrics, start_metrics_server
+from .schema import Schema, SchemaHolder
+from .servicer import ContinualLearnerServicer
+from .settings import ServerSettings
+from .snapshot import SnapshotHolder
+from .worker import TrainingWorker
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ContinualLearner"].full_name
+METHODS = frozenset(m.name for m in pb.DESCRIPTOR.services_by_name["ContinualLearner"].methods)
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None:
+        return None
+    key, cert = settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes()
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+class Service:
+    def __init__(self, settings: ServerSettings):
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        fixed = (Schema.validated(settings.class_names, settings.input_shape, "settings")
+                 if settings.class_names is not None else None)
+        self.schemas = SchemaHolder(fixed)
+        self.snapshots = SnapshotHolder()
+        self.checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
+                            if settings.checkpoint_dir is not None else None)
+        self.worker = TrainingWorker(
+            settings.learner_config(), self.schemas, self.snapshots, self.metrics,
+            queue_size=settings.queue_size, snapshot_interval=settings.snapshot_interval_seconds,
+            max_streams=settings.max_streams, checkpoints=self.checkpoints,
+            checkpoint_every_batches=settings.checkpoint_every_batches,
+            checkpoint_every_seconds=settings.checkpoint_every_seconds,
+            drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
+                              settings.drift_alpha))
+        self.resumed_from = None
+        if self.checkpoints is not None:
+            loaded = self.checkpoints.load_latest()
+            self.metrics.corrupt_checkpoints.inc(len(self.checkpoints.skipped))
+            if loaded is not None:
+                state, path = loaded
+                self.worker.restore(state, path)
+                self.resumed_from = path
+                log.info("resumed from %s", path)
+        self.health = health.HealthServicer()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server: grpc.Server | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_http = None
+        self._serving = False
+        self.metrics.watch(self.worker.status, self._live)
+
+    def _live(self) -> dict:
+        return {"serving_version": self.snapshots.version, "queue_depth": self.worker.queue_depth,
+                "queue_capacity": self.worker.queue_size, "serving": self._serving}
+
+    def _count_rejection(self, method: str) -> None:
+        name = method.rsplit("/", 1)[-1]
+        self.metrics.requests.labels(name if name in METHODS else "other", "UNAUTHENTICATED").inc()
+
+    def start(self) -> "Service":
+        s = self.settings
+        self.worker.start()
+        tokens = s.tokens()
+        interceptors = [BearerTokenInterceptor(tokens, on_reject=self._count_rejection)] if tokens else []
+        options = [("grpc.max_receive_message_length", s.max_message_bytes),
+                   ("grpc.max_send_message_length", s.max_message_bytes),
+                   ("grpc.so_reuseport", 0)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.worker_threads,
+                                                             thread_name_prefix="clstream-rpc"),
+                                  interceptors=interceptors, options=options,
+                                  # a call beyond the handler threads is refused (RESOURCE_EXHAUSTED) at once
+                                  # rather than left waiting behind long-lived streams
+                                  maximum_concurrent_rpcs=s.worker_threads)
+        pb_grpc.add_ContinualLearnerServicer_to_server(
+            ContinualLearnerServicer(s, self.schemas, self.worker, self.snapshots, self.metrics), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        address = _address(s.host, s.port)
+        credentials = server_credentials(s)
+        try:
+            self.port = (self.server.add_secure_port(address, credentials) if credentials
+                         else self.server.add_insecure_port(address))
+        except RuntimeError as e:
+            self.worker.stop()
+            raise RuntimeError(f"could not bind {address}: {e}") from None
+        self.server.start()
+        if s.metrics_enabled:
+            self._metrics_http, self.metrics_port = start_metrics_server(self.metrics.registry, s.metrics_host,
+                                                                         s.metrics_port)
+        self._serving = True
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s%s", SERVICE_NAME, _address(s.host, self.port), " (TLS)" if credentials else "")
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, refuse new calls, drain, final checkpoint."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self._serving = False
+        self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            self.server.stop(grace).wait()
+        self.worker.stop(timeout=max(60.0, grace))
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.server.wait_for_termination(timeout)

@@ -1,0 +1,323 @@
+"""The ContinualLearner service: validates every request completely, then hands training work to
+the worker and answers predictions from the serving snapshot.
+
+Every handler maps ServiceError to its status code with a message naming the field; anything else
+is logged with its traceback and answered INTERNAL without details. No handler touches the
+Learner: training goes through the worker's queue, predictions through a published snapshot,
+status through the worker's published status.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import grpc
+import torch
+import torch.nn.functional as F
+
+from clstream_proto import continual_learner_pb2 as pb
+from clstream_proto import continual_learner_pb2_grpc as pb_grpc
+
+from .codec import DecodeLimits, decode_labels, decode_samples
+from .errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError
+from .metrics import ServerMetrics
+from .schema import Schema, SchemaHolder
+from .settings import ServerSettings
+from .snapshot import Snapshot, SnapshotHolder
+from .worker import CallScope, EndBucketOp, RegisterEvalOp, TrainingWorker, TrainOp
+
+log = logging.getLogger(__name__)
+MAX_STREAM_ID = 128
+_END = object()
+
+
+def _handle(method: str):
+    """Status codes for a unary-response handler; counts the call by method and code."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def handler(self: "ContinualLearnerServicer", request, context):
+            code = grpc.StatusCode.OK
+            try:
+                return fn(self, request, context)
+            except ServiceError as e:
+                code = e.code
+                context.abort(e.code, e.message)
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method)
+                context.abort(code, f"{method}: internal error; the server log has the details")
+            finally:
+                self.metrics.requests.labels(method, code.name).inc()
+        return handler
+    return wrap
+
+
+def _valid_stream_id(stream_id: str) -> bool:
+    return 1 <= len(stream_id) <= MAX_STREAM_ID and stream_id.isascii() and stream_id.isprintable()
+
+
+def _wait(future, context):
+    """The future's result, without outliving the call (the server's stop ends every call)."""
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except FutureTimeout:
+            if not context.is_active():
+                raise Cancelled("the call ended while its operation was waiting") from None
+
+
+def learning_metrics(m: dict) -> pb.LearningMetrics:
+    return pb.LearningMetrics(**{k: float(m[k]) for k in pb.LearningMetrics.DESCRIPTOR.fields_by_name})
+
+
+class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
+    def __init__(self, settings: ServerSettings, schemas: SchemaHolder, worker: TrainingWorker,
+                 snapshots: SnapshotHolder, metrics: ServerMetrics):
+        self.settings = settings
+        self.schemas = schemas
+        self.worker = worker
+        self.snapshots = snapshots
+        self.metrics = metrics
+        self.limits = DecodeLimits(
+            max_samples=settings.max_batch_samples, max_image_bytes=settings.max_image_bytes,
+            max_image_pixels=settings.max_image_pixels,
+            image_mean=tuple(settings.image_mean) if settings.image_mean else None,
+            image_std=tuple(settings.image_std) if settings.image_std else None)
+        self._inference_slots = threading.BoundedSemaphore(settings.max_concurrent_predictions)
+
+    # -- shared validation --------------------------------------------------------------------------
+
+    def _schema(self, message, within: Schema | None = None) -> Schema:
+        """The schema to validate `message` against: the server's, or the one declared earlier in the
+        same call (`within`), which the server adopts only once the whole call has passed."""
+        declared = Schema.from_proto(message.schema) if message.HasField("schema") else None
+        if within is None:
+            return self.schemas.check(declared)
+        if declared is not None and declared != within:
+            raise FailedPrecondition(f"schema mismatch: this message declares {declared.describe()}, an earlier "
+                                     f"one of the same call {within.describe()}")
+        return within
+
+    def _bucket(self, bucket: int, field: str = "bucket") -> int:
+        if bucket >= self.settings.max_buckets:
+            raise InvalidArgument(field, f"got {bucket}; expected 0..{self.settings.max_buckets - 1}")
+        return bucket
+
+    def _labelled(self, message, schema: Schema) -> tuple[torch.Tensor, torch.Tensor]:
+        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits)
+        return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
+
+    def _serving(self) -> tuple[Snapshot, Schema]:
+        snapshot, schema = self.snapshots.current(), self.schemas.schema
+        if snapshot is None or schema is None:
+            raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
+                                     "EvalSetChunk (or fixed in the server's settings)")
+        return snapshot, schema
+
+    def _inference_slot(self) -> None:
+        if not self._inference_slots.acquire(blocking=False):
+            raise ResourceExhausted(f"{self.settings.max_concurrent_predictions} Predict/Evaluate calls are already "
+                                    "running, the most this server takes at once; retry with backoff")
+
+    # -- Train ----------------------------------------------------------------------------------------
+
+    def _train_op(self, batch: pb.TrainBatch, scope: CallScope) -> TrainOp:
+        if not _valid_stream_id(batch.stream_id):
+            raise InvalidArgument("stream_id", f"got {batch.stream_id[:40]!r}{'…' if len(batch.stream_id) > 40 else ''}"
+                                               f"; expected 1..{MAX_STREAM_ID} printable ASCII characters")
+        if batch.sequence < 1:
+            raise InvalidArgument("sequence", "got 0; expected >= 1, strictly increasing per stream")
+        bucket = self._bucket(batch.bucket)
+        schema = self._schema(batch)
+        x, y = self._labelled(batch, schema)
+        self.schemas.establish(schema)
+        return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema)
+
+    def Train(self, request_iterator, context):
+        code = grpc.StatusCode.OK
+        try:
+            yield from self._train(request_iterator, context)
+        except ServiceError as e:
+            code = e.code
+            if e.code != grpc.StatusCode.CANCELLED:
+                self.metrics.rejected_batches.labels(code.name).inc()
+            context.abort(e.code, e.message)
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("Train failed")
+            context.abort(code, "Train: internal error; the server log has the details")
+        finally:
+            self.metrics.requests.labels("Train", code.name).inc()
+
+    def _train(self, requests, context):
+        scope = CallScope(context.is_active)
+        window = threading.Semaphore(self.settings.queue_size)  # acks owed to this caller, at most
+        pending: queue.Queue = queue.Queue()
+
+        def read() -> None:
+            try:
+                for batch in requests:
+                    while not window.acquire(timeout=0.2):
+                        if not scope.live:
+                            return
+                    op = self._train_op(batch, scope)
+                    pending.put((op, self.worker.submit(op, self.settings.enqueue_timeout_seconds)))
+            except ServiceError as e:
+                pending.put(e)
+            except grpc.RpcError:
+                pending.put(Cancelled("the client ended the stream"))
+            except Exception as e:
+                log.exception("reading the Train stream failed")
+                pending.put(e)
+            finally:
+                pending.put(_END)
+
+        reader = threading.Thread(target=read, name="clstream-train-reader", daemon=True)
+        reader.start()
+        try:
+            while True:
+                item = pending.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                op, future = item
+                result = _wait(future, context)
+                window.release()
+                yield pb.TrainAck(stream_id=op.stream_id, sequence=op.sequence, applied=result.applied,
+                                  duplicate=not result.applied, accuracy=result.accuracy, loss=result.loss,
+                                  model_version=result.version, samples_trained=result.samples_trained,
+                                  applied_sequence=result.applied_sequence)
+        finally:
+            scope.fail()  # whatever this call still has queued is dropped unapplied
+
+    # -- EndBucket, RegisterEvalSet -------------------------------------------------------------------
+
+    @_handle("EndBucket")
+    def EndBucket(self, request: pb.EndBucketRequest, context) -> pb.EndBucketResponse:
+        bucket = self._bucket(request.bucket)
+        op = EndBucketOp(CallScope(context.is_active), bucket, request.bucket_size or None)
+        r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
+        return pb.EndBucketResponse(bucket=r.bucket, row=pb.AccuracyRow(accuracy=r.row),
+                                    metrics=learning_metrics(r.metrics), model_version=r.version,
+                                    open_bucket=r.open_bucket, already_ended=r.already_ended, checkpoint=r.checkpoint)
+
+    @_handle("RegisterEvalSet")
+    def RegisterEvalSet(self, request_iterator, context) -> pb.RegisterEvalSetResponse:
+        bucket, schema, xs, ys, total = None, None, [], [], 0
+        for i, chunk in enumerate(request_iterator):
+            if bucket is None:
+                bucket = self._bucket(chunk.bucket)
+            elif chunk.bucket != bucket:
+                raise InvalidArgument(f"chunk {i}: bucket", f"got {chunk.bucket}; expected {bucket} like the first "
+                                                            "chunk (one held-out set per call)")
+            schema = self._schema(chunk, within=schema)
+            x, y = self._labelled(chunk, schema)
+            total += len(y)
+            if total > self.settings.max_eval_samples:
+                raise InvalidArgument("samples", f"the set exceeds {self.settings.max_eval_samples} samples, the "
+                                                 "most this server keeps per held-out set")
+            xs.append(x)
+            ys.append(y)
+        if bucket is None:
+            raise InvalidArgument("chunks", "the call sent no chunk; expected at least one EvalSetChunk")
+        self.schemas.establish(schema)
+        op = RegisterEvalOp(CallScope(context.is_active), bucket, torch.cat(xs), torch.cat(ys), schema)
+        r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
+        return pb.RegisterEvalSetResponse(bucket=r.bucket, num_samples=r.num_samples,
+                                          already_registered=r.already_registered, registered_buckets=r.registered)
+
+    # -- Predict, Evaluate ----------------------------------------------------------------------------
+
+    def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
+        t0 = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return self._predict(request)
+        except ServiceError as e:
+            code = e.code
+            context.abort(e.code, e.message)
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("Predict failed")
+            context.abort(code, "Predict: internal error; the server log has the details")
+        finally:
+            self.metrics.predict_requests.labels(code.name).inc()
+            self.metrics.requests.labels("Predict", code.name).inc()
+            self.metrics.predict_seconds.observe(time.perf_counter() - t0)
+
+    def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
+        self._inference_slot()
+        try:
+            snapshot, schema = self._serving()
+            k = request.top_k or 1
+            if k > schema.num_classes:
+                raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
+            x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
+            probabilities = torch.softmax(snapshot.logits(x), dim=1)
+        finally:
+            self._inference_slots.release()
+        top_p, top_i = probabilities.topk(k, dim=1)
+        names = schema.class_names
+        return pb.PredictResponse(model_version=snapshot.version, predictions=[
+            pb.Prediction(label=labels[0], class_name=names[labels[0]], top_labels=labels, top_probabilities=p)
+            for labels, p in zip(top_i.tolist(), top_p.tolist())])
+
+    @_handle("Evaluate")
+    def Evaluate(self, request_iterator, context) -> pb.EvaluateResponse:
+        self._inference_slot()
+        try:
+            snapshot, schema = self._serving()  # one snapshot answers the whole call
+            correct, total, loss = 0, 0, 0.0
+            for chunk in request_iterator:
+                x, y = self._labelled(chunk, schema)
+                logits = snapshot.logits(x)
+                correct += int((logits.argmax(dim=1) == y).sum())
+                total += len(y)
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        finally:
+            self._inference_slots.release()
+        if total == 0:
+            raise InvalidArgument("chunks", "the call sent no samples; expected at least one EvaluateChunk")
+        return pb.EvaluateResponse(correct=correct, total=total, accuracy=correct / total, loss=loss / total,
+                                   model_version=snapshot.version)
+
+    # -- GetStatus ------------------------------------------------------------------------------------
+
+    @_handle("GetStatus")
+    def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.Status:
+        return status_message(self.worker.status(), self.snapshots.version, self.worker.queue_depth,
+                              self.worker.queue_size)
+
+
+def status_message(s: dict, serving_version: int, queue_depth: int, queue_capacity: int) -> pb.Status:
+    schema: Schema | None = s["schema"]
+    buffer = s["buffer"]
+    drift = s["drift"]
+    return pb.Status(
+        has_model=s["has_model"],
+        schema=schema.to_proto() if schema is not None else None,
+        model_version=s["version"], serving_version=serving_version, open_bucket=s["open_bucket"],
+        samples_trained=s["samples_trained"], batches_trained=s["batches_trained"],
+        prequential_accuracy=s["prequential_accuracy"],
+        prequential_accuracy_overall=s["prequential_accuracy_overall"],
+        accuracy_matrix=[pb.AccuracyRow(accuracy=row) for row in s["matrix"]],
+        initial_accuracy=pb.AccuracyRow(accuracy=s["initial"]),
+        metrics=learning_metrics(s["metrics"]),
+        forgetting_per_bucket=s["forgetting_per_bucket"],
+        buffer=pb.BufferStatus(size=buffer["size"], capacity=buffer["capacity"], bytes=buffer["bytes"],
+                               by_bucket=buffer["by_bucket"], by_class=buffer["by_class"]),
+        gem_projections=s["projections"], qp_fallbacks=s["qp_fallbacks"],
+        applied_sequences=s["applied_sequences"], eval_buckets=s["eval_buckets"],
+        queue_depth=queue_depth, queue_capacity=queue_capacity,
+        drift=pb.DriftStatus(statistic=drift["statistic"], threshold=drift["threshold"], events=drift["events"],
+                             last_event_version=drift["last_event_version"]),
+        last_checkpoint=s["last_checkpoint"], last_checkpoint_time=s["last_checkpoint_time"],
+        config_json=json.dumps(s["config"], sort_keys=True),
+    )
+

@@ -1,0 +1,436 @@
+"""The training worker: the only thread that touches the Learner.
+
+Operations (train a batch, end a bucket, register a held-out set) wait in one bounded FIFO queue
+and are applied strictly in order. A sender that finds the queue full waits (back-pressure: a
+gRPC stream then stops reading, and flow control slows the client) and, past its timeout, gets
+RESOURCE_EXHAUSTED. Every operation is checked against the learner's state at the moment it is
+applied (bucket order, duplicates) and either applied whole or rejected whole.
+
+Operations of one call share a CallScope: once one of them fails, or the call ends, the rest are
+dropped unapplied, so a rejected batch is never followed by later batches of the same call.
+
+After each operation the worker publishes a status (one consistent dict for GetStatus and the
+metrics) and, throttled by `snapshot_interval_seconds` but always when the queue runs empty or a
+bucket ends, a serving snapshot. Checkpoints are written at bucket ends, every N batches, every
+T seconds and at shutdown; they hold each stream's applied sequence together with the model,
+so both always agree.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cl_engine import Learner, LearnerConfig
+from cl_engine.drift import PageHinkley
+from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
+from cl_engine.streams.base import TensorSet
+
+from .checkpoint import CheckpointStore
+from .errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from .metrics import ServerMetrics
+from .schema import Schema, SchemaHolder
+from .snapshot import Snapshot, SnapshotHolder
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = 1
+
+
+class CallScope:
+    """The operations one gRPC call submitted. Once failed (or its call ended), the rest are dropped."""
+
+    def __init__(self, is_active: Callable[[], bool] = lambda: True):
+        self._failed = threading.Event()
+        self._is_active = is_active
+
+    def fail(self) -> None:
+        self._failed.set()
+
+    @property
+    def live(self) -> bool:
+        return not self._failed.is_set() and self._is_active()
+
+
+@dataclass
+class Op:
+    scope: CallScope
+    future: Future = field(default_factory=Future, init=False)
+
+
+@dataclass
+class TrainOp(Op):
+    stream_id: str
+    sequence: int
+    bucket: int
+    x: torch.Tensor
+    y: torch.Tensor
+    schema: Schema
+
+
+@dataclass
+class EndBucketOp(Op):
+    bucket: int
+    bucket_size: int | None
+
+
+@dataclass
+class RegisterEvalOp(Op):
+    bucket: int
+    x: torch.Tensor
+    y: torch.Tensor
+    schema: Schema
+
+
+@dataclass
+class TrainResult:
+    applied: bool
+    accuracy: float
+    loss: float
+    version: int
+    samples_trained: int
+    applied_sequence: int
+
+
+@dataclass
+class EndBucketResult:
+    bucket: int
+    row: list[float]
+    metrics: dict[str, float]
+    version: int
+    open_bucket: int
+    already_ended: bool
+    checkpoint: str
+
+
+@dataclass
+class RegisterResult:
+    bucket: int
+    num_samples: int
+    already_registered: bool
+    registered: list[int]
+
+
+_STOP = object()
+
+
+def learning_metrics(learner: Learner) -> dict[str, float]:
+    """Learner.metrics(), NaN throughout while no held-out set is registered (cl_engine's GEM summary
+    indexes the last row, which fails on a matrix with rows but no columns)."""
+    if learner.matrix.matrix().shape[1] == 0:
+        return {k: math.nan for k in METRIC_KEYS}
+    return learner.metrics()
+
+
+class TrainingWorker:
+    def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
+                 metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
+                 max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
+                 checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
+                 drift: PageHinkley | None = None):
+        self.config = config
+        self.schemas = schemas
+        self.snapshots = snapshots
+        self.metrics = metrics
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.queue_size = queue_size
+        self.snapshot_interval = snapshot_interval
+        self.max_streams = max_streams
+        self.checkpoints = checkpoints
+        self.checkpoint_every_batches = checkpoint_every_batches
+        self.checkpoint_every_seconds = checkpoint_every_seconds
+        self.drift = drift or PageHinkley()
+        # State that only the worker thread touches once it runs.
+        self.learner: Learner | None = None
+        self.applied: dict[str, int] = {}  # stream_id → applied high-water mark
+        self.last_loss = math.nan
+        self.last_drift_version = 0
+        self.last_checkpoint = ""
+        self.last_checkpoint_time = 0.0
+        self._batches_since_checkpoint = 0
+        self._dirty = False  # changed since the last checkpoint
+        self._last_snapshot = 0.0
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+        self._status: dict = {}
+
+    # -- life cycle (any thread, before start / after stop) -----------------------------------------
+
+    def restore(self, state: dict, path: Path | None = None) -> None:
+        """Continue from a checkpoint's state (before start)."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r}; this server reads {CHECKPOINT_FORMAT}")
+        if state["schema"] is not None:
+            schema = Schema.validated(state["schema"]["class_names"], state["schema"]["input_shape"], "checkpoint")
+            self.schemas.establish(schema)
+        if state["learner"] is not None:
+            saved = LearnerConfig(**state["learner"]["config"])
+            ours, theirs = self.config.model_dump(exclude={"device"}), saved.model_dump(exclude={"device"})
+            if ours != theirs:
+                diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+                raise ValueError(f"checkpoint {path} was trained with other learner settings "
+                                 f"(setting: checkpoint → now): {diff}; start with the same settings, or with "
+                                 "an empty checkpoint directory")
+            self.learner = Learner.from_state_dict(state["learner"], device=self.config.device)
+        self.applied = dict(state["applied_sequences"])
+        configured = {k: getattr(self.drift, k) for k in ("delta", "threshold", "min_samples", "alpha")}
+        self.drift.load_state_dict({**state["drift"], **configured})  # the running test, today's parameters
+        self.last_loss = state["last_loss"]
+        self.last_drift_version = state["last_drift_version"]
+        self.last_checkpoint = str(path or "")
+        self.last_checkpoint_time = state["written_at"]
+
+    def start(self) -> None:
+        if self.learner is None and self.schemas.schema is not None:
+            self._ensure_learner(self.schemas.schema)
+        self._publish(snapshot=True)
+        self._thread = threading.Thread(target=self._run, name="clstream-training-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking operations, apply those already queued, write a final checkpoint."""
+        self._accepting = False
+        if self._thread is None:
+            return
+        self.queue.put(_STOP)  # after everything already queued
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("training worker did not finish within %.0fs; no final checkpoint", timeout or 0)
+            return
+        if self._dirty and self.checkpoints is not None:
+            self._checkpoint()
+            self._publish(snapshot=False)
+
+    # -- submitting (gRPC threads) ------------------------------------------------------------------
+
+    def submit(self, op: Op, timeout: float) -> Future:
+        """Queue `op`, waiting up to `timeout` seconds for room while its call is alive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._accepting:
+                raise Unavailable("the server is shutting down; send again after it restarts")
+            if not op.scope.live:
+                raise Cancelled("the call ended before its operation could be queued")
+            try:
+                self.queue.put(op, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+                return op.future
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    raise ResourceExhausted(f"the training queue is full ({self.queue_size} operations) and stayed "
+                                            f"full for {timeout:g}s; send more slowly") from None
+
+    @property
+    def queue_depth(self) -> int:
+        return self.queue.qsize()
+
+    def status(self) -> dict:
+        """The last published status (a consistent view; never mutated after publication)."""
+        return self._status
+
+    # -- the worker thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            op = self.queue.get()
+            if op is _STOP:
+                return
+            if not op.scope.live:
+                op.future.set_exception(Cancelled("dropped unapplied: an earlier operation of the same call "
+                                                  "failed, or the call ended"))
+                continue
+            result, error = None, None
+            try:
+                result = self._apply(op)
+            except ServiceError as e:
+                error = e
+            except Exception as e:  # a bug: keep serving, tell the caller nothing internal
+                log.exception("training worker failed on %s", type(op).__name__)
+                error = e
+            try:
+                self._after(op)  # published before the caller hears back: its next GetStatus sees this op
+            except Exception:  # a bug in publishing or checkpointing must not stop training
+                log.exception("training worker: publishing after %s failed", type(op).__name__)
+            if error is not None:
+                op.scope.fail()
+                op.future.set_exception(error)
+            else:
+                op.future.set_result(result)
+
+    def _apply(self, op: Op):
+        if isinstance(op, TrainOp):
+            return self._train(op)
+        if isinstance(op, EndBucketOp):
+            return self._end_bucket(op)
+        if isinstance(op, RegisterEvalOp):
+            return self._register(op)
+        raise TypeError(f"unknown operation {op!r}")
+
+    def _after(self, op: Op) -> None:
+        now = time.monotonic()
+        idle = self.queue.empty()
+        train = isinstance(op, TrainOp)
+        snapshot = not train or idle or now - self._last_snapshot >= self.snapshot_interval
+        if self.checkpoints is not None and self._dirty and train and (
+                (self.checkpoint_every_batches and self._batches_since_checkpoint >= self.checkpoint_every_batches)
+                or (self.checkpoint_every_seconds and time.time() - self.last_checkpoint_time
+                    >= self.checkpoint_every_seconds)):
+            self._checkpoint()
+        self._publish(snapshot)
+
+    def _ensure_learner(self, schema: Schema) -> Learner:
+        if self.learner is None:
+            self.learner = Learner(self.config, schema.input_shape, schema.num_classes)
+            log.info("built a %s model for %s (%s, device %s)", self.config.model, schema.describe(),
+                     self.config.strategy, self.learner.device)
+            self._dirty = True
+        return self.learner
+
+    def _train(self, op: TrainOp) -> TrainResult:
+        learner = self._ensure_learner(op.schema)
+        mark = self.applied.get(op.stream_id, 0)
+        if op.sequence <= mark:
+            self.metrics.duplicate_batches.inc()
+            return TrainResult(False, math.nan, math.nan, learner.version, learner.counters["samples_trained"], mark)
+        try:
+            learner.check_bucket(op.bucket)
+        except ValueError as e:
+            raise FailedPrecondition(f"bucket: {e}") from None
+        if op.stream_id not in self.applied and len(self.applied) >= self.max_streams:
+            raise ResourceExhausted(f"stream_id: {len(self.applied)} streams are known, the most this server keeps; "
+                                    "reuse a stream_id")
+        try:
+            learner.check_batch(op.x, op.y)
+        except ValueError as e:
+            raise InvalidArgument("samples", str(e)) from None
+        t0 = time.perf_counter()
+        step = learner.observe(op.x, op.y, op.bucket)
+        self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
+        self.applied[op.stream_id] = op.sequence
+        self.last_loss = step.loss
+        if self.drift.update(1.0 - step.accuracy, step.total):
+            self.last_drift_version = step.version
+            log.info("drift detected at model version %d (bucket %d)", step.version, op.bucket)
+        self._batches_since_checkpoint += 1
+        self._dirty = True
+        return TrainResult(True, step.accuracy, step.loss, step.version, learner.counters["samples_trained"],
+                           op.sequence)
+
+    def _end_bucket(self, op: EndBucketOp) -> EndBucketResult:
+        learner = self.learner
+        if learner is None:
+            raise FailedPrecondition("no model yet: train a batch (declaring the schema) before ending a bucket")
+        if op.bucket < learner.open_bucket:
+            R = learner.matrix.matrix()
+            return EndBucketResult(op.bucket, R[op.bucket].tolist(), learning_metrics(learner), learner.version,
+                                   learner.open_bucket, True, self.last_checkpoint)
+        try:
+            learner.check_bucket(op.bucket)
+        except ValueError as e:
+            raise FailedPrecondition(f"bucket: {e}") from None
+        t0 = time.perf_counter()
+        learner.end_bucket(op.bucket, bucket_size=op.bucket_size)  # the weights do not change: no new snapshot
+        self._dirty = True
+        path = self._checkpoint() if self.checkpoints is not None else None
+        self.metrics.end_bucket_seconds.observe(time.perf_counter() - t0)
+        R = learner.matrix.matrix()
+        return EndBucketResult(op.bucket, R[op.bucket].tolist(), learning_metrics(learner), learner.version,
+                               learner.open_bucket, False, str(path or ""))
+
+    def _register(self, op: RegisterEvalOp) -> RegisterResult:
+        learner = self._ensure_learner(op.schema)
+        existing = learner.eval_sets.get(op.bucket)
+        if existing is not None:
+            same = (isinstance(existing, TensorSet) and existing.x.shape == op.x.shape
+                    and torch.equal(existing.x, op.x) and torch.equal(existing.labels, op.y))
+            if not same:
+                raise FailedPrecondition(f"bucket: bucket {op.bucket} already has a held-out set of {len(existing)} "
+                                         "samples and it differs from this one; held-out sets are fixed once "
+                                         "registered, so the accuracy matrix keeps its meaning")
+            return RegisterResult(op.bucket, len(existing), True, sorted(learner.eval_sets))
+        learner.register_eval_set(op.bucket, TensorSet(op.x, op.y))
+        self._dirty = True
+        return RegisterResult(op.bucket, len(op.y), False, sorted(learner.eval_sets))
+
+    def _checkpoint(self) -> Path | None:
+        t0 = time.perf_counter()
+        try:
+            path = self.checkpoints.save(self.checkpoint_state())
+        except Exception:
+            log.exception("checkpoint write failed; training goes on, the previous checkpoint stays")
+            self.metrics.checkpoint_failures.inc()
+            return None
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        self.metrics.checkpoints.inc()
+        self.last_checkpoint = str(path)
+        self.last_checkpoint_time = time.time()
+        self._batches_since_checkpoint = 0
+        self._dirty = False
+        return path
+
+    def checkpoint_state(self) -> dict:
+        schema = self.schemas.schema
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "schema": None if schema is None else {"class_names": list(schema.class_names),
+                                                   "input_shape": list(schema.input_shape)},
+            "learner": None if self.learner is None else self.learner.state_dict(),
+            "applied_sequences": dict(self.applied),
+            "drift": self.drift.state_dict(),
+            "last_loss": self.last_loss,
+            "last_drift_version": self.last_drift_version,
+            "written_at": time.time(),
+        }
+
+    def _publish(self, snapshot: bool) -> None:
+        learner = self.learner
+        current = self.snapshots.current()
+        if snapshot and learner is not None and (current is None or current.version != learner.version):
+            self.snapshots.publish(Snapshot.of(learner.model, learner.version, learner.device))
+            self.metrics.snapshots.inc()
+            self._last_snapshot = time.monotonic()
+        self._status = self._build_status()
+
+    def _build_status(self) -> dict:
+        learner = self.learner
+        base = {
+            "has_model": learner is not None,
+            "schema": self.schemas.schema,
+            "applied_sequences": dict(self.applied),
+            "last_loss": self.last_loss,
+            "drift": {"statistic": self.drift.statistic, "threshold": self.drift.threshold,
+                      "events": self.drift.events, "last_event_version": self.last_drift_version},
+            "last_checkpoint": self.last_checkpoint,
+            "last_checkpoint_time": self.last_checkpoint_time,
+            "config": self.config.model_dump(mode="json"),
+        }
+        if learner is None:
+            return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,
+                    "projections": 0, "qp_fallbacks": 0, "prequential_accuracy": math.nan,
+                    "prequential_accuracy_overall": math.nan, "matrix": [], "initial": [],
+                    "metrics": {k: math.nan for k in METRIC_KEYS}, "forgetting_per_bucket": [],
+                    "buffer": {"size": 0, "capacity": 0, "bytes": 0, "bytes_per_sample": 0, "by_bucket": {},
+                               "by_class": {}},
+                    "eval_buckets": []}
+        s = learner.status()
+        R = learner.matrix.matrix()
+        return {
+            **base,
+            "version": learner.version,
+            "open_bucket": learner.open_bucket,
+            **{k: learner.counters[k] for k in ("samples_trained", "batches_trained", "projections", "qp_fallbacks")},
+            "prequential_accuracy": s["prequential_accuracy"],
+            "prequential_accuracy_overall": s["prequential_accuracy_overall"],
+            "matrix": R.tolist(),
+            "initial": learner.matrix.initial_row().tolist(),
+            "metrics": learning_metrics(learner),
+            "forgetting_per_bucket": forgetting_per_bucket(R),
+            "buffer": {**s["buffer"], "bytes_per_sample": learner.buffer.bytes_per_sample()},
+            "eval_buckets": sorted(learner.eval_sets),
+        }

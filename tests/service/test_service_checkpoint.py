@@ -1,0 +1,137 @@
+"""Checkpoints: atomic and verified on disk; a restarted server resumes exactly where it stood."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cl_engine import Learner, LearnerConfig, run_stream
+from clstream_proto import continual_learner_pb2 as pb
+from server.checkpoint import CheckpointStore, CorruptCheckpoint, decode, encode
+from server.service import Service
+from service_helpers import base_settings, register_all, train_batches
+
+
+def test_store_round_trip_newest_first_and_pruning(tmp_path):
+    store = CheckpointStore(tmp_path, keep=2)
+    assert store.load_latest() is None
+    paths = [store.save({"n": n, "t": torch.arange(n)}) for n in range(4)]
+    assert [p.name for p in paths] == [f"checkpoint-{k:08d}.ckpt" for k in range(1, 5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [paths[2].name, paths[3].name]
+    state, path = CheckpointStore(tmp_path).load_latest()
+    assert path == paths[3] and state["n"] == 3 and torch.equal(state["t"], torch.arange(3))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty", "header"])
+def test_a_corrupt_checkpoint_is_reported_set_aside_and_skipped(tmp_path, damage):
+    store = CheckpointStore(tmp_path, keep=5)
+    store.save({"n": 1})
+    newest = store.save({"n": 2})
+    blob = newest.read_bytes()
+    newest.write_bytes({"truncate": blob[: len(blob) // 2], "flip": blob[:-5] + bytes([blob[-5] ^ 1]) + blob[-4:],
+                        "garbage": b"\x00garbage" * 10, "empty": b"", "header": blob[:30]}[damage])
+    fresh = CheckpointStore(tmp_path, keep=5)
+    state, path = fresh.load_latest()
+    assert state == {"n": 1} and path.name == "checkpoint-00000001.ckpt"
+    assert [s.path for s in fresh.skipped] == [newest] and fresh.skipped[0].reason
+    assert (tmp_path / "checkpoint-00000002.ckpt.corrupt").exists() and not newest.exists()
+    assert fresh.save({"n": 3}).name == "checkpoint-00000003.ckpt"  # never reuses the corrupt one's number
+
+
+def test_leftover_temp_files_are_removed_and_never_loaded(tmp_path):
+    store = CheckpointStore(tmp_path)
+    store.save({"n": 1})
+    (tmp_path / ".checkpoint-00000002.ckpt.tmp").write_bytes(encode({"n": 2})[:40])
+    state, _ = CheckpointStore(tmp_path).load_latest()
+    assert state == {"n": 1} and not list(tmp_path.glob("*.tmp"))
+
+
+def test_payloads_never_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("this must not run",))
+
+    import hashlib
+    import io
+    import pickle
+    import struct
+    payload = io.BytesIO()
+    torch.save({"x": Evil()}, payload, pickle_module=pickle)
+    data = payload.getvalue()
+    blob = b"CLSTREAM-CHECKPOINT-1\n" + struct.pack("<Q32s", len(data), hashlib.sha256(data).digest()) + data
+    with pytest.raises(CorruptCheckpoint, match="does not load"):
+        decode(blob)
+
+
+def test_learner_state_survives_the_format(stream):
+    config = LearnerConfig(strategy="replay", buffer_capacity=50, momentum=0.9, device="cpu")
+    learner = Learner(config, stream.input_shape, stream.num_classes)
+    for batch in train_batches(stream, 0, limit=5):
+        x = torch.from_numpy(np.frombuffer(batch.samples.tensor.data, "<f4").reshape(-1, 1, 8, 8).copy())
+        learner.observe(x, torch.tensor(list(batch.labels)), 0)
+    restored = Learner.from_state_dict(decode(encode(learner.state_dict())))
+    x, y = stream.buckets[0].train.batch(torch.arange(50, 60))
+    assert learner.observe(x, y, 0) == restored.observe(x, y, 0)
+
+
+def comparable(status: pb.Status) -> bytes:
+    """The status as bytes (NaN equals NaN), without what a restart legitimately changes: the
+    snapshot is republished on start and the final checkpoint is newer than the one before it."""
+    s = pb.Status()
+    s.CopyFrom(status)
+    for name in ("serving_version", "last_checkpoint", "last_checkpoint_time"):
+        s.ClearField(name)
+    return s.SerializeToString(deterministic=True)
+
+
+def test_a_restarted_server_resumes_with_the_same_status_and_the_same_result(start, connect, stream, tmp_path):
+    """Stop mid-bucket, start again on the same directory, resend from the top: duplicates are
+    acknowledged, the rest trains, and the matrix equals the uninterrupted in-process run."""
+    options = dict(strategy="replay", buffer_capacity=100, seed=5, device="cpu")
+    first = start(checkpoint_dir=tmp_path, checkpoint_every_batches=0, **options)
+    stub = connect(first)
+    register_all(stub, stream)
+    list(stub.Train(train_batches(stream, 0, seed=5)))
+    stub.EndBucket(pb.EndBucketRequest(bucket=0, bucket_size=150))
+    list(stub.Train(train_batches(stream, 1, first_sequence=16, seed=5, limit=6)))
+    before = stub.GetStatus(pb.GetStatusRequest())
+    first.stop(grace=1.0)  # writes the final checkpoint: 6 batches into bucket 1
+
+    second = start(checkpoint_dir=tmp_path, **options)
+    stub = connect(second)
+    after = stub.GetStatus(pb.GetStatusRequest())
+    assert comparable(after) == comparable(before) and after.serving_version == before.model_version
+    assert after.last_checkpoint == str(sorted(tmp_path.glob("*.ckpt"))[-1]) and after.applied_sequences == {"s": 21}
+    assert after.last_checkpoint_time >= before.last_checkpoint_time > 0
+    acks = list(stub.Train(train_batches(stream, 1, first_sequence=16, seed=5)))
+    assert [a.duplicate for a in acks] == [True] * 6 + [False] * 9
+    stub.EndBucket(pb.EndBucketRequest(bucket=1, bucket_size=150))
+    list(stub.Train(train_batches(stream, 2, first_sequence=31, seed=5)))
+    stub.EndBucket(pb.EndBucketRequest(bucket=2, bucket_size=150))
+    R = np.array([r.accuracy for r in stub.GetStatus(pb.GetStatusRequest()).accuracy_matrix])
+    reference = run_stream(stream, LearnerConfig(**options), batch_size=10, progress=False)
+    np.testing.assert_allclose(R, reference["accuracy_matrix"], rtol=0, atol=1e-9)
+
+
+def test_checkpoints_every_n_batches_and_a_corrupt_newest_one_on_restart(start, connect, stream, tmp_path):
+    service = start(checkpoint_dir=tmp_path, checkpoint_every_batches=4, checkpoint_keep=10)
+    stub = connect(service)
+    list(stub.Train(train_batches(stream, 0, limit=10)))  # checkpoints after batches 4 and 8
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert len(names) == 2
+    assert stub.GetStatus(pb.GetStatusRequest()).last_checkpoint.endswith(names[-1])
+    service.stop(grace=0.5)  # the final checkpoint: batch 10
+    newest = sorted(tmp_path.glob("*.ckpt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:-100])
+    resumed = start(checkpoint_dir=tmp_path)
+    status = connect(resumed).GetStatus(pb.GetStatusRequest())
+    assert status.model_version == 8 and status.applied_sequences == {"s": 8}
+    assert resumed.metrics.corrupt_checkpoints._value.get() == 1
+
+
+def test_a_checkpoint_from_other_learner_settings_is_refused(start, connect, stream, tmp_path):
+    service = start(checkpoint_dir=tmp_path, lr=0.1)
+    list(connect(service).Train(train_batches(stream, 0, limit=1)))
+    service.stop(grace=0.5)
+    with pytest.raises(ValueError, match="lr"):
+        Service(base_settings(checkpoint_dir=tmp_path, lr=0.2))

@@ -1,0 +1,151 @@
+"""Samples and labels off the wire: exact decoding, and every malformed input refused by field name."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from clstream_proto import continual_learner_pb2 as pb
+from server.codec import DecodeLimits, decode_images, decode_labels, decode_samples, decode_tensor, encode_tensor
+from server.errors import InvalidArgument
+
+SHAPE = (1, 8, 8)
+LIMITS = DecodeLimits(max_samples=64, max_image_bytes=100_000, max_image_pixels=256 * 256)
+
+
+def png_bytes(array: np.ndarray, mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width × height grey pixels (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8])
+def test_tensor_round_trip(dtype):
+    x = torch.rand(5, *SHAPE)
+    sent = (x * 255).round().to(torch.uint8) if dtype == torch.uint8 else x.to(dtype)
+    got = decode_tensor(encode_tensor(sent), "samples.tensor", SHAPE, 64)
+    assert got.dtype == torch.float32 and got.shape == (5, *SHAPE)
+    expected = sent.float() / 255 if dtype == torch.uint8 else sent.float()
+    assert torch.equal(got, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.sampled_from([torch.float32, torch.float16]), st.integers(0, 2**31))
+def test_float_tensors_decode_bit_for_bit(n, dtype, seed):
+    x = torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    assert torch.equal(decode_tensor(encode_tensor(x), "t", SHAPE, 64), x.float())
+
+
+def tensor(shape, dtype=pb.DTYPE_FLOAT32, data=None, itemsize=4):
+    count = int(np.prod(shape)) if shape else 0
+    return pb.Tensor(shape=shape, dtype=dtype, data=b"\0" * (count * itemsize) if data is None else data)
+
+
+@pytest.mark.parametrize("message,field,words", [
+    (tensor([2, 1, 8, 9]), "samples.tensor.shape", "expected [n, 1, 8, 8]"),
+    (tensor([2, 64]), "samples.tensor.shape", "expected [n, 1, 8, 8]"),
+    (tensor([]), "samples.tensor.shape", "expected [n, 1, 8, 8]"),
+    (tensor([0, 1, 8, 8]), "samples.tensor.shape[0]", "at least 1 sample"),
+    (tensor([65, 1, 8, 8]), "samples.tensor.shape[0]", "at most 64"),
+    (tensor([2, 1, 8, 8], dtype=pb.DTYPE_UNSPECIFIED), "samples.tensor.dtype", "DTYPE_FLOAT32"),
+    (tensor([2, 1, 8, 8], dtype=77), "samples.tensor.dtype", "got 77"),
+    (tensor([2, 1, 8, 8], data=b"\0" * 511), "samples.tensor.data", "expected 512"),
+    (tensor([2**40, 1, 8, 8], data=b"\0" * 16), "samples.tensor.shape[0]", "at most 64"),
+    (tensor([2, 1, 8, 8], dtype=pb.DTYPE_FLOAT16, itemsize=4), "samples.tensor.data", "expected 256"),
+])
+def test_malformed_tensors_name_the_field(message, field, words):
+    with pytest.raises(InvalidArgument) as e:
+        decode_samples(pb.Samples(tensor=message), "samples", SHAPE, LIMITS)
+    assert e.value.field == field and words in e.value.message
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_non_finite_values_are_refused(bad, dtype):
+    x = torch.zeros(3, *SHAPE)
+    x[1, 0, 2, 3] = bad
+    with pytest.raises(InvalidArgument) as e:
+        decode_samples(pb.Samples(tensor=encode_tensor(x.to(dtype))), "samples", SHAPE, LIMITS)
+    assert e.value.field == "samples.tensor.data" and "sample 1" in e.value.message
+
+
+def test_samples_must_be_set():
+    with pytest.raises(InvalidArgument) as e:
+        decode_samples(pb.Samples(), "samples", SHAPE, LIMITS)
+    assert e.value.field == "samples"
+
+
+def test_labels():
+    assert decode_labels([0, 9, 3], "labels", 3, 10).tolist() == [0, 9, 3]
+    for labels, n, words in [([1, 2], 3, "2 labels for 3 samples"), ([0, 10, 1], 3, "label 10 at position 1"),
+                             ([-1], 1, "label -1"), ([2**62], 1, "expected 0..9")]:
+        with pytest.raises(InvalidArgument) as e:
+            decode_labels(labels, "labels", n, 10)
+        assert e.value.field == "labels" and words in e.value.message
+
+
+def test_png_and_jpeg_images_decode_to_the_schema():
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    x = decode_images(pb.EncodedImages(images=[png_bytes(grey)]), "samples.images", SHAPE, LIMITS)
+    assert x.shape == (1, 1, 8, 8) and torch.equal(x[0, 0], torch.from_numpy(grey).float() / 255)
+    # A larger RGB JPEG is converted to grey, its shorter side resized and the centre cropped.
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8), "RGB").save(buf, format="JPEG")
+    x = decode_images(pb.EncodedImages(images=[buf.getvalue()]), "samples.images", SHAPE, LIMITS)
+    assert x.shape == (1, 1, 8, 8) and 0 <= float(x.min()) and float(x.max()) <= 1
+    rgb = decode_images(pb.EncodedImages(images=[buf.getvalue()]), "samples.images", (3, 16, 16),
+                        DecodeLimits(image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25)))
+    assert rgb.shape == (1, 3, 16, 16) and float(rgb.min()) >= -2 and float(rgb.max()) <= 2
+
+
+@pytest.mark.parametrize("data,words", [
+    (b"", "empty"),
+    (b"definitely not an image", "could not be decoded"),
+    (b"GIF89a" + b"\0" * 64, "could not be decoded"),
+    (None, "could not be decoded"),  # a truncated PNG
+    (b"\0" * 100_001, "at most 100000"),
+])
+def test_bad_images_are_refused(data, words):
+    if data is None:
+        whole = png_bytes(np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8))
+        data = whole[: len(whole) // 2]
+    with pytest.raises(InvalidArgument) as e:
+        decode_images(pb.EncodedImages(images=[png_bytes(np.zeros((8, 8), np.uint8)), data]), "samples.images",
+                      SHAPE, LIMITS)
+    assert e.value.field == "samples.images.images[1]" and words in e.value.message
+
+
+@pytest.mark.parametrize("size", [(257, 256), (5000, 5000), (50_000, 50_000), (2**31 - 1, 2**31 - 1)])
+def test_decompression_bombs_are_refused_before_decoding(monkeypatch, size):
+    from PIL import ImageFile
+
+    def no_decoding(self):
+        raise AssertionError("decoded an image that should have been refused from its header")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    with pytest.raises(InvalidArgument) as e:
+        decode_images(pb.EncodedImages(images=[png_declaring(*size)]), "samples.images", SHAPE, LIMITS)
+    assert "pixels" in e.value.message and e.value.field == "samples.images.images[0]"
+
+
+def test_images_need_an_image_schema():
+    with pytest.raises(InvalidArgument) as e:
+        decode_images(pb.EncodedImages(images=[png_bytes(np.zeros((8, 8), np.uint8))]), "samples.images", (64,),
+                      LIMITS)
+    assert "send a `tensor`" in e.value.message

@@ -1,0 +1,179 @@
+"""What a person watching the server sees: /metrics with every metric named in the issue, health
+checking (grpc.health.v1) and server reflection for generic gRPC tools."""
+from __future__ import annotations
+
+import threading
+import urllib.request
+
+import grpc
+import pytest
+import torch
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from prometheus_client.parser import text_string_to_metric_families
+
+from clstream_proto import continual_learner_pb2 as pb
+from server.codec import encode_samples
+from service_helpers import channel_to, register_all, train_batches
+
+EXPECTED = {  # name in the exposition → type
+    "clstream_samples_trained": "counter", "clstream_batches_trained": "counter",
+    "clstream_train_step_seconds": "histogram", "clstream_train_loss": "gauge",
+    "clstream_prequential_accuracy_ratio": "gauge", "clstream_prequential_accuracy_overall_ratio": "gauge",
+    "clstream_current_bucket": "gauge", "clstream_model_version": "gauge", "clstream_serving_version": "gauge",
+    "clstream_accuracy_matrix_ratio": "gauge", "clstream_initial_accuracy_ratio": "gauge",
+    "clstream_learning_metric_ratio": "gauge", "clstream_forgetting_ratio": "gauge",
+    "clstream_buffer_samples": "gauge", "clstream_buffer_capacity_samples": "gauge",
+    "clstream_buffer_allocated_bytes": "gauge", "clstream_buffer_bucket_samples": "gauge",
+    "clstream_buffer_bucket_bytes": "gauge", "clstream_buffer_class_samples": "gauge",
+    "clstream_buffer_class_bytes": "gauge", "clstream_gem_projections": "counter",
+    "clstream_gem_qp_fallbacks": "counter", "clstream_predict_requests": "counter",
+    "clstream_predict_seconds": "histogram", "clstream_requests": "counter", "clstream_queue_depth": "gauge",
+    "clstream_queue_capacity": "gauge", "clstream_last_checkpoint_timestamp_seconds": "gauge",
+    "clstream_checkpoints": "counter", "clstream_checkpoint_seconds": "histogram",
+    "clstream_drift_statistic": "gauge", "clstream_drift_threshold": "gauge", "clstream_drift_events": "counter",
+    "clstream_end_bucket_seconds": "histogram", "clstream_duplicate_batches": "counter",
+    "clstream_rejected_batches": "counter", "clstream_serving": "gauge", "clstream_eval_sets": "gauge",
+}
+
+
+def scrape(service) -> dict:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=10).read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return families
+
+
+def value(families, name, suffix="", **labels) -> float:
+    for s in families[name].samples:
+        if s.name == name + suffix and all(s.labels.get(k) == str(v) for k, v in labels.items()):
+            return s.value
+    raise KeyError(f"{name}{suffix} {labels}")
+
+
+def test_metrics_serve_every_named_metric_with_sane_values(start, connect, stream, tmp_path):
+    service = start(checkpoint_dir=tmp_path, drift_threshold=3.0)
+    stub = connect(service)
+    register_all(stub, stream)
+    for bucket in range(2):
+        list(stub.Train(train_batches(stream, bucket, first_sequence=1 + 15 * bucket)))
+        stub.EndBucket(pb.EndBucketRequest(bucket=bucket))
+    list(stub.Train(train_batches(stream, 0, limit=1)))  # a duplicate
+    x = stream.buckets[0].test.batch(torch.arange(4))[0]
+    stub.Predict(pb.PredictRequest(samples=encode_samples(x)))
+    with pytest.raises(grpc.RpcError):
+        stub.Predict(pb.PredictRequest())
+    with pytest.raises(grpc.RpcError):
+        list(stub.Train(iter([pb.TrainBatch(stream_id="s", sequence=99, bucket=2, samples=encode_samples(x),
+                                            labels=[42] * 4)])))
+    status = stub.GetStatus(pb.GetStatusRequest())
+    m = scrape(service)
+
+    missing = {name for name in EXPECTED if name not in m}
+    assert not missing
+    for name, kind in EXPECTED.items():
+        assert m[name].type == kind, name
+    for name, family in m.items():  # DESIGN.md's conventions hold for everything exported
+        if name.startswith("clstream_"):
+            assert family.type != "histogram" or name.endswith("_seconds"), name
+            for s in family.samples:
+                assert family.type != "counter" or s.name.endswith(("_total", "_created")), s.name
+                assert set(s.labels) <= {"bucket", "train_bucket", "eval_bucket", "class", "family", "metric",
+                                         "method", "code", "le"}, s
+                if name.endswith("_ratio"):
+                    assert -1.0 <= s.value <= 1.0, s
+
+    assert value(m, "clstream_samples_trained", "_total") == status.samples_trained == 300
+    assert value(m, "clstream_batches_trained", "_total") == status.batches_trained == 30
+    assert value(m, "clstream_train_step_seconds", "_count") == 30
+    assert value(m, "clstream_train_step_seconds", "_sum") > 0
+    assert value(m, "clstream_model_version") == value(m, "clstream_serving_version") == 30
+    assert value(m, "clstream_current_bucket") == 2
+    assert 0 < value(m, "clstream_train_loss") < 10
+    assert value(m, "clstream_prequential_accuracy_ratio") == pytest.approx(status.prequential_accuracy)
+    for i, row in enumerate(status.accuracy_matrix):
+        for j, a in enumerate(row.accuracy):
+            assert value(m, "clstream_accuracy_matrix_ratio", train_bucket=i, eval_bucket=j) == pytest.approx(a)
+    assert value(m, "clstream_initial_accuracy_ratio", eval_bucket=2) == pytest.approx(status.initial_accuracy.accuracy[2])
+    assert value(m, "clstream_learning_metric_ratio", family="gem", metric="bwt") == pytest.approx(status.metrics.bwt)
+    assert value(m, "clstream_learning_metric_ratio", family="clear", metric="score") == pytest.approx(
+        status.metrics.clear_score)
+    assert len([s for s in m["clstream_learning_metric_ratio"].samples]) == 10
+    assert value(m, "clstream_forgetting_ratio", bucket=0) == pytest.approx(status.forgetting_per_bucket[0])
+    buffer = status.buffer
+    assert value(m, "clstream_buffer_samples") == buffer.size > 0
+    assert sum(s.value for s in m["clstream_buffer_bucket_samples"].samples) == buffer.size
+    assert sum(s.value for s in m["clstream_buffer_class_samples"].samples) == buffer.size
+    assert value(m, "clstream_buffer_bucket_bytes", bucket=0) == pytest.approx(
+        buffer.by_bucket[0] * buffer.bytes / buffer.capacity)
+    assert value(m, "clstream_gem_projections", "_total") == 0 == value(m, "clstream_gem_qp_fallbacks", "_total")
+    assert value(m, "clstream_predict_requests", "_total", code="OK") == 1
+    assert value(m, "clstream_predict_requests", "_total", code="INVALID_ARGUMENT") == 1
+    assert value(m, "clstream_predict_seconds", "_count") == 2
+    assert value(m, "clstream_requests", "_total", method="EndBucket", code="OK") == 2
+    assert value(m, "clstream_rejected_batches", "_total", code="INVALID_ARGUMENT") == 1
+    assert value(m, "clstream_duplicate_batches", "_total") == 1
+    assert value(m, "clstream_queue_depth") == 0 and value(m, "clstream_queue_capacity") == 64
+    assert value(m, "clstream_checkpoints", "_total") >= 2
+    assert value(m, "clstream_last_checkpoint_timestamp_seconds") == pytest.approx(status.last_checkpoint_time)
+    assert value(m, "clstream_drift_statistic") >= 0 and value(m, "clstream_drift_threshold") == 3.0
+    assert value(m, "clstream_drift_events", "_total") == status.drift.events
+    assert value(m, "clstream_serving") == 1 and value(m, "clstream_eval_sets") == 3
+
+
+def test_a_shift_in_the_stream_shows_as_drift(start, connect, stream):
+    """Labels that were always 0 become always 1: the prequential error jumps and Page-Hinkley fires."""
+    service = start(drift_threshold=20.0)
+    stub = connect(service)
+    x = stream.buckets[0].train.batch(torch.arange(10))[0]
+
+    def batches(first, bucket, label, count):
+        for k in range(count):
+            yield pb.TrainBatch(stream_id="s", sequence=first + k, bucket=bucket, samples=encode_samples(x),
+                                labels=[label] * 10, schema=pb.Schema(class_names=stream.class_names,
+                                                                      input_shape=stream.input_shape))
+
+    list(stub.Train(batches(1, 0, 0, 20)))
+    assert stub.GetStatus(pb.GetStatusRequest()).drift.events == 0
+    stub.EndBucket(pb.EndBucketRequest(bucket=0))
+    list(stub.Train(batches(21, 1, 1, 10)))
+    drift = stub.GetStatus(pb.GetStatusRequest()).drift
+    assert drift.events == 1 and 21 < drift.last_event_version <= 30
+    assert value(scrape(service), "clstream_drift_events", "_total") == 1
+
+
+def test_health_reports_serving_and_not_serving_during_shutdown(start):
+    service = start()
+    channel = channel_to(service)
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", "clstream.v1.ContinualLearner"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as e:
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    stopper = threading.Thread(target=service.stop, kwargs={"grace": 2.0})
+    stopper.start()
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    stopper.join()
+    channel.close()
+
+
+def test_reflection_lets_generic_tools_discover_the_service(start):
+    service = start()
+    channel = channel_to(service)
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    reply = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"clstream.v1.ContinualLearner", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+    pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+    service_descriptor = pool.FindServiceByName("clstream.v1.ContinualLearner")
+    assert {m.name for m in service_descriptor.methods} == {"Train", "EndBucket", "RegisterEvalSet", "Predict",
+                                                            "Evaluate", "GetStatus"}
+    train = service_descriptor.methods_by_name["Train"]
+    assert train.input_type.full_name == "clstream.v1.TrainBatch"
+    assert "sequence" in train.input_type.fields_by_name
+    channel.close()

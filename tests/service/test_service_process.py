@@ -1,0 +1,69 @@
+"""The real process: `python -m server.main` (the clstream-server entry point) starts, trains, and on
+SIGTERM drains, writes its final checkpoint and exits 0."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clstream_proto import continual_learner_pb2 as pb
+from clstream_proto import continual_learner_pb2_grpc as pb_grpc
+from server.checkpoint import CheckpointStore
+from service_helpers import train_batches
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(*args: str) -> tuple[subprocess.Popen, int]:
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CLSTREAM_")},
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "proto"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "server.main", "--port", "0", "--metrics-port", "0",
+                                "--device", "cpu", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(process.stdout.readline()))
+    reader.start()
+    reader.join(180)
+    if not line or "listening on" not in line[0]:
+        process.kill()
+        pytest.fail(f"the server did not come up: {line} {process.stderr.read()[-2000:]}")
+    return process, int(line[0].split()[3].rsplit(":", 1)[1])
+
+
+def test_sigterm_drains_checkpoints_and_exits_zero(stream, tmp_path):
+    process, port = launch("--checkpoint-dir", str(tmp_path), "--checkpoint-every-batches", "0",
+                           "--input-shape", "1", "8", "8", "--class-names", *stream.class_names)
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.ContinualLearnerStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == health_pb2.HealthCheckResponse.SERVING
+        acks = list(stub.Train(train_batches(stream, 0, limit=7), timeout=60))
+        assert acks[-1].model_version == 7
+        watch = health.Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert process.wait(60) == 0
+        channel.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = process.stderr.read()
+    assert "stopped cleanly" in err and "Traceback" not in err
+    state, path = CheckpointStore(tmp_path).load_latest()
+    assert state["applied_sequences"] == {"s": 7} and state["learner"]["version"] == 7
+
+
+def test_bad_settings_exit_2_without_a_traceback():
+    result = subprocess.run([sys.executable, "-m", "server.main", "--lr", "-3"], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"},
+                            timeout=120)
+    assert result.returncode == 2 and "lr" in result.stderr and "Traceback" not in result.stderr

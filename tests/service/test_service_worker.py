@@ -1,0 +1,155 @@
+"""The training worker's queue: order, back-pressure, calls that fail or end, shutdown; and load
+shedding of concurrent predictions."""
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+import torch
+
+from cl_engine import LearnerConfig
+from clstream_proto import continual_learner_pb2 as pb
+from server.codec import encode_samples
+from server.errors import Cancelled, FailedPrecondition, ResourceExhausted, Unavailable
+from server.metrics import ServerMetrics
+from server.schema import Schema, SchemaHolder
+from server.snapshot import SnapshotHolder
+from server.worker import CallScope, TrainingWorker, TrainOp
+from service_helpers import eval_chunks, train_batches
+
+SCHEMA = Schema(tuple(str(c) for c in range(10)), (1, 8, 8))
+
+
+@pytest.fixture
+def gated():
+    """A worker whose training steps wait for `gate` (so the queue can be filled at will)."""
+    worker = TrainingWorker(LearnerConfig(device="cpu"), SchemaHolder(SCHEMA), SnapshotHolder(), ServerMetrics(),
+                            queue_size=2)
+    gate = threading.Event()
+    train = worker._train
+    worker._train = lambda op: (gate.wait(10), train(op))[1]
+    worker.start()
+    yield worker, gate
+    gate.set()
+    worker.stop(timeout=10)
+
+
+def op(sequence, bucket=0, scope=None, stream_id="s"):
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(sequence))
+    return TrainOp(scope or CallScope(), stream_id, sequence, bucket, x, torch.tensor([0, 1, 2, 3]), SCHEMA)
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_full_queue_makes_the_sender_wait_then_refuses(gated):
+    worker, gate = gated
+    first = worker.submit(op(1), timeout=1)
+    wait_until(lambda: worker.queue_depth == 0)  # the worker holds op 1 at the gate
+    queued = [worker.submit(op(2), timeout=1), worker.submit(op(3), timeout=1)]
+    t0 = time.monotonic()
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        worker.submit(op(4), timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    # A sender that waits long enough gets in once the worker moves on.
+    late = threading.Thread(target=lambda: queued.append(worker.submit(op(5), timeout=10)))
+    late.start()
+    gate.set()
+    late.join()
+    results = [f.result(10) for f in [first, *queued]]
+    assert [r.version for r in results] == [1, 2, 3, 4] and all(r.applied for r in results)
+    assert worker.status()["applied_sequences"] == {"s": 5} and worker.status()["samples_trained"] == 16
+
+
+def test_after_a_failure_the_rest_of_its_call_is_dropped_unapplied(gated):
+    worker, gate = gated
+    call, other = CallScope(), CallScope()
+    futures = [worker.submit(op(1, scope=call), 1)]
+    wait_until(lambda: worker.queue_depth == 0)
+    futures += [worker.submit(op(2, bucket=1, scope=call), 1), worker.submit(op(3, scope=call), 1)]
+    gate.set()
+    assert futures[0].result(10).applied
+    with pytest.raises(FailedPrecondition, match="bucket 1"):
+        futures[1].result(10)
+    with pytest.raises(Cancelled):
+        futures[2].result(10)
+    assert worker.submit(op(3, scope=other), 1).result(10).applied  # another call is unaffected
+    with pytest.raises(Cancelled):
+        worker.submit(op(4, scope=call), 1)
+
+
+def test_stop_applies_what_was_queued_then_refuses(gated):
+    worker, gate = gated
+    futures = [worker.submit(op(k), 1) for k in (1, 2)]
+    threading.Timer(0.2, gate.set).start()
+    worker.stop(timeout=10)
+    assert [f.result(1).version for f in futures] == [1, 2]
+    with pytest.raises(Unavailable):
+        worker.submit(op(3), 1)
+
+
+def test_a_tiny_queue_slows_a_stream_down_instead_of_failing_it(start, connect, stream):
+    stub = connect(start(queue_size=1, enqueue_timeout_seconds=30))
+    acks = list(stub.Train(train_batches(stream, 0)))
+    assert len(acks) == 15 and all(a.applied for a in acks)
+
+
+def test_predictions_beyond_the_concurrency_limit_are_shed(start, connect, stream):
+    stub = connect(start(max_concurrent_predictions=1))
+    list(stub.Train(train_batches(stream, 0, limit=1)))
+    release = threading.Event()
+    chunks = [pb.EvaluateChunk(samples=c.samples, labels=c.labels) for c in eval_chunks(stream, 0, chunk=100)]
+
+    def slow_chunks():
+        yield chunks[0]
+        release.wait(10)
+        yield chunks[1]
+
+    result = {}
+    evaluating = threading.Thread(target=lambda: result.update(r=stub.Evaluate(slow_chunks())))
+    evaluating.start()
+    x = encode_samples(stream.buckets[0].test.batch(torch.arange(3))[0])
+    deadline = time.monotonic() + 10
+    while True:  # until the Evaluate call holds the only slot
+        try:
+            stub.Predict(pb.PredictRequest(samples=x))
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry with backoff" in e.details()
+            break
+        assert time.monotonic() < deadline
+    release.set()
+    evaluating.join()
+    assert result["r"].total == 200
+    assert len(stub.Predict(pb.PredictRequest(samples=x)).predictions) == 3
+
+
+def test_calls_beyond_the_handler_threads_are_refused_not_queued(start, connect, stream):
+    service = start(worker_threads=4)
+    stub = connect(service)
+    release = threading.Event()
+
+    def idle_stream():
+        release.wait(20)
+        return
+        yield
+
+    open_calls = [stub.Train(idle_stream()) for _ in range(4)]  # each holds a handler thread
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            stub.GetStatus(pb.GetStatusRequest(), timeout=5)
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            break
+        assert time.monotonic() < deadline, "a fifth call was served while four streams held every thread"
+        time.sleep(0.05)
+    release.set()
+    for call in open_calls:
+        assert list(call) == []
+    assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).open_bucket == 0
