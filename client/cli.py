@@ -59,6 +59,8 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=10)
     g.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
     g.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")
+    g.add_argument("--max-in-flight", type=int, default=16,
+                   help="batches sent and not yet acknowledged, at most (0: no client-side bound)")
     g.add_argument("--query-every", type=int, default=10,
                    help="ask for predictions on upcoming, untrained data every N batches (0: never)")
     g.add_argument("--query-size", type=int, default=32, help="samples per prediction query")
@@ -75,11 +77,13 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
 def replay_options(args: argparse.Namespace, seed: int | None):
     from .replay import ReplayOptions
 
-    if args.batch_size < 1 or args.epochs < 1 or args.query_every < 0 or args.query_size < 1:
-        raise ValueError("--batch-size, --epochs and --query-size must be >= 1 and --query-every >= 0")
+    if args.batch_size < 1 or args.epochs < 1 or args.query_size < 1 or args.query_every < 0 or args.max_in_flight < 0:
+        raise ValueError("--batch-size, --epochs and --query-size must be >= 1; --query-every and --max-in-flight "
+                         ">= 0")
     if args.rate is not None and args.rate <= 0:
         raise ValueError(f"--rate must be > 0 samples per second, got {args.rate}")
     return ReplayOptions(batch_size=args.batch_size, epochs=args.epochs, seed=seed, rate=args.rate,
+                         max_in_flight=args.max_in_flight,
                          query_every=args.query_every, query_size=args.query_size, stream_id=args.stream_id,
                          reconnect_timeout=args.reconnect_timeout, progress=not args.quiet)
 

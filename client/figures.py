@@ -90,10 +90,10 @@ def accuracy_over_time(report: dict, path: Path) -> Path:
         window = max(1, min(50, len(x) // 40))
         ax.plot(x, y, color="tab:blue", alpha=0.15, linewidth=0.8)
         ax.plot(x, _smooth(y, window), color="tab:blue", linewidth=1.6,
-                label=f"prequential (each batch before training on it; mean of {window})")
+                label=f"prequential (batch scored before training; mean of {window})")
     if queries["position"]:
         ax.plot(queries["position"], _nan(queries["accuracy"]), "o-", color="tab:orange", markersize=3,
-                linewidth=1.0, alpha=0.9, label=f"served (predictions on {queries['samples'][0]} untrained samples)")
+                linewidth=1.0, alpha=0.9, label="served (predictions on untrained data)")
     ends = timeline["bucket_ends"]
     names = report.get("bucket_names") or []
     for e in ends:
@@ -101,7 +101,7 @@ def accuracy_over_time(report: dict, path: Path) -> Path:
     if ends:
         seen = [np.nanmean(_nan(e["row"][: e["bucket"] + 1])) for e in ends]
         ax.plot([e["samples"] for e in ends], seen, "s", color="tab:green", markersize=6,
-                label="held-out accuracy on buckets seen so far (after each bucket)")
+                label="held-out, buckets seen so far")
     # Bucket labels at the top, between boundaries.
     bounds = [0] + [e["samples"] for e in ends]
     for i in range(len(bounds) - 1):
@@ -115,8 +115,8 @@ def accuracy_over_time(report: dict, path: Path) -> Path:
     ax.set_ylabel("accuracy")
     ax.set_title(f"learning over time — {_title(report)}", fontsize=10, pad=16)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.2)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -125,7 +125,7 @@ def accuracy_over_time(report: dict, path: Path) -> Path:
 def buffer_composition(report: dict, path: Path) -> Path:
     ends = report["timeline"]["bucket_ends"]
     n = report["stream"]["buckets"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(ends) + 3.0), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(ends) + 4.5), 4.0))
     if not ends or not any(e["buffer_size"] for e in ends):
         ax.text(0.5, 0.5, f"the replay memory stayed empty\n(strategy {report.get('strategy')})", ha="center",
                 va="center", transform=ax.transAxes)
@@ -142,10 +142,10 @@ def buffer_composition(report: dict, path: Path) -> Path:
                 bottom += heights
         capacity = report["buffer"].get("capacity")
         if capacity:
-            ax.axhline(capacity, color="black", linestyle=":", linewidth=1, label=f"capacity {capacity}")
+            ax.axhline(capacity, color="black", linestyle=":", linewidth=1.2, zorder=3, label=f"capacity {capacity}")
         ax.set_xticks(xs, [f"after {e['bucket']}" for e in ends], fontsize=8)
         ax.set_ylabel("samples in memory")
-        ax.legend(fontsize=7, loc="upper left", ncol=2 if n > 6 else 1)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2 if n > 12 else 1)
     ax.set_title(f"replay memory by bucket of origin\n{_title(report)}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

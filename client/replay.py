@@ -17,8 +17,9 @@ it lost again. EndBucket is called only when the status says every batch of the 
 Every `query_every` batches, just before a batch goes out, the client asks the server to predict
 a sample of that batch and the ones after it (data the model has not trained on yet) and records
 the served accuracy, the answering model version, the latency, and how many batches the answering
-model lags behind the data sent so far (`lag_batches`: those still queued on the server; with an
-unlimited --rate the training queue stays full, so the served model trails by about its length).
+model lags behind the data sent so far (`lag_batches`: batches sent but not yet trained). The
+client keeps at most `max_in_flight` batches unacknowledged, as a live producer that does not
+flood the server's queue would, so the served model trails the traffic by about that many.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import json
 import math
 import re
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ class ReplayOptions:
     epochs: int = 1  # passes over each bucket
     seed: int | None = None  # order of the passes after the first; None: the server's learner seed
     rate: float | None = None  # samples per second at most; None: as fast as the server takes them
+    max_in_flight: int = 16  # batches sent and not yet acknowledged, at most (0: as many as gRPC buffers)
     query_every: int = 10  # batches between two prediction queries; 0: none
     query_size: int = 32  # samples per query
     stream_id: str | None = None  # None: derived from the stream and the schedule, so a rerun resumes
@@ -251,9 +254,15 @@ class Replay:
                    file=sys.stderr, disable=not o.progress, leave=False, position=1)
         self._bars["batches"] = bar
 
+        window = threading.Semaphore(o.max_in_flight) if o.max_in_flight else None
+        finished = threading.Event()
+
         def requests():
             t0, sent = time.perf_counter(), 0
             for k in range(start, len(batches)):
+                while window is not None and not window.acquire(timeout=0.2):
+                    if finished.is_set():
+                        return
                 sequence = first + k
                 if o.query_every and (sequence - 1) % o.query_every == 0:
                     self._query(bucket, k, sequence)
@@ -269,6 +278,8 @@ class Replay:
         t0 = time.perf_counter()
         try:
             for ack in self.client.train(requests(), schema=self.schema):
+                if window is not None:
+                    window.release()
                 self._record(ack, bucket)
                 bar.update(1)
                 if bar.n % 10 == 0:
@@ -278,6 +289,7 @@ class Replay:
                 if self.on_ack is not None:
                     self.on_ack(ack)
         finally:
+            finished.set()
             r.train_seconds += time.perf_counter() - t0
             bar.close()
             self._bars.pop("batches", None)
