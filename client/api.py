@@ -348,18 +348,28 @@ class Client:
         return BucketResult(r.bucket, wire.row_list(r.row), wire.metrics_dict(r.metrics), r.model_version,
                             r.open_bucket, r.already_ended, r.checkpoint)
 
-    def register_eval_set(self, bucket: int, x, y, schema: Schema | None = None, chunk_size: int = 512,
-                          timeout: float | None = _DEFAULT, retry: RetryPolicy | None = _DEFAULT) -> EvalSetResult:
-        """Upload bucket's held-out set (x [n, ...], y [n]) in chunks; the identical set again is a no-op."""
-        n = len(y)
+    def register_eval_set(self, bucket: int, x=None, y=None, schema: Schema | None = None, chunk_size: int = 512,
+                          timeout: float | None = _DEFAULT, retry: RetryPolicy | None = _DEFAULT, *,
+                          chunks: Callable[[], Iterable[tuple[Any, Any]]] | None = None) -> EvalSetResult:
+        """Upload bucket's held-out set in chunks; sending the identical set again is a no-op.
 
-        def chunks() -> Iterator[pb.EvalSetChunk]:
-            for i, s in enumerate(_chunks(n, chunk_size)):
-                yield pb.EvalSetChunk(bucket=bucket, samples=wire.encode_samples(x[s]), labels=wire.labels_list(y[s]),
+        Either x [n, ...] and y [n], sent `chunk_size` samples per message, or `chunks`: a function
+        returning an iterable of (x, y) pieces, called again on a retry, for a set too large to hold
+        in memory at once (a bucket of decoded images).
+        """
+        if (chunks is None) == (x is None or y is None):
+            raise ValueError("give either x and y, or chunks")
+        if chunks is None:
+            n = len(y)
+            chunks = lambda: ((x[s], y[s]) for s in _chunks(n, chunk_size))  # noqa: E731
+
+        def messages() -> Iterator[pb.EvalSetChunk]:
+            for i, (xs, ys) in enumerate(chunks()):
+                yield pb.EvalSetChunk(bucket=bucket, samples=wire.encode_samples(xs), labels=wire.labels_list(ys),
                                       schema=schema.message() if schema is not None and i == 0 else None)
 
         r = self._run("RegisterEvalSet", lambda: self._stub.RegisterEvalSet(
-            chunks(), timeout=self._timeout(timeout), metadata=self._metadata), retry)
+            messages(), timeout=self._timeout(timeout), metadata=self._metadata), retry)
         return EvalSetResult(r.bucket, r.num_samples, r.already_registered, list(r.registered_buckets))
 
     # -- serving --------------------------------------------------------------------------------

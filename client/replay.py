@@ -44,9 +44,14 @@ from cl_engine.streams import Stream
 
 from .api import Batch, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
 
-# Failures after which the stream is resumed from the server's status rather than given up.
-RESUMABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-                       grpc.StatusCode.CANCELLED})
+# Failures after which the stream is resumed from the server's status rather than given up:
+# the server is away (restarting, shutting down) or its training queue stayed full. A message over
+# the size limit is RESOURCE_EXHAUSTED too, but sending it again cannot help.
+RESUMABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED})
+
+
+def resumable(error: ServiceError) -> bool:
+    return error.code in RESUMABLE or (error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue" in error.details)
 
 
 @dataclass
@@ -59,7 +64,7 @@ class ReplayOptions:
     query_every: int = 10  # batches between two prediction queries; 0: none
     query_size: int = 32  # samples per query
     stream_id: str | None = None  # None: derived from the stream and the schedule, so a rerun resumes
-    eval_chunk: int = 512  # samples per held-out-set message
+    eval_chunk: int = 512  # samples per held-out-set message, at most (and ~8 MiB)
     reconnect_timeout: float = 120.0  # how long to wait for a server that went away
     max_resumes: int = 100
     progress: bool = True
@@ -168,29 +173,40 @@ class Replay:
         n = len(self.stream)
         self._bars["buckets"] = tqdm(total=n, desc="buckets", unit="bucket", file=sys.stderr, disable=not o.progress,
                                      position=0)
+        bucket: int | None = None  # None: ask the server where to continue
+        resume: dict | None = None  # the resume in progress, if any
+        failures = 0
         try:
-            bucket = self._resume_point(status)
-            while bucket < n:
+            while True:
                 try:
+                    if bucket is None:
+                        bucket = self._resume_point(status)
+                        if resume is not None:
+                            resume.update(open_bucket=bucket, applied_sequence=self._applied)
+                            r.resumes.append(resume)
+                            self._say(f"resumed: bucket {bucket}, after sequence {self._applied} ("
+                                      f"{max(0, resume['acknowledged_sequence'] - self._applied)} acknowledged "
+                                      "batches to send again)")
+                            resume = None
+                    if bucket >= n:
+                        break
                     self._play_bucket(bucket)
                     bucket += 1
                 except ServiceError as e:
-                    if e.code not in RESUMABLE or len(r.resumes) >= o.max_resumes:
+                    failures += 1
+                    if not resumable(e) or failures > o.max_resumes:
                         raise
+                    if resume is None:
+                        resume = {"time": time.perf_counter() - t_start, "error": e.code.name,
+                                  "acknowledged_sequence": self._applied}
                     self._say(f"server unavailable ({e.code.name}: {e.details[:120]}); waiting up to "
                               f"{o.reconnect_timeout:g}s to resume")
                     status = self._wait_for_server()
-                    before = self._applied
-                    bucket = self._resume_point(status)
-                    r.resumes.append({"time": time.perf_counter() - t_start, "error": e.code.name,
-                                      "open_bucket": bucket, "applied_sequence": self._applied,
-                                      "acknowledged_sequence": before})
-                    self._say(f"resumed: bucket {bucket}, after sequence {self._applied} "
-                              f"({before - self._applied} acknowledged batches to send again)")
+                    bucket = None
         finally:
             for bar in self._bars.values():
                 bar.close()
-        r.final_status = self.client.status()
+        r.final_status = self._wait_for_server()
         r.wall_seconds = time.perf_counter() - t_start
         return r
 
@@ -205,10 +221,8 @@ class Replay:
         t0 = time.perf_counter()
         for j, bucket in enumerate(self.stream.buckets):
             if j not in status.eval_buckets:
-                test = bucket.test
-                x, y = test.batch(torch.arange(len(test)))
-                self.client.register_eval_set(j, x, y, schema=self.schema, chunk_size=self.options.eval_chunk,
-                                              timeout=max(self.client.timeout, 120.0))
+                self.client.register_eval_set(j, schema=self.schema, chunks=self._eval_chunks(bucket.test),
+                                              timeout=max(self.client.timeout, 600.0))
         r.register_seconds += time.perf_counter() - t0
         self._applied = status.applied_sequences.get(r.stream_id, 0)
         # Model versions count applied batches; with this stream the server's only trainer,
@@ -221,6 +235,16 @@ class Replay:
         self._bars["buckets"].n = open_bucket
         self._bars["buckets"].refresh()
         return open_bucket
+
+    def _eval_chunks(self, test):
+        """A held-out set in pieces of at most eval_chunk samples and ~8 MiB (decoded images are big)."""
+        per_sample = 4 * math.prod(self.stream.input_shape)
+        size = max(1, min(self.options.eval_chunk, (8 << 20) // per_sample))
+
+        def chunks():
+            for start in range(0, len(test), size):
+                yield test.batch(torch.arange(start, min(start + size, len(test))))
+        return chunks
 
     def _play_bucket(self, bucket: int) -> None:
         r, o = self.result, self.options

@@ -124,13 +124,18 @@ def test_every_call_through_the_library(service, small_stream):
         reg = client.register_eval_set(0, x_test, y_test, schema=schema_of(stream), chunk_size=100)
         assert reg.num_samples == len(test) and reg.registered_buckets == [0] and not reg.already_registered
         assert client.register_eval_set(0, x_test, y_test).already_registered  # safe to send again
+        test1 = stream.buckets[1].test  # a set too big to hold at once goes as pieces, made on demand
+        pieces = lambda: (test1.batch(torch.arange(i, min(i + 200, len(test1)))) for i in range(0, len(test1), 200))
+        assert client.register_eval_set(1, chunks=pieces).registered_buckets == [0, 1]
+        with pytest.raises(ValueError):
+            client.register_eval_set(2, x_test)
         acks = list(client.train(batches(stream, 0), schema=schema_of(stream)))
         assert [a.sequence for a in acks] == list(range(1, 21)) and all(a.applied for a in acks)
         assert acks[-1].samples_trained == 200 and acks[-1].model_version == 20
         again = list(client.train(batches(stream, 0, limit=3)))
         assert all(a.duplicate and not a.applied and np.isnan(a.accuracy) for a in again)
         end = client.end_bucket(0, bucket_size=200)
-        assert end.bucket == 0 and end.open_bucket == 1 and len(end.row) == 1 and not end.already_ended
+        assert end.bucket == 0 and end.open_bucket == 1 and len(end.row) == 2 and not end.already_ended
         assert set(end.metrics) >= {"acc", "bwt", "fwt", "clear_score"}
         assert client.end_bucket(0).already_ended
         answer = client.predict(x_test[:5], top_k=3)
@@ -142,9 +147,9 @@ def test_every_call_through_the_library(service, small_stream):
         assert evaluated.total == len(test) and evaluated.accuracy == pytest.approx(end.row[0], abs=1e-12)
         status = client.status()
         assert status.has_model and status.samples_trained == 200 and status.applied_sequences == {"s": 20}
-        assert status.open_bucket == 1 and status.eval_buckets == [0] and status.config["strategy"] == "replay"
+        assert status.open_bucket == 1 and status.eval_buckets == [0, 1] and status.config["strategy"] == "replay"
         assert status.schema == {"class_names": stream.class_names, "input_shape": list(stream.input_shape)}
-        assert np.isfinite(status.accuracy_matrix).all() and len(status.initial_accuracy) == 1
+        assert np.isfinite(status.accuracy_matrix).all() and len(status.initial_accuracy) == 2
 
 
 def test_server_refusals_are_service_errors_that_name_the_problem(service, small_stream):
