@@ -17,7 +17,7 @@ import threading
 
 from pydantic import ValidationError
 
-from .settings import build_parser, load_settings
+from .settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +34,16 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("clstream-server")
 
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum, _frame):  # also during start-up: the server then stops as soon as it is up
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
     from .service import Service  # torch and gRPC load here, after the settings are known good
 
     try:
@@ -41,15 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as e:
         log.error("could not start: %s", e)
         return 2
-    stop = threading.Event()
-    received: list[int] = []
-
-    def on_signal(signum, _frame):
-        received.append(signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     metrics = f" metrics {settings.metrics_host}:{service.metrics_port}" if settings.metrics_enabled else ""
     print(f"clstream-server listening on {settings.host}:{service.port}{metrics}", flush=True)
     while not stop.wait(0.5):
@@ -59,8 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     log.info("stopped cleanly")
     return 0
 
-
-__all__ = ["main", "build_parser"]
 
 if __name__ == "__main__":
     sys.exit(main())

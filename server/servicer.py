@@ -8,6 +8,7 @@ status through the worker's published status.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -15,6 +16,7 @@ import queue
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Callable
 
 import grpc
 import torch
@@ -36,23 +38,33 @@ MAX_STREAM_ID = 128
 _END = object()
 
 
+@contextlib.contextmanager
+def answering(method: str, context, metrics: ServerMetrics, done: Callable[[grpc.StatusCode], None] | None = None):
+    """Run a handler's body: ServiceError → its status and message; anything else is logged with its
+    traceback and answered INTERNAL without details. Counts the call by method and code."""
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except ServiceError as e:
+        code = e.code
+        context.abort(e.code, e.message)
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("%s failed", method)
+        context.abort(code, f"{method}: internal error; the server log has the details")
+    finally:
+        metrics.requests.labels(method, code.name).inc()
+        if done is not None:
+            done(code)
+
+
 def _handle(method: str):
-    """Status codes for a unary-response handler; counts the call by method and code."""
+    """`answering` around a unary-response handler."""
     def wrap(fn):
         @functools.wraps(fn)
         def handler(self: "ContinualLearnerServicer", request, context):
-            code = grpc.StatusCode.OK
-            try:
+            with answering(method, context, self.metrics):
                 return fn(self, request, context)
-            except ServiceError as e:
-                code = e.code
-                context.abort(e.code, e.message)
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("%s failed", method)
-                context.abort(code, f"{method}: internal error; the server log has the details")
-            finally:
-                self.metrics.requests.labels(method, code.name).inc()
         return handler
     return wrap
 
@@ -139,20 +151,12 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema)
 
     def Train(self, request_iterator, context):
-        code = grpc.StatusCode.OK
-        try:
-            yield from self._train(request_iterator, context)
-        except ServiceError as e:
-            code = e.code
-            if e.code != grpc.StatusCode.CANCELLED:
+        def done(code: grpc.StatusCode) -> None:
+            if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
                 self.metrics.rejected_batches.labels(code.name).inc()
-            context.abort(e.code, e.message)
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("Train failed")
-            context.abort(code, "Train: internal error; the server log has the details")
-        finally:
-            self.metrics.requests.labels("Train", code.name).inc()
+
+        with answering("Train", context, self.metrics, done):
+            yield from self._train(request_iterator, context)
 
     def _train(self, requests, context):
         scope = CallScope(context.is_active)
@@ -236,20 +240,13 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictResponse:
         t0 = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return self._predict(request)
-        except ServiceError as e:
-            code = e.code
-            context.abort(e.code, e.message)
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("Predict failed")
-            context.abort(code, "Predict: internal error; the server log has the details")
-        finally:
+
+        def done(code: grpc.StatusCode) -> None:
             self.metrics.predict_requests.labels(code.name).inc()
-            self.metrics.requests.labels("Predict", code.name).inc()
             self.metrics.predict_seconds.observe(time.perf_counter() - t0)
+
+        with answering("Predict", context, self.metrics, done):
+            return self._predict(request)
 
     def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
         self._inference_slot()
@@ -292,10 +289,11 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     @_handle("GetStatus")
     def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.Status:
         return status_message(self.worker.status(), self.snapshots.version, self.worker.queue_depth,
-                              self.worker.queue_size)
+                              self.worker.queue_size, self.settings.public())
 
 
-def status_message(s: dict, serving_version: int, queue_depth: int, queue_capacity: int) -> pb.Status:
+def status_message(s: dict, serving_version: int, queue_depth: int, queue_capacity: int, config: dict
+                   ) -> pb.Status:
     schema: Schema | None = s["schema"]
     buffer = s["buffer"]
     drift = s["drift"]
@@ -318,6 +316,6 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
         drift=pb.DriftStatus(statistic=drift["statistic"], threshold=drift["threshold"], events=drift["events"],
                              last_event_version=drift["last_event_version"]),
         last_checkpoint=s["last_checkpoint"], last_checkpoint_time=s["last_checkpoint_time"],
-        config_json=json.dumps(s["config"], sort_keys=True),
+        config_json=json.dumps(config, sort_keys=True),
     )
 

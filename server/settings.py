@@ -46,7 +46,8 @@ class ServerSettings(BaseSettings, LearnerConfig):
     snapshot_interval_seconds: float = Field(0.0, ge=0, description="least time between two serving snapshots "
                                                                     "while batches keep coming (0: after every batch)")
     max_streams: int = Field(1024, ge=1, description="distinct training stream ids remembered, at most")
-    max_buckets: int = Field(1000, ge=1, description="buckets (trained or held-out) the server accepts, at most")
+    max_buckets: int = Field(100, ge=1, description="buckets (trained or held-out) the server accepts, at most; "
+                                                  "bounds the accuracy matrix metric to max_buckets² series")
     # Schema: both or neither; neither lets the first client declare it.
     class_names: list[str] | None = Field(None, description="class names in label order")
     input_shape: list[int] | None = Field(None, description="shape of one sample, e.g. 1 8 8")

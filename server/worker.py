@@ -169,7 +169,10 @@ class TrainingWorker:
             raise ValueError(f"checkpoint format {state.get('format')!r}; this server reads {CHECKPOINT_FORMAT}")
         if state["schema"] is not None:
             schema = Schema.validated(state["schema"]["class_names"], state["schema"]["input_shape"], "checkpoint")
-            self.schemas.establish(schema)
+            try:
+                self.schemas.establish(schema)
+            except FailedPrecondition as e:
+                raise ValueError(f"checkpoint {path} does not fit the settings' schema: {e.message}") from None
         if state["learner"] is not None:
             saved = LearnerConfig(**state["learner"]["config"])
             ours, theirs = self.config.model_dump(exclude={"device"}), saved.model_dump(exclude={"device"})
@@ -204,6 +207,13 @@ class TrainingWorker:
         if self._thread.is_alive():
             log.error("training worker did not finish within %.0fs; no final checkpoint", timeout or 0)
             return
+        while True:  # anything a sender slipped in after the stop marker is answered, not left hanging
+            try:
+                late = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if late is not _STOP:
+                late.future.set_exception(Unavailable("the server is shutting down; send again after it restarts"))
         if self._dirty and self.checkpoints is not None:
             self._checkpoint()
             self._publish(snapshot=False)
@@ -408,7 +418,6 @@ class TrainingWorker:
                       "events": self.drift.events, "last_event_version": self.last_drift_version},
             "last_checkpoint": self.last_checkpoint,
             "last_checkpoint_time": self.last_checkpoint_time,
-            "config": self.config.model_dump(mode="json"),
         }
         if learner is None:
             return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,

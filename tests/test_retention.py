@@ -1,6 +1,6 @@
 """The replay memory stays within capacity and keeps what each retention policy promises."""
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cl_engine.buffer import ReplayBuffer
@@ -130,6 +130,7 @@ def test_buffer_state_round_trip():
 
 
 @settings(max_examples=200, deadline=None)
+@example(sizes=[196, 231, 231], capacity=657)  # the spare place lands on a group that is then whole
 @given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=12), capacity=st.integers(0, 1000))
 def test_balanced_quota_is_full_bounded_and_fair(sizes, capacity):
     groups = dict(enumerate(sizes))
@@ -138,5 +139,5 @@ def test_balanced_quota_is_full_bounded_and_fair(sizes, capacity):
     assert all(0 <= quota[g] <= n for g, n in groups.items())
     cut = [quota[g] for g, n in groups.items() if quota[g] < n]
     if cut:  # every group that lost samples keeps within one of the others that lost some,
-        assert max(cut) - min(cut) <= 1  # and no group keeps more than a cut group could have
-        assert all(q <= max(cut) for q in quota.values())
+        assert max(cut) - min(cut) <= 1  # and no group keeps more than one past a cut group
+        assert all(q <= max(cut) + 1 for q in quota.values())

@@ -52,7 +52,3 @@ def train_batches(stream, bucket: int, first_sequence: int = 1, stream_id: str =
         x, y = train.batch(index, train=True)
         yield pb.TrainBatch(stream_id=stream_id, sequence=first_sequence + k, bucket=bucket,
                             samples=encode_samples(x), labels=y.tolist(), schema=schema_of(stream))
-
-
-def batches_in(stream, bucket: int, batch_size: int = 10) -> int:
-    return -(-len(stream.buckets[bucket].train) // batch_size)

@@ -88,7 +88,7 @@ def test_a_restarted_server_resumes_with_the_same_status_and_the_same_result(sta
     """Stop mid-bucket, start again on the same directory, resend from the top: duplicates are
     acknowledged, the rest trains, and the matrix equals the uninterrupted in-process run."""
     options = dict(strategy="replay", buffer_capacity=100, seed=5, device="cpu")
-    first = start(checkpoint_dir=tmp_path, checkpoint_every_batches=0, **options)
+    first = start(checkpoint_dir=tmp_path, **options)
     stub = connect(first)
     register_all(stub, stream)
     list(stub.Train(train_batches(stream, 0, seed=5)))
@@ -97,7 +97,7 @@ def test_a_restarted_server_resumes_with_the_same_status_and_the_same_result(sta
     before = stub.GetStatus(pb.GetStatusRequest())
     first.stop(grace=1.0)  # writes the final checkpoint: 6 batches into bucket 1
 
-    second = start(checkpoint_dir=tmp_path, **options)
+    second = start(checkpoint_dir=tmp_path, **options)  # the same settings: config_json compares equal too
     stub = connect(second)
     after = stub.GetStatus(pb.GetStatusRequest())
     assert comparable(after) == comparable(before) and after.serving_version == before.model_version
@@ -135,3 +135,18 @@ def test_a_checkpoint_from_other_learner_settings_is_refused(start, connect, str
     service.stop(grace=0.5)
     with pytest.raises(ValueError, match="lr"):
         Service(base_settings(checkpoint_dir=tmp_path, lr=0.2))
+
+
+def test_a_checkpoint_of_another_schema_is_refused(start, connect, stream, tmp_path):
+    service = start(checkpoint_dir=tmp_path)
+    list(connect(service).Train(train_batches(stream, 0, limit=1)))
+    service.stop(grace=0.5)
+    with pytest.raises(ValueError, match="schema mismatch"):
+        Service(base_settings(checkpoint_dir=tmp_path, input_shape=[64], class_names=list("abcdefghij")))
+
+
+def test_checkpoints_by_time(start, connect, stream, tmp_path):
+    service = start(checkpoint_dir=tmp_path, checkpoint_every_batches=0, checkpoint_every_seconds=1e-9,
+                    checkpoint_keep=10)
+    list(connect(service).Train(train_batches(stream, 0, limit=3)))
+    assert len(list(tmp_path.glob("*.ckpt"))) == 3  # the interval has passed after every batch

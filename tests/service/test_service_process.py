@@ -13,7 +13,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 from server.checkpoint import CheckpointStore
 from service_helpers import train_batches
@@ -39,6 +38,7 @@ def launch(*args: str) -> tuple[subprocess.Popen, int]:
 
 def test_sigterm_drains_checkpoints_and_exits_zero(stream, tmp_path):
     process, port = launch("--checkpoint-dir", str(tmp_path), "--checkpoint-every-batches", "0",
+                           "--shutdown-grace-seconds", "2",  # the open health Watch holds shutdown that long
                            "--input-shape", "1", "8", "8", "--class-names", *stream.class_names)
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")

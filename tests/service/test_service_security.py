@@ -1,6 +1,7 @@
 """Bearer-token auth on every RPC (streaming ones included) and TLS / mutual TLS."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -67,6 +68,8 @@ def test_a_right_token_opens_every_rpc_and_health_needs_none(start, connect, str
         call((("authorization", f"bearer {TOKEN}"),))  # the scheme is case-insensitive
     status = stub.GetStatus(pb.GetStatusRequest(), metadata=(("authorization", "Bearer another-token"),))
     assert status.samples_trained == 10 and status.open_bucket == 1
+    config = json.loads(status.config_json)  # the effective settings, secrets masked
+    assert config["strategy"] == "replay" and config["host"] == "127.0.0.1" and TOKEN not in status.config_json
     health = health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
     unknown = channel.unary_unary("/clstream.v1.ContinualLearner/NoSuchMethod")

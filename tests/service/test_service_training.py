@@ -11,7 +11,7 @@ import torch
 from cl_engine import LearnerConfig, run_stream
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
-from service_helpers import batches_in, eval_chunks, register_all, schema_of, train_batches
+from service_helpers import eval_chunks, register_all, schema_of, train_batches
 
 
 def test_trains_bucket_by_bucket_with_acks(start, connect, stream):

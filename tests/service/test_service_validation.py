@@ -97,7 +97,7 @@ CASES = {
     "too many samples": (dict(samples=encode_samples(torch.zeros(101, 1, 8, 8)), labels=[0] * 101), INVALID,
                          "at most 100"),
     "bucket going backwards": (dict(bucket=0), PRECONDITION, "bucket 0 is already finished"),
-    "bucket ahead": (dict(bucket=2), PRECONDITION, "must end first"),
+    "bucket ahead": (dict(bucket=2), PRECONDITION, "end bucket 1 first"),
     "bucket past the limit": (dict(bucket=50), INVALID, "bucket: got 50; expected 0..49"),
     "empty stream id": (dict(stream_id=""), INVALID, "stream_id"),
     "long stream id": (dict(stream_id="x" * 10_000), INVALID, "expected 1..128 printable ASCII"),

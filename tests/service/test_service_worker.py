@@ -134,22 +134,30 @@ def test_calls_beyond_the_handler_threads_are_refused_not_queued(start, connect,
     stub = connect(service)
     release = threading.Event()
 
-    def idle_stream():
-        release.wait(20)
-        return
-        yield
+    def held_stream(k):  # one batch, then the stream stays open without sending
+        yield from train_batches(stream, 0, stream_id=f"held{k}", limit=1)
+        release.wait(90)
 
-    open_calls = [stub.Train(idle_stream()) for _ in range(4)]  # each holds a handler thread
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            stub.GetStatus(pb.GetStatusRequest(), timeout=5)
-        except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            break
-        assert time.monotonic() < deadline, "a fifth call was served while four streams held every thread"
-        time.sleep(0.05)
+    open_calls = [stub.Train(held_stream(k)) for k in range(4)]
+    for call in open_calls:
+        assert next(call).applied  # its handler runs, holding one of the four threads
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     release.set()
     for call in open_calls:
         assert list(call) == []
-    assert stub.GetStatus(pb.GetStatusRequest(), timeout=5).open_bucket == 0
+    assert stub.GetStatus(pb.GetStatusRequest(), timeout=10).samples_trained == 40
+
+
+def test_the_snapshot_is_a_copy_training_never_touches(stream):
+    from cl_engine import Learner
+    from server.snapshot import Snapshot
+
+    learner = Learner(LearnerConfig(device="cpu", lr=0.5), (1, 8, 8), 10)
+    snapshot = Snapshot.of(learner.model, learner.version, learner.device)
+    x, y = stream.buckets[0].train.batch(torch.arange(20))
+    before = snapshot.logits(x)
+    learner.observe(x, y, 0)
+    assert torch.equal(snapshot.logits(x), before) and not torch.equal(learner.logits(x), before)
+    assert not any(p.requires_grad for p in snapshot.model.parameters()) and not snapshot.model.training
