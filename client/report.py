@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cl_engine import LearnerConfig
 from cl_engine.report import jsonable, write_json
 
 from .replay import ReplayResult
@@ -51,10 +52,13 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
     versions = [q["model_version"] for q in r.queries]
     lags = [q["lag_batches"] for q in r.queries]
     train_seconds = r.train_seconds
+    # GetStatus's configuration holds the server's own settings too; `config` keeps the learner's,
+    # as the in-process report does, and `server.settings` the rest.
+    learner = {k: v for k, v in s.config.items() if k in LearnerConfig.model_fields}
     return {
         "stream": r.stream.summary(),
         "strategy": s.config.get("strategy"),
-        "config": {**s.config, "batch_size": o.batch_size, "epochs": o.epochs, "schedule_seed": r.seed,
+        "config": {**learner, "batch_size": o.batch_size, "epochs": o.epochs, "schedule_seed": r.seed,
                    "rate": o.rate, "max_in_flight": o.max_in_flight, "query_every": o.query_every,
                    "query_size": o.query_size,
                    "stream_id": r.stream_id, **(config or {})},
@@ -101,7 +105,7 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
         "duplicate_acks": r.duplicates,
         "retrained_batches": r.retrained,
         "skipped_buckets": r.skipped_buckets,
-        "server": {"target": r.target, "drift": s.drift, "last_checkpoint": s.last_checkpoint,
+        "server": {"target": r.target, "settings": s.config, "drift": s.drift, "last_checkpoint": s.last_checkpoint,
                    "eval_buckets": s.eval_buckets, "applied_sequences": s.applied_sequences},
         "wall_seconds": r.wall_seconds,
         "end_bucket_seconds": r.end_bucket_seconds,

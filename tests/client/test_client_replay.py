@@ -96,6 +96,8 @@ def test_the_report_has_the_in_process_keys_and_the_served_ones(live, reference)
         assert key in on_disk
     assert on_disk["strategy"] == "replay" and on_disk["config"]["dataset"] == "digits-rotated"
     assert on_disk["config"]["epochs"] == EPOCHS and on_disk["config"]["seed"] == 3
+    assert set(reference["config"]) - {"device_used"} <= set(on_disk["config"])  # the learner's, as in-process
+    assert "port" not in on_disk["config"] and "port" in on_disk["server"]["settings"]  # the server's apart
     assert on_disk["samples_per_second"] > 0 and on_disk["model_versions"]["final"] == 120
     assert len(on_disk["timeline"]["acks"]["sequence"]) == 120
     assert on_disk["figures"] == ["accuracy_matrix.png", "accuracy_over_time.png", "buffer_composition.png"]
