@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cl_engine import LearnerConfig
 from client.cli import build_parser, main
@@ -67,6 +68,9 @@ def test_stream_status_and_predict_commands(service, tmp_path, capsys):
     assert main(["predict", "--target", t, "--npy", str(tmp_path / "x.npy"), "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["model_version"] == 60 and len(answer["predictions"]) == 3
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(tmp_path / "digit.png")  # sent as PNG bytes
+    assert main(["predict", "--target", t, "--image", str(tmp_path / "digit.png"), "--top-k", "1"]) == 0
+    assert "digit.png" in capsys.readouterr().out
 
 
 def test_failures_are_one_line_and_an_exit_code(capsys):
