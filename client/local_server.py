@@ -101,8 +101,9 @@ class LocalServer:
         else:
             log = subprocess.DEVNULL
         try:
-            self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                            env=self.environment(), cwd=self.cwd, text=True, bufsize=1)
+            self.process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=log,
+                                            stdin=subprocess.DEVNULL, env=self.environment(), cwd=self.cwd,
+                                            text=True, bufsize=1)
         finally:
             if log is not subprocess.DEVNULL:
                 log.close()

@@ -95,8 +95,8 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
             "served_distinct": len(set(versions)),
         },
         "timeline": {
-            "acks": _columns(acks, ["sequence", "bucket", "samples", "samples_trained", "accuracy", "loss", "model_version",
-                                    "seconds"]),
+            "acks": _columns(acks, ["sequence", "bucket", "samples", "samples_trained", "accuracy", "loss",
+                                    "model_version", "seconds"]),
             "queries": _columns(queries, ["sequence", "bucket", "position", "samples", "accuracy", "model_version",
                                           "lag_batches", "latency_seconds", "seconds"]),
             "bucket_ends": r.bucket_ends,

@@ -69,7 +69,8 @@ def test_every_batch_once_with_its_position_as_sequence(live, small_stream):
     assert [r.acks[s]["bucket"] for s in (1, 40, 41, 81, 120)] == [0, 0, 1, 2, 2]
     assert r.duplicates == r.retrained == 0 and not r.resumes and not r.skipped_buckets
     assert r.final_status.applied_sequences == {r.stream_id: 120}
-    assert [e["bucket"] for e in r.bucket_ends] == [0, 1, 2] and [e["samples"] for e in r.bucket_ends] == [400, 800, 1200]
+    assert [e["bucket"] for e in r.bucket_ends] == [0, 1, 2]
+    assert [e["samples"] for e in r.bucket_ends] == [400, 800, 1200]
 
 
 def test_predictions_during_training_are_recorded(live):
