@@ -7,6 +7,7 @@ decoded (no decompression bombs). Every error is InvalidArgument naming the fiel
 """
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -34,16 +35,22 @@ class DecodeLimits:
     max_image_pixels: int = 4096 * 4096  # declared width × height, checked before decoding
     image_mean: tuple[float, ...] | None = None  # per channel, after scaling to [0, 1]
     image_std: tuple[float, ...] | None = None
+    # "resize-crop": any channel count, shorter side resized and centre cropped, then mean/std above;
+    # "imagenet": cl_engine's image-dataset transforms (CLEAR's): RGB, ImageNet normalisation, the
+    # evaluation transform (resize, centre crop) or, for training batches, the training one (random
+    # resized crop and flip) — so a served image stream is preprocessed as the in-process run does.
+    image_transform: str = "resize-crop"
 
 
-def decode_samples(samples: pb.Samples, field: str, input_shape: tuple[int, ...], limits: DecodeLimits
-                   ) -> torch.Tensor:
-    """A float32 tensor [n, *input_shape] with finite values, 1 <= n <= limits.max_samples."""
+def decode_samples(samples: pb.Samples, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
+                   train: bool = False) -> torch.Tensor:
+    """A float32 tensor [n, *input_shape] with finite values, 1 <= n <= limits.max_samples.
+    `train` picks the training-time image transform where the transform has one."""
     kind = samples.WhichOneof("payload")
     if kind == "tensor":
         return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples)
     if kind == "images":
-        return decode_images(samples.images, f"{field}.images", input_shape, limits)
+        return decode_images(samples.images, f"{field}.images", input_shape, limits, train)
     raise InvalidArgument(field, "not set; expected `tensor` (raw samples) or `images` (JPEG/PNG files)")
 
 
@@ -84,12 +91,30 @@ def _finite(x: torch.Tensor, field: str) -> None:
         raise InvalidArgument(field, f"sample {int(bad.nonzero()[0])} contains NaN or Inf; expected finite values")
 
 
-def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, ...], limits: DecodeLimits
-                  ) -> torch.Tensor:
+@functools.lru_cache(maxsize=4)
+def _imagenet_transforms(size: int):
+    from cl_engine.streams.images import image_transforms  # torchvision loads here, only if used
+
+    return image_transforms(size)
+
+
+def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
+                  train: bool = False) -> torch.Tensor:
+    imagenet = limits.image_transform == "imagenet"
+    if imagenet and (len(input_shape) != 3 or input_shape[0] != 3 or input_shape[1] != input_shape[2]):
+        raise InvalidArgument(field, f"the model takes samples of shape {list(input_shape)}; the imagenet image "
+                                     "transform makes [3, size, size]; send a `tensor` instead")
     if len(input_shape) != 3 or input_shape[0] not in IMAGE_MODES:
         raise InvalidArgument(field, f"the model takes samples of shape {list(input_shape)}; images need a schema "
                                      "input_shape of [1 or 3, height, width]; send a `tensor` instead")
     _count(len(images.images), f"{field}.images", limits.max_samples)
+    if imagenet:
+        evaluation, training = _imagenet_transforms(input_shape[1])
+        transform = training if train else evaluation
+        x = torch.stack([transform(open_image(data, f"{field}.images[{i}]", limits, "RGB"))
+                         for i, data in enumerate(images.images)])
+        _finite(x, field)
+        return x
     x = torch.stack([decode_image(data, f"{field}.images[{i}]", input_shape, limits)
                      for i, data in enumerate(images.images)])
     if limits.image_mean is not None:
@@ -100,15 +125,14 @@ def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, 
     return x
 
 
-def decode_image(data: bytes, field: str, input_shape: tuple[int, ...], limits: DecodeLimits) -> torch.Tensor:
-    """One JPEG or PNG as float32 [C, H, W] in [0, 1]: shorter side resized to fit, centre cropped."""
+def open_image(data: bytes, field: str, limits: DecodeLimits, mode: str):
+    """One JPEG or PNG, its declared size checked before decoding, decoded and converted to `mode`."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
         raise InvalidArgument(field, "empty; expected a JPEG or PNG file")
     if len(data) > limits.max_image_bytes:
         raise InvalidArgument(field, f"{len(data)} bytes; expected at most {limits.max_image_bytes}")
-    channels, height, width = input_shape
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         w, h = image.size  # from the header; nothing is decoded yet
@@ -116,13 +140,24 @@ def decode_image(data: bytes, field: str, input_shape: tuple[int, ...], limits: 
             raise InvalidArgument(field, f"declares {w}×{h} = {w * h} pixels; expected 1..{limits.max_image_pixels} "
                                          "(refused before decoding)")
         image.load()
-        image = image.convert(IMAGE_MODES[channels])
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")  # as cl_engine's read_rgb: no palette-transparency warning
+        return image.convert(mode)
     except InvalidArgument:
         raise
     except Image.DecompressionBombError:
         raise InvalidArgument(field, f"declares more than {limits.max_image_pixels} pixels (refused before decoding)")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise InvalidArgument(field, f"could not be decoded as JPEG or PNG ({type(e).__name__}: {e})"[:300])
+
+
+def decode_image(data: bytes, field: str, input_shape: tuple[int, ...], limits: DecodeLimits) -> torch.Tensor:
+    """One JPEG or PNG as float32 [C, H, W] in [0, 1]: shorter side resized to fit, centre cropped."""
+    from PIL import Image
+
+    channels, height, width = input_shape
+    image = open_image(data, field, limits, IMAGE_MODES[channels])
+    w, h = image.size
     if (h, w) != (height, width):
         scale = max(height / h, width / w)
         rw, rh = max(width, round(w * scale)), max(height, round(h * scale))

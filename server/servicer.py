@@ -99,7 +99,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             max_samples=settings.max_batch_samples, max_image_bytes=settings.max_image_bytes,
             max_image_pixels=settings.max_image_pixels,
             image_mean=tuple(settings.image_mean) if settings.image_mean else None,
-            image_std=tuple(settings.image_std) if settings.image_std else None)
+            image_std=tuple(settings.image_std) if settings.image_std else None,
+            image_transform=settings.image_transform)
         self._inference_slots = threading.BoundedSemaphore(settings.max_concurrent_predictions)
 
     # -- shared validation --------------------------------------------------------------------------
@@ -120,8 +121,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             raise InvalidArgument(field, f"got {bucket}; expected 0..{self.settings.max_buckets - 1}")
         return bucket
 
-    def _labelled(self, message, schema: Schema) -> tuple[torch.Tensor, torch.Tensor]:
-        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits)
+    def _labelled(self, message, schema: Schema, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train)
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     def _serving(self) -> tuple[Snapshot, Schema]:
@@ -146,7 +147,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             raise InvalidArgument("sequence", "got 0; expected >= 1, strictly increasing per stream")
         bucket = self._bucket(batch.bucket)
         schema = self._schema(batch)
-        x, y = self._labelled(batch, schema)
+        x, y = self._labelled(batch, schema, train=True)
         self.schemas.establish(schema)
         return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema)
 

@@ -14,7 +14,7 @@ import sys
 import typing
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (BaseSettings, JsonConfigSettingsSource, PydanticBaseSettingsSource,
@@ -59,6 +59,10 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                                                  "(checked before decoding)")
     image_mean: list[float] | None = Field(None, description="per-channel mean subtracted from decoded images")
     image_std: list[float] | None = Field(None, description="per-channel std dividing decoded images")
+    image_transform: Literal["resize-crop", "imagenet"] = Field(
+        "resize-crop", description="resize-crop: shorter side resized, centre cropped, then image_mean/std; "
+                                   "imagenet: cl_engine's image-dataset transforms (CLEAR's), the training one "
+                                   "(random resized crop, flip) for Train batches")
     max_concurrent_predictions: int = Field(32, ge=1, description="Predict and Evaluate calls at once; more are "
                                                                   "shed with RESOURCE_EXHAUSTED")
     # Checkpoints.
@@ -113,6 +117,8 @@ class ServerSettings(BaseSettings, LearnerConfig):
             values = getattr(self, name)
             if values is not None and len(values) not in (1, 3):
                 raise ValueError(f"{name} takes 1 or 3 values (per channel), got {len(values)}")
+        if self.image_transform == "imagenet" and (self.image_mean is not None or self.image_std is not None):
+            raise ValueError("image_mean and image_std apply to the resize-crop transform; imagenet brings its own")
         if self.image_std is not None and any(v <= 0 for v in self.image_std):
             raise ValueError("image_std values must be > 0")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

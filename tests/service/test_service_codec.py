@@ -149,3 +149,22 @@ def test_images_need_an_image_schema():
         decode_images(pb.EncodedImages(images=[png_bytes(np.zeros((8, 8), np.uint8))]), "samples.images", (64,),
                       LIMITS)
     assert "send a `tensor`" in e.value.message
+
+
+def test_the_imagenet_transform_is_the_engines():
+    """With image_transform=imagenet, served images are preprocessed exactly as cl_engine's image
+    streams (CLEAR) preprocess theirs: the evaluation transform, or the training one for Train."""
+    from cl_engine.streams.images import image_transforms
+
+    rng = np.random.default_rng(3)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), "RGB").save(buf, format="PNG")
+    limits = DecodeLimits(image_transform="imagenet")
+    images = pb.EncodedImages(images=[buf.getvalue()])
+    evaluation, _ = image_transforms(32)
+    expected = evaluation(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert torch.equal(decode_images(images, "samples.images", (3, 32, 32), limits)[0], expected)
+    trained = decode_images(images, "samples.images", (3, 32, 32), limits, train=True)
+    assert trained.shape == (1, 3, 32, 32) and torch.isfinite(trained).all()
+    with pytest.raises(InvalidArgument, match="3, size, size"):
+        decode_images(images, "samples.images", (1, 32, 32), limits)

@@ -66,6 +66,7 @@ def test_lists_and_switches_as_flags():
     (["--tls-client-ca-file", "ca.pem"], "mutual TLS"),
     (["--selection", "el2n"], "reservoir"),
     (["--image-std", "0"], "image_std"),
+    (["--image-transform", "imagenet", "--image-mean", "0.5"], "imagenet brings its own"),
     (["--log-level", "LOUD"], "log_level"),
 ])
 def test_bad_settings_are_refused_by_name(argv, words):
