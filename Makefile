@@ -31,9 +31,12 @@ prometheus-tools:
 	else echo "note: promtool/prometheus missing and not installable here (needs apt-get and root):" \
 		"apt-get install prometheus, or tests/monitoring report them skipped (failed under CI=true)"; fi
 
+# The main job: a live clstream-server on a free loopback port learns digits-rotated from the replay
+# client, answers predictions while it learns, and the report lands in out/demo/. More flags:
+# make demo DEMO_ARGS="--strategy gem --memory-per-bucket 50"
 demo: $(STAMP)
-	$(PY) -m cl_engine run --dataset digits-rotated --strategy replay --model mlp --threads 1 \
-		--lr 0.1 --batch-size 10 --buffer-capacity 500 --report out/demo.json
+	$(PY) -m client demo --dataset digits-rotated --strategy replay --model mlp --lr 0.1 --batch-size 10 \
+		--buffer-capacity 500 --report out/demo $(DEMO_ARGS)
 
 proto: $(STAMP)  # regenerate proto/clstream_proto from proto/clstream/v1/*.proto (checked by a test)
 	$(PY) proto/generate.py

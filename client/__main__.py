@@ -1,0 +1,6 @@
+"""`python -m client ...` is `clstream-client ...`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,301 @@
+"""`clstream-client`: talk to a clstream server from a shell.
+
+    clstream-client stream  --target HOST:PORT --dataset digits-rotated --report out/run
+    clstream-client predict --target HOST:PORT --dataset digits-rotated --bucket 4 --count 8 --top-k 3
+    clstream-client status  --target HOST:PORT
+    clstream-client demo    [--strategy gem] [--dataset buckets-npz:my.npz]
+    clstream-client figures out/run/report.json
+
+The connection flags (--target, --token, --tls, ...) also read CLSTREAM_TARGET and CLSTREAM_TOKEN.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from cl_engine.__main__ import add_stream_flags, stream_options
+from cl_engine.report import format_table, jsonable
+
+from .api import Client, RetryPolicy, ServiceError
+
+EXIT_USAGE, EXIT_SERVICE = 2, 1
+
+
+# -- shared flags ----------------------------------------------------------------------------------
+
+def add_connection_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--target", default=os.environ.get("CLSTREAM_TARGET", "127.0.0.1:50051"),
+                   help="server address HOST:PORT (default $CLSTREAM_TARGET or 127.0.0.1:50051)")
+    g.add_argument("--token", default=os.environ.get("CLSTREAM_TOKEN"),
+                   help="bearer token (default $CLSTREAM_TOKEN); prefer --token-file or the variable to the flag")
+    g.add_argument("--token-file", type=Path, default=None, help="file whose first line is the bearer token")
+    g.add_argument("--tls", action="store_true", help="connect with TLS (the system's CA roots unless --ca-file)")
+    g.add_argument("--ca-file", type=Path, default=None, help="PEM CA bundle to verify the server (implies --tls)")
+    g.add_argument("--cert-file", type=Path, default=None, help="PEM client certificate, for mutual TLS")
+    g.add_argument("--key-file", type=Path, default=None, help="PEM private key of --cert-file")
+    g.add_argument("--server-name", default=None, help="expected name in the server's certificate, if not the host")
+    g.add_argument("--timeout", type=float, default=30.0, help="deadline of each unary call, seconds")
+    g.add_argument("--retries", type=int, default=6,
+                   help="tries of a safe call while the server is UNAVAILABLE, with exponential back-off")
+
+
+def connect(args: argparse.Namespace) -> Client:
+    token = args.token
+    if args.token_file is not None:
+        token = args.token_file.read_text().splitlines()[0].strip()
+    read = lambda p: p.read_bytes() if p is not None else None  # noqa: E731
+    return Client(args.target, token=token, tls=args.tls, root_certificates=read(args.ca_file),
+                  certificate_chain=read(args.cert_file), private_key=read(args.key_file),
+                  server_name=args.server_name, timeout=args.timeout, retry=RetryPolicy(attempts=max(1, args.retries)))
+
+
+def add_replay_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("replay")
+    g.add_argument("--batch-size", type=int, default=10)
+    g.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
+    g.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")
+    g.add_argument("--max-in-flight", type=int, default=16,
+                   help="batches sent and not yet acknowledged, at most (0: no client-side bound)")
+    g.add_argument("--query-every", type=int, default=10,
+                   help="ask for predictions on upcoming, untrained data every N batches (0: never)")
+    g.add_argument("--query-size", type=int, default=32, help="samples per prediction query")
+    g.add_argument("--stream-id", default=None,
+                   help="the stream's name on the server (default: derived from dataset and schedule, so running "
+                        "the same command again resumes where the server stands)")
+    g.add_argument("--reconnect-timeout", type=float, default=120.0,
+                   help="how long to wait for a server that went away before giving up, seconds")
+    g.add_argument("--report", default=None, metavar="DIR", help="write report.json and the PNG figures here")
+    g.add_argument("--no-figures", action="store_true", help="with --report: the JSON only")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def replay_options(args: argparse.Namespace, seed: int | None):
+    from .replay import ReplayOptions
+
+    if args.batch_size < 1 or args.epochs < 1 or args.query_size < 1 or args.query_every < 0 or args.max_in_flight < 0:
+        raise ValueError("--batch-size, --epochs and --query-size must be >= 1; --query-every and --max-in-flight "
+                         ">= 0")
+    if args.rate is not None and args.rate <= 0:
+        raise ValueError(f"--rate must be > 0 samples per second, got {args.rate}")
+    return ReplayOptions(batch_size=args.batch_size, epochs=args.epochs, seed=seed, rate=args.rate,
+                         max_in_flight=args.max_in_flight,
+                         query_every=args.query_every, query_size=args.query_size, stream_id=args.stream_id,
+                         reconnect_timeout=args.reconnect_timeout, progress=not args.quiet)
+
+
+def print_results(report: dict, directory: str | None, figures: bool = True) -> None:
+    from .report import summary_lines, write_report
+
+    report = jsonable(report)
+    print(format_table(report))
+    for line in summary_lines(report):
+        print(line)
+    if directory:
+        paths = write_report(directory, report, figures=figures)
+        print(f"report written to {paths[0]}" + (f" with {len(paths) - 1} figures" if len(paths) > 1 else ""))
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from cl_engine import build_stream
+
+    from .replay import Replay
+    from .report import build_report
+
+    options = replay_options(args, args.seed)
+    stream = build_stream(args.dataset, stream_options(args), args.order)
+    with connect(args) as client:
+        if not args.quiet:
+            print(f"streaming {stream.name}: {len(stream)} buckets, {sum(len(b.train) for b in stream.buckets)} "
+                  f"training samples × {args.epochs} epoch(s) to {args.target}", file=sys.stderr)
+        result = Replay(client, stream, options).run()
+    report = build_report(result, config={"dataset": args.dataset, "order": args.order, "target": args.target})
+    print_results(report, args.report, figures=not args.no_figures)
+    return 0
+
+
+def _predict_inputs(args: argparse.Namespace):
+    """(x or None, images or None, labels or None, names) for the predict command."""
+    if args.image:
+        return None, [Path(p).read_bytes() for p in args.image], None, [str(p) for p in args.image]
+    if args.npy:
+        import numpy as np
+
+        x = np.load(args.npy)
+        x = x[args.offset: args.offset + args.count] if args.count else x[args.offset:]
+        return x, None, None, [f"{args.npy}[{args.offset + i}]" for i in range(len(x))]
+    import torch
+
+    from cl_engine import build_stream
+
+    stream = build_stream(args.dataset, stream_options(args), args.order)
+    if not 0 <= args.bucket < len(stream):
+        raise ValueError(f"--bucket must be in 0..{len(stream) - 1}, got {args.bucket}")
+    samples = getattr(stream.buckets[args.bucket], args.split)
+    stop = min(len(samples), args.offset + (args.count or 8))
+    index = torch.arange(args.offset, stop)
+    if len(index) == 0:
+        raise ValueError(f"--offset {args.offset} is past the {len(samples)} samples of bucket {args.bucket}")
+    x, y = samples.batch(index)
+    return x, None, y.tolist(), [f"bucket {args.bucket} {args.split}[{i}]" for i in index.tolist()]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    x, images, labels, names = _predict_inputs(args)
+    with connect(args) as client:
+        answer = client.predict(x, images=images, top_k=args.top_k) if x is not None else \
+            client.predict(images=images, top_k=args.top_k)
+    correct = None if labels is None else sum(int(p.label == t) for p, t in zip(answer.predictions, labels))
+    if args.json:
+        print(json.dumps({"model_version": answer.model_version, "latency_seconds": answer.latency_seconds,
+                          "predictions": [{"sample": n, "label": p.label, "class_name": p.class_name,
+                                           "top_labels": p.top_labels, "top_probabilities": p.top_probabilities,
+                                           **({"true_label": labels[i]} if labels is not None else {})}
+                                          for i, (n, p) in enumerate(zip(names, answer.predictions))],
+                          **({"accuracy": correct / len(labels)} if labels else {})}, indent=2))
+        return 0
+    width = max(len(n) for n in names)
+    for i, (n, p) in enumerate(zip(names, answer.predictions)):
+        truth = "" if labels is None else f"  true {labels[i]}{' ✓' if p.label == labels[i] else ' ✗'}"
+        top = ", ".join(f"{l}:{q:.3f}" for l, q in zip(p.top_labels, p.top_probabilities))
+        print(f"{n:<{width}}  → {p.class_name:<10} [{top}]{truth}")
+    tail = f"; accuracy {correct}/{len(labels)}" if labels else ""
+    print(f"model version {answer.model_version}, {1000 * answer.latency_seconds:.1f} ms{tail}")
+    return 0
+
+
+def _pct(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        status = client.status()
+        health = client.health()
+    s = jsonable(status.as_dict())
+    if args.json:
+        print(json.dumps({**s, "health": health}, indent=2))
+        return 0
+    c, b, d = s["config"], s["buffer"], s["drift"]
+    schema = s["schema"]
+    print(f"{args.target}: {health}; model version {s['model_version']} (serving {s['serving_version']}), "
+          f"open bucket {s['open_bucket']}, {s['samples_trained']} samples in {s['batches_trained']} batches")
+    if s["has_model"]:
+        names = schema["class_names"]
+        print(f"schema: {len(names)} classes ({', '.join(names[:10])}{', …' if len(names) > 10 else ''}), "
+              f"input {schema['input_shape']}")
+    print("learner: " + ", ".join(f"{k} {c[k]}" for k in ("strategy", "model", "lr", "retention", "buffer_capacity",
+                                                          "memory_per_bucket", "seed") if k in c))
+    print(f"prequential accuracy {_pct(s['prequential_accuracy'])} (window), "
+          f"{_pct(s['prequential_accuracy_overall'])} (all); queue {s['queue_depth']}/{s['queue_capacity']}")
+    print(f"replay memory {b['size']}/{b['capacity']} samples, {b['bytes'] / 1024:.0f} KiB; by bucket {b['by_bucket']}")
+    print(f"drift: statistic {d['statistic']:.2f} / threshold {d['threshold']:.0f}, {d['events']} event(s)"
+          + (f"; GEM projections {s['gem_projections']}, QP fallbacks {s['qp_fallbacks']}"
+             if s["gem_projections"] or s["qp_fallbacks"] else ""))
+    if s["applied_sequences"]:
+        print("streams: " + ", ".join(f"{k} at {v}" for k, v in s["applied_sequences"].items()))
+    if s["last_checkpoint"]:
+        print(f"last checkpoint: {s['last_checkpoint']}")
+    if s["accuracy_matrix"] or s["eval_buckets"]:
+        print(format_table(s))
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .figures import draw_all
+
+    report = json.loads(Path(args.report_json).read_text())
+    for path in draw_all(report, args.out or Path(args.report_json).parent):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+# -- the parser --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from cl_engine.__main__ import add_learner_flags
+
+    parser = argparse.ArgumentParser(prog="clstream-client", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stream = sub.add_parser("stream", help="play a dataset to a server bucket by bucket, as live traffic")
+    add_connection_flags(stream)
+    add_stream_flags(stream)
+    add_replay_flags(stream)
+    stream.add_argument("--seed", type=int, default=None,
+                        help="order of the passes after the first (default: the server's learner seed, so the "
+                             "batches equal `python -m cl_engine run --seed` with the same seed)")
+    stream.set_defaults(func=cmd_stream)
+
+    predict = sub.add_parser("predict", help="labels for a few samples, from the serving model")
+    add_connection_flags(predict)
+    add_stream_flags(predict)
+    source = predict.add_argument_group("samples (default: --dataset's held-out samples)")
+    source.add_argument("--bucket", type=int, default=0, help="bucket to take samples from")
+    source.add_argument("--split", choices=["test", "train"], default="test")
+    source.add_argument("--offset", type=int, default=0, help="first sample")
+    source.add_argument("--count", type=int, default=None, help="samples (default 8; --npy: all)")
+    source.add_argument("--npy", default=None, help="a .npy array [n, *input_shape] instead of a dataset")
+    source.add_argument("--image", action="append", default=None, help="a JPEG or PNG file (repeatable)")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(func=cmd_predict)
+
+    status = sub.add_parser("status", help="the server's accuracy matrix, metrics, memory, drift and streams")
+    add_connection_flags(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="the main job: start a server, stream a dataset to it, report",
+                          description="Start clstream-server on a free loopback port, stream the dataset to it "
+                                      "with predictions in between, print the accuracy matrix and the metrics, "
+                                      "write the report and stop the server.")
+    add_stream_flags(demo)
+    add_learner_flags(demo)
+    add_replay_flags(demo)
+    demo.set_defaults(report="out/demo")
+    server = demo.add_argument_group("server")
+    server.add_argument("--threads", type=int, default=1, help="the server's torch threads (small models: 1)")
+    server.add_argument("--port", type=int, default=0, help="gRPC port (0: a free one)")
+    server.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: a free one)")
+    server.add_argument("--server-arg", action="append", default=[], metavar="FLAG[=VALUE]",
+                        help="another clstream-server flag, e.g. --server-arg=--checkpoint-dir=ckpt (repeatable)")
+    demo.set_defaults(func=cmd_demo)
+
+    figures = sub.add_parser("figures", help="draw the figures of a recorded report.json again")
+    figures.add_argument("report_json")
+    figures.add_argument("--out", default=None, help="folder (default: the report's)")
+    figures.set_defaults(func=cmd_figures)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_SERVICE
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume where the server stands", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

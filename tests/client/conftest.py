@@ -1,0 +1,38 @@
+"""Fixtures for the client tests: a short digits stream and real servers on loopback ports."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cl_engine import StreamOptions, build_stream
+from client_helpers import STREAM, start_service
+from test_service_security import pki  # noqa: F401  (the service tests' CA, server and client certificates)
+
+
+@pytest.fixture(autouse=True)
+def _no_clstream_environment(monkeypatch):
+    """The tests decide every setting; a developer's CLSTREAM_* variables must not leak in."""
+    for key in list(os.environ):
+        if key.startswith("CLSTREAM_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def small_stream():
+    return build_stream("digits-rotated", StreamOptions(**STREAM))
+
+
+@pytest.fixture
+def service():
+    """service(config, **settings) → a running in-process server; all are stopped at teardown."""
+    running = []
+
+    def _start(config=None, **settings):
+        s = start_service(config, **settings)
+        running.append(s)
+        return s
+
+    yield _start
+    for s in running:
+        s.stop(grace=0.5)

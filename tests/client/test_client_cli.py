@@ -1,0 +1,81 @@
+"""`clstream-client` from a shell: the demo's learner flags reach the server unchanged; stream,
+status and predict against a real server; failures are one line and an exit code."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cl_engine import LearnerConfig
+from client.cli import build_parser, main
+from client.demo import server_flags
+from client.local_server import free_port, parse_ready_line
+from client_helpers import STREAM_FLAGS, learner, target
+from server.settings import load_settings
+
+
+@pytest.mark.parametrize("config", [
+    LearnerConfig(),
+    LearnerConfig(strategy="gem", memory_per_bucket=50, memory_strength=0.3, lr=0.05, seed=7, device="cpu"),
+    LearnerConfig(strategy="replay", retention="ratio", retain_ratio=0.01, selection="margin", momentum=0.9,
+                  weight_decay=1e-5, candidate_pool=300, replay_batch_size=16),
+    LearnerConfig(strategy="naive", class_balanced=True, model="linear", qp_eps=1e-4, prequential_window=77),
+])
+def test_the_demo_hands_the_server_exactly_its_learner(config):
+    assert load_settings(server_flags(config)).learner_config() == config
+
+
+def test_demo_flags_are_the_engines():
+    args = build_parser().parse_args(["demo", "--strategy", "agem", "--agem-sample-size", "64",
+                                      "--dataset", "buckets-npz:x.npz", "--retain-ratio", "0.05"])
+    from cl_engine.__main__ import learner_config
+
+    config = learner_config(args)
+    assert (config.strategy, config.agem_sample_size, config.retention) == ("agem", 64, "ratio")
+    assert args.dataset == "buckets-npz:x.npz" and args.report == "out/demo" and args.threads == 1
+
+
+def test_ready_line():
+    assert parse_ready_line("clstream-server listening on 127.0.0.1:5005 metrics 127.0.0.1:9464\n") == (
+        "127.0.0.1:5005", "127.0.0.1:9464")
+    assert parse_ready_line("clstream-server listening on 127.0.0.1:5005") == ("127.0.0.1:5005", None)
+
+
+def test_stream_status_and_predict_commands(service, tmp_path, capsys):
+    s = service(learner())
+    t = target(s)
+    assert main(["stream", "--target", t, "--dataset", "digits-rotated", *STREAM_FLAGS, "--query-every", "5",
+                 "--report", str(tmp_path), "--no-figures", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy matrix (%)" in out and "served 12 queries" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["samples_trained"] == 600 and report["config"]["target"] == t and "figures" not in report
+
+    assert main(["status", "--target", t]) == 0
+    out = capsys.readouterr().out
+    assert "SERVING" in out and "model version 60" in out and "open bucket 3" in out and "accuracy matrix" in out
+    assert main(["status", "--target", t, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["samples_trained"] == 600 and len(status["accuracy_matrix"]) == 3
+
+    assert main(["predict", "--target", t, "--dataset", "digits-rotated", *STREAM_FLAGS, "--bucket", "2",
+                 "--count", "4", "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("bucket 2 test[0]") and "accuracy" in lines[-1]
+    np.save(tmp_path / "x.npy", np.zeros((3, 1, 8, 8), dtype=np.float32))
+    assert main(["predict", "--target", t, "--npy", str(tmp_path / "x.npy"), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model_version"] == 60 and len(answer["predictions"]) == 3
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(tmp_path / "digit.png")  # sent as PNG bytes
+    assert main(["predict", "--target", t, "--image", str(tmp_path / "digit.png"), "--top-k", "1"]) == 0
+    assert "digit.png" in capsys.readouterr().out
+
+
+def test_failures_are_one_line_and_an_exit_code(capsys):
+    assert main(["status", "--target", f"127.0.0.1:{free_port()}", "--retries", "1", "--timeout", "5"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: GetStatus: UNAVAILABLE") and "\n" not in err
+    assert main(["stream", "--dataset", "no-such-stream"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
