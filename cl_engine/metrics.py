@@ -26,15 +26,21 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
+def _cell(M: np.ndarray, i: int, j: int) -> float:
+    """M[i][j], or NaN where the matrix has no such cell (a bucket without a held-out set)."""
+    return float(M[i, j]) if i < M.shape[0] and j < M.shape[1] else math.nan
+
+
 def gem_metrics(R: np.ndarray, b: np.ndarray) -> dict[str, float]:
     n = R.shape[0]
     if n == 0:
         return {"acc": math.nan, "bwt": math.nan, "fwt": math.nan}
-    last = R[n - 1]
+    last = n - 1
+    b = b.reshape(1, -1)
     return {
-        "acc": _mean(last[:n]),  # the buckets trained so far
-        "bwt": _mean(last[j] - R[j][j] for j in range(n - 1)),
-        "fwt": _mean(R[j - 1][j] - b[j] for j in range(1, min(n, R.shape[1]))),
+        "acc": _mean(_cell(R, last, j) for j in range(n)),  # the buckets trained so far
+        "bwt": _mean(_cell(R, last, j) - _cell(R, j, j) for j in range(last)),
+        "fwt": _mean(_cell(R, j - 1, j) - _cell(b, 0, j) for j in range(1, n)),
     }
 
 

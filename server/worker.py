@@ -121,14 +121,6 @@ class RegisterResult:
 _STOP = object()
 
 
-def learning_metrics(learner: Learner) -> dict[str, float]:
-    """Learner.metrics(), NaN throughout while no held-out set is registered (cl_engine's GEM summary
-    indexes the last row, which fails on a matrix with rows but no columns)."""
-    if learner.matrix.matrix().shape[1] == 0:
-        return {k: math.nan for k in METRIC_KEYS}
-    return learner.metrics()
-
-
 class TrainingWorker:
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
@@ -338,7 +330,7 @@ class TrainingWorker:
             raise FailedPrecondition("no model yet: train a batch (declaring the schema) before ending a bucket")
         if op.bucket < learner.open_bucket:
             R = learner.matrix.matrix()
-            return EndBucketResult(op.bucket, R[op.bucket].tolist(), learning_metrics(learner), learner.version,
+            return EndBucketResult(op.bucket, R[op.bucket].tolist(), learner.metrics(), learner.version,
                                    learner.open_bucket, True, self.last_checkpoint)
         try:
             learner.check_bucket(op.bucket)
@@ -350,7 +342,7 @@ class TrainingWorker:
         path = self._checkpoint() if self.checkpoints is not None else None
         self.metrics.end_bucket_seconds.observe(time.perf_counter() - t0)
         R = learner.matrix.matrix()
-        return EndBucketResult(op.bucket, R[op.bucket].tolist(), learning_metrics(learner), learner.version,
+        return EndBucketResult(op.bucket, R[op.bucket].tolist(), learner.metrics(), learner.version,
                                learner.open_bucket, False, str(path or ""))
 
     def _register(self, op: RegisterEvalOp) -> RegisterResult:
@@ -438,7 +430,7 @@ class TrainingWorker:
             "prequential_accuracy_overall": s["prequential_accuracy_overall"],
             "matrix": R.tolist(),
             "initial": learner.matrix.initial_row().tolist(),
-            "metrics": learning_metrics(learner),
+            "metrics": learner.metrics(),
             "forgetting_per_bucket": forgetting_per_bucket(R),
             "buffer": {**s["buffer"], "bytes_per_sample": learner.buffer.bytes_per_sample()},
             "eval_buckets": sorted(learner.eval_sets),

@@ -70,3 +70,13 @@ def test_prequential_window_slides():
     w.add(10, 10)
     assert w.accuracy == 1.0
     assert w.overall_accuracy == pytest.approx(30 / 40)
+
+
+def test_buckets_without_held_out_sets_give_nan_not_an_error():
+    am = AccuracyMatrix()
+    am.add_row(0, {})
+    am.add_row(1, {})
+    summary = am.summary()
+    assert all(math.isnan(v) for v in summary.values())
+    am.add_row(2, {0: 0.5})  # a set registered for bucket 0 only, after two buckets
+    assert am.summary()["acc"] == 0.5 and math.isnan(am.summary()["bwt"])
