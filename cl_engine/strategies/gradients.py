@@ -1,9 +1,22 @@
-"""Per-bucket memory gradients for GEM: one flattened loss gradient per past bucket, rows of G.
+"""Per-bucket memory gradients for GEM: the loss gradient on each past bucket's memories.
 
-Models without batch norm take the fast path: torch.func's vmap over buckets turns T separate
-backward passes into one batched pass over all memories (the cost of a single forward and
-backward over T·m samples). Batch norm keeps running statistics that vmap cannot update, so
-such models take one forward and backward per bucket.
+They come as blocks, one per trainable parameter in `parameters()` order, each of shape
+(T, *parameter.shape): row t of every block together is bucket t's gradient (a row of GEM's
+G). Blocks, not one flat (T, P) matrix, so that nothing is copied to flatten them and the
+projection can work on them, and on the parameters' own `.grad`, in place.
+
+Three paths, all exact, chosen once by the model's make-up:
+- "linear": nn.Linear layers and parameter-free per-sample modules only (the `mlp` and `linear`
+  models). One ordinary forward over all T·m memories, one backward that stops at the layers'
+  outputs, then each layer's per-bucket weight gradient as one batched matmul of its inputs and
+  output gradients grouped by bucket: the work of one forward and backward over T·m samples,
+  the floor. The blocks are written into a workspace kept between steps (a fresh multi-megabyte
+  tensor each step costs its page faults, a third of the matmul's time on a CPU).
+- "vmap": other models without batch norm; torch.func's vmap over buckets, one batched pass.
+- "loop": batch norm keeps running statistics that neither batched way updates as the
+  per-bucket passes do, so such models take one forward and backward per bucket.
+The memories come from `ReplayBuffer.grouped`: a view of the storage when the buckets hold equal
+runs of slots (as bucket retention keeps them), else a padded copy made once per change.
 """
 from __future__ import annotations
 
@@ -13,46 +26,150 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from ..buffer import ReplayBuffer
-from .base import flat_grad
+
+# Modules that hold no parameters and treat each sample on its own (no batch statistics, no
+# randomness); a model made of these and nn.Linear takes the "linear" path.
+PER_SAMPLE = (nn.Sequential, nn.Flatten, nn.Identity, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh,
+              nn.Sigmoid)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def _padded_groups(buffer: ReplayBuffer, buckets: list[int]):
-    """Memories of each bucket stacked as [T, m, ...] with a 0/1 weight marking the padding."""
-    groups = [buffer.slots(torch.tensor([b])) for b in buckets]
-    m = max(len(s) for s in groups)
-    slots = torch.zeros(len(groups), m, dtype=torch.int64, device=buffer.device)
-    weight = torch.zeros(len(groups), m, device=buffer.device)
-    for t, s in enumerate(groups):
-        slots[t, : len(s)] = s
-        weight[t, : len(s)] = 1.0
-    x, y = buffer.get(slots.flatten())
-    return x.view(len(groups), m, *x.shape[1:]), y.view(len(groups), m), weight
+def linear_only(model: nn.Module) -> bool:
+    """Every module is an nn.Linear or a parameter-free per-sample module of PER_SAMPLE (exact types)."""
+    return all(type(m) is nn.Linear or type(m) in PER_SAMPLE for m in model.modules())
+
+
+def gradient_path(model: nn.Module) -> str:
+    if has_batchnorm(model):
+        return "loop"
+    return "linear" if linear_only(model) else "vmap"
+
+
+class MemoryGradients:
+    """G for one model, as blocks; see the module docstring. `path` forces a path (for tests).
+
+    On the "linear" path the blocks returned are views of a workspace that the next call
+    overwrites: use them before calling again.
+    """
+
+    def __init__(self, model: nn.Module, path: str | None = None):
+        self.model = model
+        self.path = path or gradient_path(model)
+        if self.path not in ("linear", "vmap", "loop"):
+            raise ValueError(f"unknown gradient path {self.path!r}")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.layers = [m for m in model.modules() if type(m) is nn.Linear and any(
+            p.requires_grad for p in m.parameters(recurse=False))]
+        self._workspace: dict[int, torch.Tensor] = {}  # id(parameter) -> (T_max, *shape)
+
+    def __call__(self, buffer: ReplayBuffer, buckets: list[int]) -> list[torch.Tensor]:
+        """Per-parameter blocks (T, *p.shape) of the mean-loss gradient on each bucket's memories.
+
+        The "linear" and "vmap" paths leave the parameters' `.grad` alone; the "loop" path runs
+        ordinary backward passes (updating batch-norm statistics) and leaves `.grad` set to None.
+        """
+        self.model.train()
+        x, y, counts = buffer.grouped(buckets)
+        return getattr(self, "_" + self.path)(x, y, counts)
+
+    def _block(self, p: torch.Tensor, T: int) -> torch.Tensor:
+        ws = self._workspace.get(id(p))
+        if ws is None or ws.shape[0] < T or ws.device != p.device or ws.dtype != p.dtype:
+            ws = self._workspace[id(p)] = torch.empty(T, *p.shape, dtype=p.dtype, device=p.device)
+        return ws[:T]
+
+    def _linear(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
+        T, m = y.shape
+        calls: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []  # (layer, its input, its output)
+
+        def record(mod, inp, out):
+            calls.append((mod, inp[0].detach(), out))
+
+        handles = [mod.register_forward_hook(record) for mod in self.layers]
+        try:
+            with torch.enable_grad():
+                logits = self.model(x.reshape(T * m, *x.shape[2:]))
+                if bool((counts == m).all()):  # the sum of per-bucket means
+                    loss = F.cross_entropy(logits, y.reshape(-1), reduction="sum") / m
+                else:  # padding weighs nothing, real memories 1/count of their bucket
+                    weight = (torch.arange(m, device=x.device) < counts[:, None]) / counts[:, None]
+                    loss = (F.cross_entropy(logits, y.reshape(-1), reduction="none") * weight.reshape(-1)).sum()
+                d_outs = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        written: set[int] = set()
+
+        def put(p: torch.Tensor, compute) -> None:  # write, or add for a layer called more than once
+            block = self._block(p, T)
+            if id(p) in written:
+                block += compute(None)
+            else:
+                compute(block)
+                written.add(id(p))
+
+        with torch.no_grad():
+            for (mod, inp, _), d_out in zip(calls, d_outs):
+                if d_out is None:  # a layer whose output the loss does not use
+                    continue
+                d = d_out.reshape(T, -1, d_out.shape[-1])  # (T, m·…, out)
+                a = inp.reshape(T, -1, inp.shape[-1])  # (T, m·…, in)
+                if mod.weight.requires_grad:
+                    put(mod.weight, lambda out: torch.bmm(d.transpose(1, 2), a, out=out))
+                if mod.bias is not None and mod.bias.requires_grad:
+                    put(mod.bias, lambda out: torch.sum(d, dim=1, out=out))
+        blocks = []
+        for p in self.params:
+            if id(p) not in written:
+                self._block(p, T).zero_()
+            blocks.append(self._block(p, T))
+        return blocks
+
+    def _vmap(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
+        model = self.model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in named}
+        if bool((counts == x.shape[1]).all()):  # no padding: a plain mean per bucket
+            def bucket_loss(params, x, y):
+                return F.cross_entropy(functional_call(model, params, (x,)), y)
+
+            grads = vmap(grad(bucket_loss), in_dims=(None, 0, 0))(params, x, y)
+        else:
+            weight = (torch.arange(x.shape[1], device=x.device) < counts[:, None]).to(x.dtype)
+
+            def bucket_loss(params, x, y, w):
+                logits = functional_call(model, params, (x,))
+                return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
+
+            grads = vmap(grad(bucket_loss), in_dims=(None, 0, 0, 0))(params, x, y, weight)
+        return [grads[n] for n, _ in named]
+
+    def _loop(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
+        model = self.model
+        blocks = [torch.zeros(len(counts), *p.shape, dtype=p.dtype, device=p.device) for p in self.params]
+        for t, n in enumerate(counts.tolist()):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[t, :n]), y[t, :n]).backward()
+            for block, p in zip(blocks, self.params):
+                if p.grad is not None:
+                    block[t] = p.grad
+        model.zero_grad(set_to_none=True)
+        return blocks
+
+
+def flatten_blocks(blocks: list[torch.Tensor]) -> torch.Tensor:
+    """Blocks (T, *shape) as one (T, P) matrix: G, in parameters() order."""
+    return torch.cat([b.reshape(b.shape[0], -1) for b in blocks], dim=1)
+
+
+def memory_gradients(model: nn.Module, buffer: ReplayBuffer, buckets: list[int]) -> list[torch.Tensor]:
+    """One-off MemoryGradients(model)(buffer, buckets): fresh blocks, no workspace kept."""
+    return MemoryGradients(model)(buffer, buckets)
 
 
 def per_bucket_gradients(model: nn.Module, buffer: ReplayBuffer, buckets: list[int]) -> torch.Tensor:
     """G (T, P): the gradient of the mean loss on each bucket's memories, in parameters() order."""
-    model.train()
-    if has_batchnorm(model):
-        rows = []
-        for b in buckets:
-            model.zero_grad(set_to_none=True)
-            x, y = buffer.get(buffer.slots(torch.tensor([b])))
-            F.cross_entropy(model(x), y).backward()
-            rows.append(flat_grad(model))
-        model.zero_grad(set_to_none=True)
-        return torch.stack(rows)
-
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    x, y, weight = _padded_groups(buffer, buckets)
-
-    def bucket_loss(params, x, y, w):
-        logits = functional_call(model, params, (x,))
-        return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
-
-    grads = vmap(grad(bucket_loss), in_dims=(None, 0, 0, 0))(params, x, y, weight)
-    return torch.cat([grads[n].reshape(len(buckets), -1) for n in names], dim=1)
+    return flatten_blocks(memory_gradients(model, buffer, buckets))
