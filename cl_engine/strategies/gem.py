@@ -18,15 +18,23 @@ class GEM(Strategy):
     def __init__(self, ctx):
         super().__init__(ctx)
         self.memory_gradients = MemoryGradients(ctx.model)
+        # One pass for the memories and the incoming batch together where the model allows it.
+        self.merge_batch = self.memory_gradients.path == "linear"
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         ctx = self.ctx
         past = [b for b in ctx.buffer.buckets_held() if b != bucket]
-        G = self.memory_gradients(ctx.buffer, past) if past else None
-        ctx.optimizer.zero_grad(set_to_none=True)
-        logits, losses = self._forward_backward(x, y)
+        params = self.memory_gradients.params
+        if past and self.merge_batch:
+            ctx.optimizer.zero_grad(set_to_none=True)
+            G, g, logits, losses = self.memory_gradients.with_batch(ctx.buffer, past, x, y)
+            for p, gi in zip(params, g):
+                p.grad = gi
+        else:
+            G = self.memory_gradients(ctx.buffer, past) if past else None
+            ctx.optimizer.zero_grad(set_to_none=True)
+            logits, losses = self._forward_backward(x, y)
         if G is not None:
-            params = [p for p in ctx.model.parameters() if p.requires_grad]
             g = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             projected, fallback = gem_project_(g, G, ctx.config.memory_strength, ctx.config.qp_eps)
             if projected:

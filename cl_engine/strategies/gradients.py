@@ -64,6 +64,8 @@ class MemoryGradients:
         self.layers = [m for m in model.modules() if type(m) is nn.Linear and any(
             p.requires_grad for p in m.parameters(recurse=False))]
         self._workspace: dict[int, torch.Tensor] = {}  # id(parameter) -> (T_max, *shape)
+        self._views: tuple[int, dict[int, torch.Tensor]] | None = None  # (T, its blocks)
+        self._staging: dict | None = None  # with_batch: the memories and room for a batch, one buffer version
 
     def __call__(self, buffer: ReplayBuffer, buckets: list[int]) -> list[torch.Tensor]:
         """Per-parameter blocks (T, *p.shape) of the mean-loss gradient on each bucket's memories.
@@ -71,18 +73,69 @@ class MemoryGradients:
         The "linear" and "vmap" paths leave the parameters' `.grad` alone; the "loop" path runs
         ordinary backward passes (updating batch-norm statistics) and leaves `.grad` set to None.
         """
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         x, y, counts = buffer.grouped(buckets)
-        return getattr(self, "_" + self.path)(x, y, counts)
+        return {"linear": self._grouped_linear, "vmap": self._vmap, "loop": self._loop}[self.path](x, y, counts)
 
-    def _block(self, p: torch.Tensor, T: int) -> torch.Tensor:
-        ws = self._workspace.get(id(p))
-        if ws is None or ws.shape[0] < T or ws.device != p.device or ws.dtype != p.dtype:
-            ws = self._workspace[id(p)] = torch.empty(T, *p.shape, dtype=p.dtype, device=p.device)
-        return ws[:T]
+    def _blocks(self, T: int) -> dict[int, torch.Tensor]:
+        """id(parameter) -> a (T, *shape) block of the workspace, which grows when T outgrows it."""
+        if self._views is None or self._views[0] != T:
+            for p in self.params:
+                storage = self._workspace.get(id(p))
+                if storage is None or storage.shape[0] < T:
+                    self._workspace[id(p)] = torch.empty(T, *p.shape, dtype=p.dtype, device=p.device)
+            self._views = (T, {id(p): self._workspace[id(p)][:T] for p in self.params})
+        return self._views[1]
 
-    def _linear(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
+    def with_batch(self, buffer: ReplayBuffer, buckets: list[int], x: torch.Tensor, y: torch.Tensor
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor, torch.Tensor]:
+        """"linear" path only: the memories' blocks and the incoming batch's own gradient in one pass.
+
+        One forward and one backward over the memories and the batch together, the floor's exact
+        shape. Returns (blocks, batch gradient per parameter (None where the loss does not reach
+        it), the batch's logits, its per-sample losses). The memories are staged once per change
+        of the buffer next to a few rows for the batch, so each step copies only the batch.
+        """
+        if self.path != "linear":
+            raise ValueError(f"with_batch needs the linear path, this model takes {self.path!r}")
+        if not self.model.training:
+            self.model.train()
+        xs, ys, ws, T, m = self._stage(buffer, buckets, x, y)
+        return self._linear(xs, ys, ws, T, m)
+
+    def _stage(self, buffer: ReplayBuffer, buckets: list[int], x: torch.Tensor, y: torch.Tensor):
+        xm, ym, counts = buffer.grouped(buckets)
+        T, m = ym.shape
+        n, b = T * m, len(y)
+        key = (id(buffer), buffer.version, tuple(buckets))
+        st = self._staging
+        if (st is None or st["key"] != key or st["x"].shape[0] < n + b or st["x"].shape[1:] != xm.shape[2:]
+                or st["x"].dtype != xm.dtype):
+            xs = torch.empty(n + b, *xm.shape[2:], dtype=xm.dtype, device=xm.device)
+            ys = torch.empty(n + b, dtype=ym.dtype, device=ym.device)
+            ws = torch.empty(n + b, dtype=xm.dtype, device=xm.device)
+            xs[:n] = xm.reshape(n, *xm.shape[2:])
+            ys[:n] = ym.reshape(-1)
+            # padding weighs nothing, a real memory 1/count of its bucket: the loss is the sum of bucket means
+            ws[:n] = ((torch.arange(m, device=xm.device) < counts[:, None]) / counts[:, None]).reshape(-1)
+            st = self._staging = {"key": key, "x": xs, "y": ys, "w": ws}
+        st["x"][n: n + b] = x
+        st["y"][n: n + b] = y
+        st["w"][n: n + b] = 1.0 / b
+        return st["x"][: n + b], st["y"][: n + b], st["w"][: n + b], T, m
+
+    def _grouped_linear(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
         T, m = y.shape
+        if bool((counts == m).all()):
+            weight = torch.full((T * m,), 1.0 / m, dtype=x.dtype, device=x.device)
+        else:
+            weight = ((torch.arange(m, device=x.device) < counts[:, None]) / counts[:, None]).reshape(-1).to(x.dtype)
+        return self._linear(x.reshape(T * m, *x.shape[2:]), y.reshape(-1), weight, T, m)[0]
+
+    def _linear(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, T: int, m: int):
+        """Rows 0..T·m-1 of x are the memories, bucket by bucket; any rows after them, a batch."""
+        n = T * m
         calls: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []  # (layer, its input, its output)
 
         def record(mod, inp, out):
@@ -91,42 +144,42 @@ class MemoryGradients:
         handles = [mod.register_forward_hook(record) for mod in self.layers]
         try:
             with torch.enable_grad():
-                logits = self.model(x.reshape(T * m, *x.shape[2:]))
-                if bool((counts == m).all()):  # the sum of per-bucket means
-                    loss = F.cross_entropy(logits, y.reshape(-1), reduction="sum") / m
-                else:  # padding weighs nothing, real memories 1/count of their bucket
-                    weight = (torch.arange(m, device=x.device) < counts[:, None]) / counts[:, None]
-                    loss = (F.cross_entropy(logits, y.reshape(-1), reduction="none") * weight.reshape(-1)).sum()
-                d_outs = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
+                logits = self.model(x)
+                losses = F.cross_entropy(logits, y, reduction="none")
+                d_outs = torch.autograd.grad((losses * weight).sum(), [out for _, _, out in calls], allow_unused=True)
         finally:
             for h in handles:
                 h.remove()
+        rows = x.shape[0]
+        blocks = self._blocks(T)
         written: set[int] = set()
-
-        def put(p: torch.Tensor, compute) -> None:  # write, or add for a layer called more than once
-            block = self._block(p, T)
-            if id(p) in written:
-                block += compute(None)
-            else:
-                compute(block)
-                written.add(id(p))
-
+        batch: dict[int, torch.Tensor] = {}  # id(parameter) -> the batch's gradient
         with torch.no_grad():
             for (mod, inp, _), d_out in zip(calls, d_outs):
                 if d_out is None:  # a layer whose output the loss does not use
                     continue
-                d = d_out.reshape(T, -1, d_out.shape[-1])  # (T, m·…, out)
-                a = inp.reshape(T, -1, inp.shape[-1])  # (T, m·…, in)
-                if mod.weight.requires_grad:
-                    put(mod.weight, lambda out: torch.bmm(d.transpose(1, 2), a, out=out))
-                if mod.bias is not None and mod.bias.requires_grad:
-                    put(mod.bias, lambda out: torch.sum(d, dim=1, out=out))
-        blocks = []
+                d, a = d_out.reshape(rows, -1, d_out.shape[-1]), inp.reshape(rows, -1, inp.shape[-1])
+                dm, am = d[:n].reshape(T, -1, d.shape[-1]), a[:n].reshape(T, -1, a.shape[-1])  # (T, m·…, ·)
+                db, ab = d[n:].reshape(-1, d.shape[-1]), a[n:].reshape(-1, a.shape[-1])
+                for p, is_weight in ((mod.weight, True), (mod.bias, False)):
+                    if p is None or not p.requires_grad:
+                        continue
+                    block, again = blocks[id(p)], id(p) in written  # again: a layer called more than once
+                    if is_weight:
+                        memory = torch.bmm(dm.transpose(1, 2), am, out=None if again else block)
+                    else:
+                        memory = torch.sum(dm, dim=1, out=None if again else block)
+                    if again:
+                        block += memory
+                    written.add(id(p))
+                    if rows > n:
+                        current = db.T @ ab if is_weight else db.sum(dim=0)
+                        batch[id(p)] = batch[id(p)] + current if id(p) in batch else current
         for p in self.params:
             if id(p) not in written:
-                self._block(p, T).zero_()
-            blocks.append(self._block(p, T))
-        return blocks
+                blocks[id(p)].zero_()
+        return ([blocks[id(p)] for p in self.params], [batch.get(id(p)) for p in self.params], logits[n:].detach(),
+                losses[n:].detach())
 
     def _vmap(self, x: torch.Tensor, y: torch.Tensor, counts: torch.Tensor) -> list[torch.Tensor]:
         model = self.model
