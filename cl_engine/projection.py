@@ -65,11 +65,22 @@ def solve_gem_dual(gram: np.ndarray, Gg: np.ndarray, margin: float, eps: float) 
 def _dual(G: list[torch.Tensor], g: list[torch.Tensor], margin: float, eps: float, Gg: torch.Tensor | None = None
           ) -> np.ndarray:
     """v from the T×T products of G (T, n_i) and g (n_i) blocks, formed in their own dtype."""
-    gram = sum(Gi @ Gi.T for Gi in G)
-    Gg = sum(Gi @ gi for Gi, gi in zip(G, g)) if Gg is None else Gg
-    if not bool(torch.isfinite(gram).all() & torch.isfinite(Gg).all()):
+    gram = G[0] @ G[0].T
+    for Gi in G[1:]:
+        gram.addmm_(Gi, Gi.T)
+    gram = gram.double().cpu().numpy()
+    Gg = (_products(G, g) if Gg is None else Gg).double().cpu().numpy()
+    if not (np.isfinite(gram).all() and np.isfinite(Gg).all()):
         raise ValueError("non-finite gradient")
-    return solve_gem_dual(gram.double().cpu().numpy(), Gg.double().cpu().numpy(), margin, eps)
+    return solve_gem_dual(gram, Gg, margin, eps)
+
+
+def _products(G: list[torch.Tensor], g: list[torch.Tensor]) -> torch.Tensor:
+    """Gg (T,) from blocks G (T, n_i) and g (n_i)."""
+    Gg = G[0] @ g[0]
+    for Gi, gi in zip(G[1:], g[1:]):
+        Gg.addmv_(Gi, gi)
+    return Gg
 
 
 def gem_project_(g: Blocks, G: Blocks, margin: float = 0.5, eps: float = 1e-3) -> tuple[bool, bool]:
@@ -86,7 +97,7 @@ def gem_project_(g: Blocks, G: Blocks, margin: float = 0.5, eps: float = 1e-3) -
         return False, False
     Gf = [Gi.reshape(T, -1) for Gi in G]
     gf = [gi.reshape(-1) for gi in g]
-    Gg = sum(Gi @ gi for Gi, gi in zip(Gf, gf))
+    Gg = _products(Gf, gf)
     if bool((Gg >= 0).all()):
         return False, False
     try:
