@@ -3,6 +3,10 @@
 Slots 0..size-1 hold samples; each carries its label, the bucket it came from and a keep-first
 priority (see selection.py). Storage is allocated once, on the first write, in the shape and
 dtype of the first samples, so memory never grows past `capacity` samples.
+
+Every change (write, keep, or setting `size`) bumps `version`, so that what is derived from the
+contents (the buckets held, the memories grouped by bucket for GEM) is computed once per change
+instead of once per step. Change the contents only through those.
 """
 from __future__ import annotations
 
@@ -15,11 +19,32 @@ class ReplayBuffer:
             raise ValueError(f"buffer capacity must be >= 0, got {capacity}")
         self.capacity = capacity
         self.device = torch.device(device)
-        self.size = 0
+        self.version = 0  # bumped by every change to the contents
+        self._derived: dict = {}  # cached views of the contents, valid for one version
+        self._size = 0
         self.x: torch.Tensor | None = None
         self.y = torch.empty(capacity, dtype=torch.int64, device=self.device)
         self.bucket = torch.empty(capacity, dtype=torch.int64, device=self.device)
         self.priority = torch.empty(capacity, dtype=torch.float32, device=self.device)
+
+    @property
+    def size(self) -> int:
+        """Slots filled: 0..size-1. Setting it (e.g. to 0, to empty the memory) counts as a change."""
+        return self._size
+
+    @size.setter
+    def size(self, n: int) -> None:
+        self._size = n
+        self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._derived.clear()
+
+    def _cached(self, key, compute):
+        if key not in self._derived:
+            self._derived[key] = compute()
+        return self._derived[key]
 
     def __len__(self) -> int:
         return self.size
@@ -41,7 +66,7 @@ class ReplayBuffer:
         self.y[slots] = y.to(self.device)
         self.bucket[slots] = torch.as_tensor(bucket, dtype=torch.int64, device=self.device)
         self.priority[slots] = torch.as_tensor(priority, dtype=torch.float32, device=self.device)
-        self.size = max(self.size, int(slots.max()) + 1)
+        self.size = max(self.size, int(slots.max()) + 1)  # a change, even when size stays
 
     def keep(self, slots: torch.Tensor) -> None:
         """Keep only `slots`, compacted to the front in the given order."""
@@ -72,7 +97,50 @@ class ReplayBuffer:
         return self.get(candidates)
 
     def buckets_held(self) -> list[int]:
-        return sorted(self.bucket[: self.size].unique().tolist())
+        return list(self._cached("held", lambda: sorted(self.bucket[: self.size].unique().tolist())))
+
+    def grouped(self, buckets: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The memories of `buckets` as x (T, m, ...), y (T, m) and counts (T,), m the largest count.
+
+        Groups shorter than m are padded (with copies of their first sample); `counts` says how many
+        of each row are real. Where the buckets lie in the buffer as consecutive runs of equal
+        length, in the order asked for (as bucket retention keeps them), x and y are views of the
+        storage, no copy; otherwise they are gathered once per version of the contents.
+        """
+        return self._cached(("grouped", tuple(buckets)), lambda: self._grouped(buckets))
+
+    def _runs(self) -> dict[int, tuple[int, int]]:
+        """bucket -> (first slot, count) when every bucket occupies one run of slots, else {}."""
+        def compute():
+            ids, counts = torch.unique_consecutive(self.bucket[: self.size], return_counts=True)
+            ids, counts = ids.tolist(), counts.tolist()
+            if len(set(ids)) != len(ids):
+                return {}
+            starts = [0]
+            for c in counts[:-1]:
+                starts.append(starts[-1] + c)
+            return {b: (s, c) for b, s, c in zip(ids, starts, counts)}
+        return self._cached("runs", compute)
+
+    def _grouped(self, buckets: list[int]):
+        if not buckets:
+            raise ValueError("no buckets asked for")
+        runs = self._runs()
+        if all(b in runs for b in buckets):
+            first, m = runs[buckets[0]]
+            if all(runs[b] == (first + i * m, m) for i, b in enumerate(buckets)) and m > 0:
+                n = len(buckets) * m
+                counts = torch.full((len(buckets),), m, dtype=torch.int64, device=self.device)
+                return (self.x[first: first + n].view(len(buckets), m, *self.x.shape[1:]),
+                        self.y[first: first + n].view(len(buckets), m), counts)
+        groups = [self.slots(torch.tensor([b])) for b in buckets]
+        counts = torch.tensor([len(s) for s in groups], dtype=torch.int64, device=self.device)
+        if int(counts.min()) == 0:
+            raise ValueError(f"bucket {buckets[int(counts.argmin())]} has no memories")
+        m = int(counts.max())
+        slots = torch.stack([torch.cat([s, s[:1].expand(m - len(s))]) for s in groups])
+        x, y = self.get(slots.flatten())
+        return x.view(len(buckets), m, *x.shape[1:]), y.view(len(buckets), m), counts
 
     def counts_by_bucket(self) -> dict[int, int]:
         ids, counts = self.bucket[: self.size].unique(return_counts=True)
@@ -105,8 +173,8 @@ class ReplayBuffer:
     def load_state_dict(self, state: dict) -> None:
         if state["capacity"] != self.capacity:
             raise ValueError(f"checkpoint buffer capacity {state['capacity']} != configured {self.capacity}")
-        self.size = 0
         self.x = None
+        self.size = 0
         if state["x"] is not None:
             self.x = torch.empty((self.capacity, *state["sample_shape"]), dtype=getattr(torch, state["dtype"]),
                                  device=self.device)

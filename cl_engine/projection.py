@@ -15,6 +15,7 @@ same falls back to the A-GEM projection on the mean past gradient, and the calle
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import quadprog
@@ -28,13 +29,29 @@ class Projection:
     fallback: bool = False  # the QP failed and the A-GEM projection was used instead
 
 
+Blocks = Sequence[torch.Tensor]
+
+
+def _dot(a: Blocks, b: Blocks) -> torch.Tensor:
+    return sum(torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b))
+
+
+def agem_project_(g: Blocks, g_ref: Blocks) -> bool:
+    """A-GEM in place on gradient blocks (one tensor per parameter); returns whether g changed."""
+    dot, norm2 = _dot(g, g_ref), _dot(g_ref, g_ref)
+    if dot >= 0 or norm2 <= 0:
+        return False
+    scale = dot / norm2
+    for x, r in zip(g, g_ref):
+        x.sub_(scale * r)
+    return True
+
+
 def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> Projection:
     """A-GEM: if ⟨g, g_ref⟩ < 0, remove g's component along g_ref: g − (gᵀg_ref / g_refᵀg_ref)·g_ref."""
-    dot = torch.dot(g, g_ref)
-    norm2 = torch.dot(g_ref, g_ref)
-    if dot >= 0 or norm2 <= 0:
-        return Projection(g, False)
-    return Projection(g - (dot / norm2) * g_ref, True)
+    out = g.clone()
+    projected = agem_project_([out], [g_ref])
+    return Projection(out if projected else g, projected)
 
 
 def solve_gem_dual(gram: np.ndarray, Gg: np.ndarray, margin: float, eps: float) -> np.ndarray:
@@ -45,25 +62,62 @@ def solve_gem_dual(gram: np.ndarray, Gg: np.ndarray, margin: float, eps: float) 
     return quadprog.solve_qp(gram, -Gg, np.eye(t), np.full(t, margin))[0]
 
 
-def gem_project(g: torch.Tensor, G: torch.Tensor, margin: float = 0.5, eps: float = 1e-3) -> Projection:
-    """GEM: g (P,) against past gradients G (T, P). Solves a QP only when a constraint is violated.
+def _dual(G: list[torch.Tensor], g: list[torch.Tensor], margin: float, eps: float, Gg: torch.Tensor | None = None
+          ) -> np.ndarray:
+    """v from the T×T products of G (T, n_i) and g (n_i) blocks, formed in their own dtype."""
+    gram = G[0] @ G[0].T
+    for Gi in G[1:]:
+        gram.addmm_(Gi, Gi.T)
+    gram = gram.double().cpu().numpy()
+    Gg = (_products(G, g) if Gg is None else Gg).double().cpu().numpy()
+    if not (np.isfinite(gram).all() and np.isfinite(Gg).all()):
+        raise ValueError("non-finite gradient")
+    return solve_gem_dual(gram, Gg, margin, eps)
 
-    The products GGᵀ and Gg are formed in float64 where the gradients live; only the T×T
-    problem travels to the CPU.
+
+def _products(G: list[torch.Tensor], g: list[torch.Tensor]) -> torch.Tensor:
+    """Gg (T,) from blocks G (T, n_i) and g (n_i)."""
+    Gg = G[0] @ g[0]
+    for Gi, gi in zip(G[1:], g[1:]):
+        Gg.addmv_(Gi, gi)
+    return Gg
+
+
+def gem_project_(g: Blocks, G: Blocks, margin: float = 0.5, eps: float = 1e-3) -> tuple[bool, bool]:
+    """GEM in place on gradient blocks: g[i] has a parameter's shape, G[i] is (T, *that shape).
+
+    Returns (projected, fallback). Solves the QP only when a constraint is violated. The products
+    Gg (T) and GGᵀ (T×T) are formed in the gradients' own dtype, where they live, without a
+    flattened copy of G; only the T×T problem is solved in float64 on the CPU. Should quadprog
+    refuse a Gram matrix formed in float32 (rounding can make a nearly singular one indefinite),
+    the products are formed again in float64 before falling back to A-GEM.
     """
-    if G.shape[0] == 0:
-        return Projection(g, False)
-    G64, g64 = G.double(), g.double()
-    Gg = G64 @ g64
+    T = G[0].shape[0] if len(G) else 0
+    if T == 0:
+        return False, False
+    Gf = [Gi.reshape(T, -1) for Gi in G]
+    gf = [gi.reshape(-1) for gi in g]
+    Gg = _products(Gf, gf)
     if bool((Gg >= 0).all()):
-        return Projection(g, False)
+        return False, False
     try:
-        gram = (G64 @ G64.T).cpu().numpy()
-        if not (np.isfinite(gram).all() and torch.isfinite(Gg).all()):
-            raise ValueError("non-finite gradient")
-        v = solve_gem_dual(gram, Gg.cpu().numpy(), margin, eps)
+        try:
+            v = _dual(Gf, gf, margin, eps, Gg)
+        except ValueError:
+            if Gg.dtype == torch.float64:
+                raise
+            v = _dual([Gi.double() for Gi in Gf], [gi.double() for gi in gf], margin, eps)
     except ValueError:
-        fallback = agem_project(g, G.mean(dim=0))
-        return Projection(fallback.gradient, True, fallback=True)
-    projected = g64 + torch.from_numpy(v).to(G64.device) @ G64
-    return Projection(projected.to(g.dtype), True)
+        agem_project_(g, [Gi.mean(dim=0) for Gi in G])
+        return True, True
+    v = torch.from_numpy(v).to(Gf[0].device, Gf[0].dtype)
+    for gi, Gi in zip(g, Gf):
+        gi.add_((v @ Gi).view(gi.shape))
+    return True, False
+
+
+def gem_project(g: torch.Tensor, G: torch.Tensor, margin: float = 0.5, eps: float = 1e-3) -> Projection:
+    """GEM on one flat gradient g (P,) against past gradients G (T, P); see gem_project_."""
+    out = g.clone()
+    projected, fallback = gem_project_([out], [G], margin, eps)
+    return Projection(out if projected else g, projected, fallback)
