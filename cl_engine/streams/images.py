@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -67,8 +66,10 @@ def read_rgb(path: Path) -> Image.Image:
         return im.convert("RGB")
 
 
-def image_transforms(size: int) -> tuple[v2.Transform, v2.Transform]:
+def image_transforms(size: int) -> tuple[Callable, Callable]:
     """(evaluation, training) transforms from a PIL image to a normalised float32 [3, size, size]."""
+    from torchvision.transforms import v2  # slow to import: only image streams pay for it
+
     finish = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     evaluation = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *finish])
     training = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), *finish])
@@ -93,7 +94,7 @@ class ImageSet:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def _load(self, i: int, transform: v2.Transform) -> torch.Tensor:
+    def _load(self, i: int, transform: Callable) -> torch.Tensor:
         blank = torch.zeros(3, self.size, self.size)
         if i in self.undecodable:
             return blank

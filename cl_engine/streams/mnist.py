@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from .base import Bucket, ScaledSet, Stream
 
@@ -103,6 +102,8 @@ def mnist_permuted(path: str | Path, num_tasks: int = 20, samples_per_task: int 
 
 def mnist_rotated(path: str | Path, num_tasks: int = 20, samples_per_task: int | None = 1000,
                   test_samples: int | None = None, seed: int = 0) -> Stream:
+    from torchvision.transforms.v2 import functional as TF  # slow to import: only this stream needs it
+
     def rotation(t: int, g: torch.Generator):
         low, high = MAX_ANGLE * t / num_tasks, MAX_ANGLE * (t + 1) / num_tasks
         angle = low + (high - low) * float(torch.rand((), generator=g))
