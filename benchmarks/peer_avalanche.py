@@ -74,7 +74,9 @@ SECTION = "peer_avalanche"
 def our_config(strategy: str, args, seed: int, num_buckets: int) -> LearnerConfig:
     kw = dict(model="mlp", strategy=strategy, lr=args.lr, seed=seed, device="cpu")
     if strategy == "replay":
-        kw.update(buffer_capacity=args.replay_capacity)  # default retention: reservoir
+        kw.update(buffer_capacity=args.replay_capacity, retention=args.our_replay_retention)
+        if args.our_replay_retention == "per-bucket":  # Avalanche's ExperienceBalancedBuffer, in our terms
+            kw.update(memory_per_bucket=args.replay_capacity)
     elif strategy in ("gem", "agem"):
         # per-bucket retention (the default for GEM/A-GEM); room for every bucket's memories
         kw.update(memory_per_bucket=args.memory_per_bucket, buffer_capacity=args.memory_per_bucket * num_buckets,
@@ -172,7 +174,8 @@ def peer_strategy(strategy: str, model, args, num_buckets: int):
     raise ValueError(strategy)
 
 
-def run_peer(stream, strategy: str, args, seed: int, shuffle: bool = True) -> dict:
+def run_peer(stream, strategy: str, args, seed: int, shuffle: bool | None = None) -> dict:
+    shuffle = args.peer_shuffle if shuffle is None else shuffle
     config = our_config(strategy, args, seed, len(stream))
     model = build_model(config.model, stream.input_shape, stream.num_classes)
     model.load_state_dict(initial_state(config, stream))
@@ -273,8 +276,8 @@ def table(rows: list[dict], reps: int) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, body: str) -> None:
-    begin, end = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
+def write_markdown(path: Path, body: str, section: str = SECTION) -> None:
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     block = f"{begin}\n{body}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
     if begin in text and end in text:
@@ -284,10 +287,17 @@ def write_markdown(path: Path, body: str) -> None:
     path.write_text(text)
 
 
+def command_line(argv) -> str:
+    exe = Path(sys.executable)
+    exe = os.path.relpath(exe, ROOT) if str(exe).startswith(str(ROOT)) else exe.name
+    script = os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)
+    return " ".join([exe, script, *(sys.argv[1:] if argv is None else argv)])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reps", type=int, default=3, help="repetitions per (stream, strategy, library)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions per (stream, strategy, library)")
     p.add_argument("--streams", nargs="+", default=list(STREAMS))
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--lr", type=float, default=0.1)
@@ -300,6 +310,13 @@ def main(argv=None) -> int:
     p.add_argument("--peer-replay-storage", choices=("reservoir", "balanced"), default="reservoir",
                    help="Avalanche replay storage policy: ReservoirSamplingBuffer (closest to ours) or its "
                         "default ExperienceBalancedBuffer")
+    p.add_argument("--our-replay-retention", choices=("reservoir", "per-bucket"), default="reservoir",
+                   help="our replay memory: online reservoir (our default) or per-bucket, filled at the end "
+                        "of each bucket and split evenly over buckets (what Avalanche's default policy does)")
+    p.add_argument("--peer-shuffle", action="store_true",
+                   help="let Avalanche shuffle each experience (its default). Off: it trains on the stream's "
+                        "own order, the batches our engine gets, so both see the same data in the same order")
+    p.add_argument("--section", default=SECTION, help="name of the BENCHMARKS.md section to rewrite")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads for both libraries (0: torch's default). A batch of 10 through "
@@ -359,7 +376,7 @@ def main(argv=None) -> int:
     print(md)
     out = {
         "study": "peer comparison: cl_engine vs Avalanche",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command_line(argv),
         "machine": info,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "timed": {"ours": "run_stream train_seconds: observe loop (batch fetch + step) + end-of-bucket consolidation",
@@ -375,12 +392,16 @@ def main(argv=None) -> int:
     print(f"wrote {args.out} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
     if str(args.markdown) != "-":
         body = "\n".join([
-            "### Peer comparison: cl_engine vs Avalanche (`benchmarks/peer_avalanche.py`)",
+            f"### Peer comparison: cl_engine vs Avalanche (`benchmarks/peer_avalanche.py`{', ' + args.section if args.section != SECTION else ''})",
             "",
             f"Machine: {info['nproc']} cores, {info['cpu_model']}, Python {info['python']}, torch {info['torch']} "
             f"({info['torch_threads']} threads), avalanche-lib {info['avalanche']}; both libraries in one process.",
+            f"Command: `{out['command']}`",
+            "",
             f"Settings: MLP 64-100-100-10, SGD lr {args.lr}, batch {args.batch_size}, {args.epochs} epoch(s); replay "
-            f"memory {args.replay_capacity} (peer storage: {args.peer_replay_storage}); GEM/A-GEM "
+            f"memory {args.replay_capacity} (ours: {args.our_replay_retention}; peer storage: "
+            f"{'ReservoirSamplingBuffer' if args.peer_replay_storage == 'reservoir' else 'ExperienceBalancedBuffer'}); "
+            f"peer data order: {'shuffled per experience' if args.peer_shuffle else 'the stream order, as ours'}; GEM/A-GEM "
             f"{args.memory_per_bucket} memories per bucket, A-GEM sample {args.agem_sample_size}, GEM margin "
             f"{args.memory_strength}. Time = training only (evaluation excluded for both).",
             "",
@@ -389,7 +410,7 @@ def main(argv=None) -> int:
             f"Equivalence check (naive, identical batches and weights): max |R_ours − R_peer| = "
             f"{eq['max_abs_diff_R']:.4f}.",
         ])
-        write_markdown(args.markdown, body)
+        write_markdown(args.markdown, body, args.section)
         print(f"updated {args.markdown}", file=sys.stderr)
     return 0
 
