@@ -256,6 +256,9 @@ def summarise(runs: list[dict], streams, strategies) -> list[dict]:
             pairs = [ours[k]["train_seconds"] / peer[k]["train_seconds"] for k in sorted(ours) if k in peer]
             row["paired_time_ratios"] = pairs
             row["paired_time_ratio_median"] = median(pairs)
+            cpu_pairs = [ours[k]["train_cpu_seconds"] / peer[k]["train_cpu_seconds"] for k in sorted(ours) if k in peer]
+            row["paired_cpu_ratios"] = cpu_pairs
+            row["paired_cpu_ratio_median"] = median(cpu_pairs)
             row["time_ratio_best"] = min(row["train_seconds_ours_all"]) / min(row["train_seconds_peer_all"])
             row["acc_diff"] = row["acc_ours"] - row["acc_peer"]
             row["goal_acc_met"] = row["acc_ours"] >= row["acc_peer"]
@@ -267,8 +270,9 @@ def summarise(runs: list[dict], streams, strategies) -> list[dict]:
 def table(rows: list[dict], reps: int) -> str:
     lines = [
         "| stream | strategy | ACC ours / peer | BWT ours / peer | FWT ours / peer | train s ours / peer "
-        "| ours/peer (medians) | ours/peer (paired) | CPU s ours / peer | ACC ≥ peer | time ≤ ½ |",
-        "|" + "---|" * 11,
+        "| ours/peer (medians) | ours/peer (paired) | CPU s ours / peer | ours/peer CPU (paired) | ACC ≥ peer "
+        "| time ≤ ½ |",
+        "|" + "---|" * 12,
     ]
     for r in rows:
         lines.append(
@@ -276,13 +280,14 @@ def table(rows: list[dict], reps: int) -> str:
             f"| {r['bwt_ours']:+.3f} / {r['bwt_peer']:+.3f} | {r['fwt_ours']:+.3f} / {r['fwt_peer']:+.3f} "
             f"| {r['train_seconds_ours']:.2f} / {r['train_seconds_peer']:.2f} | **{r['time_ratio']:.2f}** "
             f"| {r['paired_time_ratio_median']:.2f} | {r['train_cpu_seconds_ours']:.2f} / {r['train_cpu_seconds_peer']:.2f} "
+            f"| {r['paired_cpu_ratio_median']:.2f} "
             f"| {'yes' if r['goal_acc_met'] else 'no'} ({r['acc_diff'] * 100:+.1f} pt) "
             f"| {'yes' if r['goal_time_met'] else 'no'} |")
     lines += ["", (
         f"Medians over {reps} repetitions; seeds differ per repetition and are the same for both libraries. "
         "train s: wall seconds of training. ours/peer (medians): ratio of the median times; (paired): median of the "
         "per-repetition ratios of the two back-to-back runs. CPU s: CPU seconds of the training thread (one torch "
-        "thread). ACC ≥ peer compares the medians; time ≤ ½ asks both ratios to be at most 0.5.")]
+        "thread); its paired ratio is the statistic least moved by other load on the machine. ACC ≥ peer compares the medians; time ≤ ½ asks both ratios to be at most 0.5.")]
     return "\n".join(lines)
 
 
@@ -384,9 +389,6 @@ def main(argv=None) -> int:
                           f"(cpu {result['train_cpu_seconds']:.2f}s)",
                           file=sys.stderr)
 
-    rows = summarise(runs, args.streams, args.strategies)
-    md = table(rows, args.reps)
-    print(md)
     out = {
         "study": "peer comparison: cl_engine vs Avalanche",
         "command": command_line(argv),
@@ -396,37 +398,67 @@ def main(argv=None) -> int:
                   "peer": "wall time of strategy.train(exp) per experience, minimal evaluator (experience "
                           "accuracy, no loggers); eval outside the timer"},
         "equivalence_check": eq,
-        "summary": rows,
         "runs": runs,
         "wall_seconds": time.perf_counter() - t_start,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
-    if str(args.markdown) != "-":
-        body = "\n".join([
-            f"### Peer comparison: cl_engine vs Avalanche (`benchmarks/peer_avalanche.py`{', ' + args.section if args.section != SECTION else ''})",
-            "",
-            f"Machine: {info['nproc']} cores, {info['cpu_model']}, Python {info['python']}, torch {info['torch']} "
-            f"({info['torch_threads']} threads), avalanche-lib {info['avalanche']}; both libraries in one process.",
-            f"Command: `{out['command']}`",
-            "",
-            f"Settings: MLP 64-100-100-10, SGD lr {args.lr}, batch {args.batch_size}, {args.epochs} epoch(s); replay "
-            f"memory {args.replay_capacity} (ours: {args.our_replay_retention}; peer storage: "
-            f"{'ReservoirSamplingBuffer' if args.peer_replay_storage == 'reservoir' else 'ExperienceBalancedBuffer'}); "
-            f"peer data order: {'shuffled per experience' if args.peer_shuffle else 'the stream order, as ours'}; GEM/A-GEM "
-            f"{args.memory_per_bucket} memories per bucket, A-GEM sample {args.agem_sample_size}, GEM margin "
-            f"{args.memory_strength}. Time = training only (evaluation excluded for both).",
-            "",
-            md,
-            "",
-            f"Equivalence check (naive, identical batches and weights): max |R_ours − R_peer| = "
-            f"{eq['max_abs_diff_R']:.4f}.",
-        ])
-        write_markdown(args.markdown, body, args.section)
-        print(f"updated {args.markdown}", file=sys.stderr)
+    publish(out, args.out, args.markdown, args.section)
+    return 0
+
+
+def publish(out: dict, path: Path, markdown: Path, section: str) -> None:
+    """Summarise the runs, print the table, write the JSON and the BENCHMARKS.md section."""
+    st = out["settings"]
+    rows = summarise(out["runs"], st["streams"], st["strategies"])
+    out["summary"] = rows
+    md = table(rows, st["reps"])
+    print(md)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
+    if str(markdown) == "-":
+        return
+    info, eq = out["machine"], out["equivalence_check"]
+    loads = [r["loadavg_1min_before"] for r in out["runs"] if "loadavg_1min_before" in r]
+    body = "\n".join([
+        f"### Peer comparison: cl_engine vs Avalanche (`benchmarks/peer_avalanche.py`"
+        f"{', ' + section if section != SECTION else ''})",
+        "",
+        f"Machine: {info['nproc']} cores, {info['cpu_model']}, Python {info['python']}, torch {info['torch']} "
+        f"({info['torch_threads']} torch thread(s)), avalanche-lib {info['avalanche']}; both libraries in one process"
+        + (f"; 1-minute load average during the runs {min(loads):.1f}–{max(loads):.1f} "
+           f"(median {statistics.median(loads):.1f}) from other jobs on the machine" if loads else "") + ".",
+        "",
+        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.0f} min)",
+        "",
+        f"Settings: MLP 64-100-100-10, SGD lr {st['lr']}, batch {st['batch_size']}, {st['epochs']} epoch(s); replay "
+        f"memory {st['replay_capacity']} (ours: {st['our_replay_retention']}; peer storage: "
+        f"{'ReservoirSamplingBuffer' if st['peer_replay_storage'] == 'reservoir' else 'ExperienceBalancedBuffer'}); "
+        f"peer data order: {'shuffled per experience' if st['peer_shuffle'] else 'the stream order, as ours'}; "
+        f"GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}, GEM margin "
+        f"{st['memory_strength']}. Time = training only (evaluation excluded for both).",
+        "",
+        md,
+        "",
+        f"Equivalence check (naive, identical batches and weights): max |R_ours − R_peer| = "
+        f"{eq['max_abs_diff_R']:.4f}.",
+    ])
+    write_markdown(markdown, body, section)
+    print(f"updated {markdown}", file=sys.stderr)
+
+
+def render(argv=None) -> int:
+    """Re-summarise a results file (e.g. after a change to the table) without running anything."""
+    p = argparse.ArgumentParser(description="re-render a peer_avalanche results JSON")
+    p.add_argument("results", type=Path)
+    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--section", default=None)
+    args = p.parse_args(argv)
+    out = json.loads(args.results.read_text())
+    publish(out, args.results, args.markdown, args.section or out["settings"].get("section", SECTION))
     return 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "render":
+        sys.exit(render(sys.argv[2:]))
     sys.exit(main())
