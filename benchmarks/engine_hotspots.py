@@ -1,0 +1,236 @@
+"""Micro-benchmarks behind the optimisation suggestions in BENCHMARKS.md (peer comparison section).
+
+    .venv-bench/bin/python benchmarks/engine_hotspots.py
+
+Each item times what cl_engine does today next to a leaner way of computing the same thing, per
+training step of the peer benchmark's run (MLP 64-100-100-10, batch 10, one torch thread). Times
+are CPU seconds of this thread (robust to other load on a shared machine), the best of several
+rounds, in microseconds per call. The alternatives are sketches for this measurement only; the
+engine is not changed here. Writes benchmarks/results/engine_hotspots.json.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cl_engine.buffer import ReplayBuffer  # noqa: E402
+from cl_engine.learner import Learner  # noqa: E402
+from cl_engine.config import LearnerConfig  # noqa: E402
+from cl_engine.models import build_model  # noqa: E402
+from cl_engine.retention import ReservoirRetention  # noqa: E402
+from cl_engine.strategies.gradients import per_bucket_gradients  # noqa: E402
+
+torch.set_num_threads(1)
+RESULTS: dict[str, dict[str, float]] = {}
+
+
+def bench(fn, n: int = 300, rounds: int = 5) -> float:
+    """Best-of-rounds CPU microseconds per call."""
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.thread_time()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.thread_time() - t0) / n)
+    return best * 1e6
+
+
+def report(group: str, **timings: float) -> None:
+    RESULTS[group] = {k: round(v, 1) for k, v in timings.items()}
+    print(f"{group}:")
+    for k, v in timings.items():
+        print(f"  {v:9.1f} us  {k}")
+
+
+def model_and_batch(batch: int = 10):
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 10)
+    x = torch.rand(batch, 1, 8, 8)
+    y = torch.randint(0, 10, (batch,))
+    return model, x, y
+
+
+def step_parts() -> None:
+    model, x, y = model_and_batch()
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=0.1)
+    opt_foreach = torch.optim.SGD(params, lr=0.1, foreach=True)
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y, reduction="none").mean().backward()
+
+    def floor():  # what a naive step must do: forward, loss, backward, p -= lr * g
+        fwd_bwd()
+        with torch.no_grad():
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-0.1)
+
+    def sgd_step():
+        opt.step()
+
+    def sgd_foreach_step():
+        opt_foreach.step()
+
+    def manual_foreach():
+        with torch.no_grad():
+            torch._foreach_add_(params, [p.grad for p in params], alpha=-0.1)
+
+    fwd_bwd()
+    learner = Learner(LearnerConfig(strategy="naive", device="cpu"), (1, 8, 8), 10)
+
+    def check_batch():
+        learner.check_batch(x, y)
+
+    def train_mode():
+        model.train()
+
+    def train_mode_guarded():
+        if not model.training:
+            model.train()
+
+    report("naive step, parts (per step)",
+           **{"forward + loss + backward": bench(fwd_bwd),
+              "floor: forward + backward + foreach SGD update": bench(floor),
+              "torch.optim.SGD.step() (as the engine)": bench(sgd_step),
+              "torch.optim.SGD(foreach=True).step()": bench(sgd_foreach_step),
+              "torch._foreach_add_(params, grads, alpha=-lr)": bench(manual_foreach),
+              "optimizer.zero_grad(set_to_none=True)": bench(lambda: opt.zero_grad(set_to_none=True)),
+              "Learner.check_batch (isfinite, min/max -> int)": bench(check_batch),
+              "model.train() (called every step)": bench(train_mode),
+              "skip model.train() when already training": bench(train_mode_guarded)})
+
+    learner_n = Learner(LearnerConfig(strategy="naive", device="cpu"), (1, 8, 8), 10)
+    step = [0]
+
+    def observe():
+        learner_n.observe(x, y, 0)
+
+    report("naive step, whole (per step)",
+           **{"Learner.observe (naive)": bench(observe, n=200),
+              "floor (above)": bench(floor, n=200)})
+
+
+def reservoir() -> None:
+    buf = ReplayBuffer(500)
+    ret = ReservoirRetention(buf)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(10, 1, 8, 8)
+    y = torch.randint(0, 10, (10,))
+    for _ in range(100):  # fill: the steady state is the full-buffer case
+        ret.observe(x, y, 0, g)
+
+    # A vectorised reservoir for a batch: draw all n positions at once, keep the last write per slot.
+    state = {"seen": ret.seen}
+
+    def vectorised():
+        n, cap = len(y), buf.capacity
+        seen = state["seen"]
+        j = (torch.rand(n, generator=g, dtype=torch.float64) * torch.arange(seen + 1, seen + n + 1)).long()
+        hit = j < cap
+        slots, idx = j[hit], hit.nonzero().flatten()
+        # last write wins: reverse, unique keeps the first occurrence via scatter of reversed order
+        if len(slots):
+            order = torch.arange(len(slots) - 1, -1, -1)
+            last = torch.full((cap,), -1, dtype=torch.int64).scatter_reduce(0, slots[order], idx[order], "amax")
+            chosen = last[last >= 0]
+            dest = (last >= 0).nonzero().flatten()
+            buf.x[dest] = x[chosen]
+            buf.y[dest] = y[chosen]
+            buf.bucket[dest] = 0
+        state["seen"] = seen + n
+
+    def current():
+        ret.observe(x, y, 0, g)
+
+    gen = torch.Generator().manual_seed(1)
+    report("replay memory (per step, full buffer of 500)",
+           **{"ReservoirRetention.observe (as the engine)": bench(current),
+              "vectorised reservoir + write": bench(vectorised),
+              "ReplayBuffer.sample(10) (randperm of 500)": bench(lambda: buf.sample(10, gen)),
+              "torch.randint-based draw of 10 (with replacement)": bench(
+                  lambda: buf.get(torch.randint(buf.size, (10,), generator=gen)))})
+
+
+def gem_gradients() -> None:
+    model, _, _ = model_and_batch()
+    params = list(model.parameters())
+    m = 256
+    timings = {}
+    for T in (1, 2, 4):
+        buf = ReplayBuffer(T * m)
+        xs = torch.rand(T * m, 1, 8, 8)
+        ys = torch.randint(0, 10, (T * m,))
+        buf.write(torch.arange(T * m), xs, ys, torch.arange(T).repeat_interleave(m))
+        buckets = list(range(T))
+
+        def vmap_rows():  # what the engine does
+            return per_bucket_gradients(model, buf, buckets)
+
+        def loop_rows():  # Avalanche's way: one forward + backward per past bucket
+            rows = []
+            for t in buckets:
+                model.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xs[t * m:(t + 1) * m]), ys[t * m:(t + 1) * m]).backward()
+                rows.append(torch.cat([p.grad.reshape(-1) for p in params]))
+            return torch.stack(rows)
+
+        def hooked_rows():
+            # One forward + backward over all T*m memories; each Linear's per-bucket weight gradient is
+            # a batched matmul of its saved input and output gradient, grouped by bucket (exact: no
+            # batch norm, so a sample's gradient does not depend on the others).
+            layers = [mod for mod in model if isinstance(mod, torch.nn.Linear)]
+            acts, zs = [], []
+            a = xs.reshape(T * m, -1)
+            with torch.enable_grad():
+                for i, lin in enumerate(layers):
+                    acts.append(a.detach())
+                    z = F.linear(a, lin.weight, lin.bias)
+                    zs.append(z)
+                    a = torch.relu(z) if i < len(layers) - 1 else z
+                loss = F.cross_entropy(a, ys, reduction="sum") / m  # per-bucket mean once grouped
+                dzs = torch.autograd.grad(loss, zs)  # output gradients only, no weight gradients
+            rows = []
+            for a_in, dz in zip(acts, dzs):
+                d = dz.reshape(T, m, -1)
+                gw = torch.bmm(d.transpose(1, 2), a_in.reshape(T, m, -1))  # [T, out, in]
+                rows += [gw.reshape(T, -1), d.sum(1)]
+            return torch.cat(rows, dim=1)
+
+        def floor():  # one forward + backward over the same T*m samples in one batch
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xs), ys).backward()
+
+        G_v, G_l, G_h = vmap_rows(), loop_rows(), hooked_rows()
+        assert torch.allclose(G_v, G_l, atol=1e-5) and torch.allclose(G_h, G_l, atol=1e-5), "gradients disagree"
+        timings.update({
+            f"T={T}: vmap per-bucket gradients (as the engine)": bench(vmap_rows, n=30),
+            f"T={T}: loop of T backward passes (Avalanche's way)": bench(loop_rows, n=30),
+            f"T={T}: one pass + per-layer bmm (hooks)": bench(hooked_rows, n=30),
+            f"T={T}: floor: one forward+backward over T*{m} samples": bench(floor, n=30),
+        })
+    report("GEM memory gradients G (per step, 256 memories per past bucket)", **timings)
+
+
+def main() -> int:
+    step_parts()
+    reservoir()
+    gem_gradients()
+    out = ROOT / "benchmarks" / "results" / "engine_hotspots.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                               "unit": "CPU microseconds per call, best of 5 rounds", "results": RESULTS}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
