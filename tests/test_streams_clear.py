@@ -48,6 +48,9 @@ def write_image(path: Path, label: int, kind: str = "rgb") -> None:
         im.save(path, "PNG", transparency=0)
     elif kind == "corrupt":
         path.write_bytes(b"\xff\xd8 this is not really a jpeg")
+    elif kind == "truncated":  # an interrupted download: the header is whole, so PIL's verify() passes
+        Image.new("RGB", (64, 48), color).save(path, "JPEG")
+        path.write_bytes(path.read_bytes()[:300])
     elif kind != "missing":
         raise ValueError(kind)
 
@@ -219,6 +222,31 @@ def test_corrupt_and_missing_images_are_skipped_counted_and_reported(current):
     assert skipped["corrupt_images"] == 1 and skipped["missing_images"] == 1
     assert any(flickr_id(3, 0, 1) in e for e in skipped["examples"])
     assert any(flickr_id(4, 2, 0) in e for e in skipped["examples"])
+
+
+def test_a_truncated_jpeg_is_dropped_when_the_stream_is_built(tmp_path):
+    bad = flickr_id(2, 1, 1)
+    write_current_split(tmp_path / "train", per_class=2, features=False, special={bad: "truncated"})
+    with pytest.warns(UserWarning, match="corrupt_images 1"):
+        stream = clear(tmp_path, image_size=16)
+    assert bad not in ids_of(stream.buckets[1].train) and len(stream.buckets[1].train) == 5
+    assert any(bad in e for e in stream.summary()["skipped"]["examples"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left that fails to decode
+        stream.buckets[1].train.batch(torch.arange(5))
+
+
+def test_the_image_only_train_folder_is_found_and_pairs_with_test(tmp_path):
+    order = write_current_split(tmp_path / "train_image_only", features=False)
+    test_order = write_current_split(tmp_path / "test", per_class=1, features=False)
+    stream = clear(tmp_path, image_size=16)
+    assert stream.info["train_folder"] == str(tmp_path / "train_image_only")
+    assert [b.name for b in stream.buckets] == [str(b) for b in range(1, 11)]
+    assert all(ids_of(b.train) == order[int(b.name)] for b in stream.buckets)
+    iid = clear(tmp_path, image_size=16, protocol="iid")
+    assert all(ids_of(b.test) == test_order[int(b.name)] for b in iid.buckets)
+    with pytest.raises(ClearLayoutError, match="feature"):
+        clear(tmp_path, clear_mode="features")
 
 
 def test_grayscale_rgba_and_palette_images_read_as_rgb(current):
