@@ -20,7 +20,8 @@ class AGEM(Strategy):
         g_ref = None
         if past:
             mx, my = ctx.buffer.sample(ctx.config.agem_sample_size, ctx.generator, torch.tensor(past))
-            ctx.model.train()
+            if not ctx.model.training:
+                ctx.model.train()
             ctx.optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(ctx.model(mx), my).backward()
             # The reference keeps these gradient tensors; zero_grad(set_to_none) below detaches them.
