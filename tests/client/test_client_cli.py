@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cl_engine import LearnerConfig
+from cl_engine import LearnerConfig, StreamOptions, build_stream, run_stream
+from client.api import Client
 from client.cli import build_parser, main
 from client.demo import server_flags
 from client.local_server import free_port, parse_ready_line
-from client_helpers import STREAM_FLAGS, learner, target
+from client_helpers import STREAM, STREAM_FLAGS, learner, target
 from server.settings import load_settings
 
 
@@ -79,3 +80,53 @@ def test_failures_are_one_line_and_an_exit_code(capsys):
     assert err.startswith("error: GetStatus: UNAVAILABLE") and "\n" not in err
     assert main(["stream", "--dataset", "no-such-stream"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+# -- stream options: the iid order, --rate, progress bars --------------------------------------------
+
+def test_stream_in_iid_order_trains_the_iid_stream_as_the_in_process_run(service, small_stream, tmp_path):
+    config = learner()
+    s = service(config)
+    assert main(["stream", "--target", target(s), "--dataset", "digits-rotated", *STREAM_FLAGS, "--order", "iid",
+                 "--query-every", "0", "--report", str(tmp_path), "--no-figures", "--quiet"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    iid = build_stream("digits-rotated", StreamOptions(**STREAM), "iid")
+    reference = run_stream(iid, config, batch_size=10, epochs=1, progress=False)
+    assert report["config"]["order"] == "iid" and report["samples_trained"] == reference["samples_trained"] == 600
+    np.testing.assert_allclose(report["accuracy_matrix"], reference["accuracy_matrix"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(report["initial_accuracy"], reference["initial_accuracy"], rtol=0, atol=1e-9)
+    time_order = run_stream(small_stream, config, batch_size=10, epochs=1, progress=False)
+    assert not np.allclose(report["accuracy_matrix"], time_order["accuracy_matrix"])  # another stream indeed
+    with Client(target(s)) as client:
+        status = client.status()
+    assert np.array(status.accuracy_matrix).shape == (3, 3) and status.samples_trained == 600
+    [(stream_id, applied)] = status.applied_sequences.items()
+    assert applied == 60 and "iid" in stream_id
+
+
+def test_rate_paces_the_stream_to_at_most_that_many_samples_per_second(service, tmp_path):
+    s = service(learner())
+    rate, samples = 200.0, 2 * 40
+    # A batch is as big as its bucket: each bucket is one batch, which must wait for its samples' time too.
+    assert main(["stream", "--target", target(s), "--dataset", "digits-rotated", "--buckets", "2",
+                 "--samples-per-bucket", "40", "--batch-size", "40", "--rate", str(rate), "--query-every", "0",
+                 "--report", str(tmp_path), "--no-figures", "--quiet"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["samples_trained"] == samples
+    assert report["train_seconds"] >= samples / rate  # a lower bound only: slow machines are slower, not faster
+    assert report["samples_per_second"] <= rate
+
+
+def test_progress_bars_for_buckets_and_batches_go_to_stderr(service, capsys):
+    s = service(learner())
+    assert main(["stream", "--target", target(s), "--dataset", "digits-rotated", "--buckets", "2",
+                 "--samples-per-bucket", "50", "--query-every", "0"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "streaming digits-rotated" in err and "2 buckets, 100 training samples × 1 epoch(s)" in err
+    assert "buckets:   0%|" in err and "0/2 [" in err and "2/2 [" in err  # the outer bar, from start to end
+    for b in (1, 2):
+        assert f"bucket {b}/2:   0%|" in err and "0/5 [" in err  # one bar per bucket, 5 batches of 10
+        assert f"bucket {b}/2 ended: held-out accuracy" in err
+    assert "it/s" not in err and ("batch/s" in err or "s/batch" in err)
+    assert "buckets:" not in captured.out and "accuracy matrix (%)" in captured.out  # the results stay on stdout
