@@ -130,3 +130,55 @@ def test_progress_bars_for_buckets_and_batches_go_to_stderr(service, capsys):
         assert f"bucket {b}/2 ended: held-out accuracy" in err
     assert "it/s" not in err and ("batch/s" in err or "s/batch" in err)
     assert "buckets:" not in captured.out and "accuracy matrix (%)" in captured.out  # the results stay on stdout
+
+
+# -- connection flags: bearer tokens, TLS, mutual TLS -------------------------------------------------
+
+def test_token_flags_against_a_server_that_requires_one(service, tmp_path, capsys, monkeypatch):
+    t = target(service(auth_tokens=["s3cret"]))
+    (tmp_path / "token").write_text("s3cret\n")
+    for flags in (["--token", "s3cret"], ["--token-file", str(tmp_path / "token")]):
+        assert main(["status", "--target", t, "--json", *flags]) == 0, flags
+        assert json.loads(capsys.readouterr().out)["health"] == "SERVING"
+    monkeypatch.setenv("CLSTREAM_TOKEN", "s3cret")
+    assert main(["status", "--target", t, "--json"]) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("CLSTREAM_TOKEN")
+    (tmp_path / "wrong").write_text("guess\n")
+    for flags in ([], ["--token", "guess"], ["--token-file", str(tmp_path / "wrong")]):
+        assert main(["status", "--target", t, *flags]) == 1, flags
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: GetStatus: UNAUTHENTICATED") and "bearer token" in err and "\n" not in err
+    (tmp_path / "empty").write_text("")
+    for name in ("empty", "missing"):
+        assert main(["status", "--target", t, "--token-file", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and name in err and "\n" not in err
+
+
+def test_tls_and_mutual_tls_flags(service, pki, small_stream, tmp_path, capsys):
+    ca = ["--ca-file", str(pki / "ca.pem")]
+    t = target(service(tls_cert_file=pki / "server.pem", tls_key_file=pki / "server.key"))
+    assert main(["status", "--target", t, *ca, "--server-name", "localhost"]) == 0  # --ca-file implies --tls
+    assert "SERVING" in capsys.readouterr().out
+    assert main(["status", "--target", t, "--tls", *ca]) == 0  # the certificate names 127.0.0.1 too
+    capsys.readouterr()
+    for flags in ([], ["--ca-file", str(pki / "other-ca.pem")]):  # plaintext; a CA that did not sign it
+        assert main(["status", "--target", t, *flags, "--retries", "1", "--timeout", "5"]) == 1, flags
+        assert capsys.readouterr().err.startswith("error: GetStatus: UNAVAILABLE")
+
+    mutual = target(service(tls_cert_file=pki / "server.pem", tls_key_file=pki / "server.key",
+                            tls_client_ca_file=pki / "ca.pem", auth_tokens=["s3cret"]))
+    me = [*ca, "--cert-file", str(pki / "client.pem"), "--key-file", str(pki / "client.key"), "--token", "s3cret"]
+    # The whole stream command over mutual TLS with a token: held-out sets, Train streams, EndBucket, status.
+    assert main(["stream", "--target", mutual, *me, "--dataset", "digits-rotated", "--buckets", "2",
+                 "--samples-per-bucket", "20", "--query-every", "1", "--quiet"]) == 0
+    assert "served 4 queries" in capsys.readouterr().out
+    assert main(["status", "--target", mutual, *me, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples_trained"] == 40
+    rogue = [*ca, "--cert-file", str(pki / "rogue.pem"), "--key-file", str(pki / "rogue.key"), "--token", "s3cret"]
+    for flags in (me[:2] + me[-2:], rogue):  # no client certificate; one from another CA
+        assert main(["status", "--target", mutual, *flags, "--retries", "1", "--timeout", "5"]) == 1
+        assert capsys.readouterr().err.startswith("error: GetStatus: UNAVAILABLE")
+    assert main(["status", "--target", mutual, *me[:4]]) == 2  # a certificate without its key
+    assert "private key go together" in capsys.readouterr().err
