@@ -47,7 +47,9 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
 def connect(args: argparse.Namespace) -> Client:
     token = args.token
     if args.token_file is not None:
-        token = args.token_file.read_text().splitlines()[0].strip()
+        token = (args.token_file.read_text().splitlines() or [""])[0].strip()
+        if not token:  # else no token would be sent, and the server's refusal would not say why
+            raise ValueError(f"--token-file {args.token_file}: its first line is empty; expected the bearer token")
     read = lambda p: p.read_bytes() if p is not None else None  # noqa: E731
     return Client(args.target, token=token, tls=args.tls, root_certificates=read(args.ca_file),
                   certificate_chain=read(args.cert_file), private_key=read(args.key_file),

@@ -291,8 +291,8 @@ class Replay:
                 if o.query_every and (sequence - 1) % o.query_every == 0:
                     self._query(bucket, k, sequence)
                 x, y = train.batch(batches[k], train=True)
-                if o.rate:
-                    delay = t0 + sent / o.rate - time.perf_counter()
+                if o.rate:  # a batch goes out once its last sample's time has come, not its first's
+                    delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
                 sent += len(y)

@@ -204,3 +204,39 @@ def test_bearer_token_and_mutual_tls(service, pki, small_stream):
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
     with pytest.raises(ValueError):
         Client(target(s), certificate_chain=b"x")
+
+
+def test_a_call_past_its_deadline_is_deadline_exceeded_and_leaves_nothing_half_done(service, small_stream):
+    """The server cannot answer before the rest of a client stream arrives; the stream stalls (an
+    upload waiting on a slow disk), so the deadline, and nothing else, ends the call."""
+    s = service()
+    stalled = threading.Event()
+    release = threading.Event()
+
+    def stalling(pieces):
+        yield from pieces
+        stalled.set()
+        release.wait(30)  # bounded: a missing deadline fails the test below instead of hanging it
+
+    test = small_stream.buckets[0].test
+    x_test, y_test = test.batch(torch.arange(len(test)))
+    try:
+        with Client(target(s), timeout=0.5) as client:  # the client's default deadline for uploads
+            with pytest.raises(ServiceError) as e:
+                client.register_eval_set(0, schema=schema_of(small_stream),
+                                         chunks=lambda: stalling([(x_test[:100], y_test[:100])]))
+            assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and e.value.method == "RegisterEvalSet"
+            assert stalled.is_set() and client.status().eval_buckets == []  # no half-registered set
+            with pytest.raises(ServiceError) as e:  # a Train stream with a deadline, stalled after 3 batches
+                for _ in client.train(stalling(batches(small_stream, 0, limit=3)), schema=schema_of(small_stream),
+                                      timeout=1.0):
+                    pass
+            assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and e.value.method == "Train"
+            assert client.status().applied_sequences == {"s": 3}  # what arrived was applied, once
+            acks = list(client.train(batches(small_stream, 0)))  # and the stream resumes after it
+            assert [a.sequence for a in acks if a.applied] == list(range(4, 21))
+            with pytest.raises(ServiceError) as e:  # a unary call: a deadline no answer can meet
+                client.status(timeout=1e-6)
+            assert e.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.set()

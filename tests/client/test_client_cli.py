@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cl_engine import LearnerConfig
+from cl_engine import LearnerConfig, StreamOptions, build_stream, run_stream
+from client.api import Client
 from client.cli import build_parser, main
 from client.demo import server_flags
 from client.local_server import free_port, parse_ready_line
-from client_helpers import STREAM_FLAGS, learner, target
+from client_helpers import STREAM, STREAM_FLAGS, learner, target
 from server.settings import load_settings
 
 
@@ -79,3 +80,105 @@ def test_failures_are_one_line_and_an_exit_code(capsys):
     assert err.startswith("error: GetStatus: UNAVAILABLE") and "\n" not in err
     assert main(["stream", "--dataset", "no-such-stream"]) == 2
     assert "unknown dataset" in capsys.readouterr().err
+
+
+# -- stream options: the iid order, --rate, progress bars --------------------------------------------
+
+def test_stream_in_iid_order_trains_the_iid_stream_as_the_in_process_run(service, small_stream, tmp_path):
+    config = learner()
+    s = service(config)
+    assert main(["stream", "--target", target(s), "--dataset", "digits-rotated", *STREAM_FLAGS, "--order", "iid",
+                 "--query-every", "0", "--report", str(tmp_path), "--no-figures", "--quiet"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    iid = build_stream("digits-rotated", StreamOptions(**STREAM), "iid")
+    reference = run_stream(iid, config, batch_size=10, epochs=1, progress=False)
+    assert report["config"]["order"] == "iid" and report["samples_trained"] == reference["samples_trained"] == 600
+    np.testing.assert_allclose(report["accuracy_matrix"], reference["accuracy_matrix"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(report["initial_accuracy"], reference["initial_accuracy"], rtol=0, atol=1e-9)
+    time_order = run_stream(small_stream, config, batch_size=10, epochs=1, progress=False)
+    assert not np.allclose(report["accuracy_matrix"], time_order["accuracy_matrix"])  # another stream indeed
+    with Client(target(s)) as client:
+        status = client.status()
+    assert np.array(status.accuracy_matrix).shape == (3, 3) and status.samples_trained == 600
+    [(stream_id, applied)] = status.applied_sequences.items()
+    assert applied == 60 and "iid" in stream_id
+
+
+def test_rate_paces_the_stream_to_at_most_that_many_samples_per_second(service, tmp_path):
+    s = service(learner())
+    rate, samples = 200.0, 2 * 40
+    # A batch is as big as its bucket: each bucket is one batch, which must wait for its samples' time too.
+    assert main(["stream", "--target", target(s), "--dataset", "digits-rotated", "--buckets", "2",
+                 "--samples-per-bucket", "40", "--batch-size", "40", "--rate", str(rate), "--query-every", "0",
+                 "--report", str(tmp_path), "--no-figures", "--quiet"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["samples_trained"] == samples
+    assert report["train_seconds"] >= samples / rate  # a lower bound only: slow machines are slower, not faster
+    assert report["samples_per_second"] <= rate
+
+
+def test_progress_bars_for_buckets_and_batches_go_to_stderr(service, capsys):
+    s = service(learner())
+    assert main(["stream", "--target", target(s), "--dataset", "digits-rotated", "--buckets", "2",
+                 "--samples-per-bucket", "50", "--query-every", "0"]) == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "streaming digits-rotated" in err and "2 buckets, 100 training samples × 1 epoch(s)" in err
+    assert "buckets:   0%|" in err and "0/2 [" in err and "2/2 [" in err  # the outer bar, from start to end
+    for b in (1, 2):
+        assert f"bucket {b}/2:   0%|" in err and "0/5 [" in err  # one bar per bucket, 5 batches of 10
+        assert f"bucket {b}/2 ended: held-out accuracy" in err
+    assert "it/s" not in err and ("batch/s" in err or "s/batch" in err)
+    assert "buckets:" not in captured.out and "accuracy matrix (%)" in captured.out  # the results stay on stdout
+
+
+# -- connection flags: bearer tokens, TLS, mutual TLS -------------------------------------------------
+
+def test_token_flags_against_a_server_that_requires_one(service, tmp_path, capsys, monkeypatch):
+    t = target(service(auth_tokens=["s3cret"]))
+    (tmp_path / "token").write_text("s3cret\n")
+    for flags in (["--token", "s3cret"], ["--token-file", str(tmp_path / "token")]):
+        assert main(["status", "--target", t, "--json", *flags]) == 0, flags
+        assert json.loads(capsys.readouterr().out)["health"] == "SERVING"
+    monkeypatch.setenv("CLSTREAM_TOKEN", "s3cret")
+    assert main(["status", "--target", t, "--json"]) == 0
+    capsys.readouterr()
+    monkeypatch.delenv("CLSTREAM_TOKEN")
+    (tmp_path / "wrong").write_text("guess\n")
+    for flags in ([], ["--token", "guess"], ["--token-file", str(tmp_path / "wrong")]):
+        assert main(["status", "--target", t, *flags]) == 1, flags
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: GetStatus: UNAUTHENTICATED") and "bearer token" in err and "\n" not in err
+    (tmp_path / "empty").write_text("")
+    for name in ("empty", "missing"):
+        assert main(["status", "--target", t, "--token-file", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and name in err and "\n" not in err
+
+
+def test_tls_and_mutual_tls_flags(service, pki, small_stream, tmp_path, capsys):
+    ca = ["--ca-file", str(pki / "ca.pem")]
+    t = target(service(tls_cert_file=pki / "server.pem", tls_key_file=pki / "server.key"))
+    assert main(["status", "--target", t, *ca, "--server-name", "localhost"]) == 0  # --ca-file implies --tls
+    assert "SERVING" in capsys.readouterr().out
+    assert main(["status", "--target", t, "--tls", *ca]) == 0  # the certificate names 127.0.0.1 too
+    capsys.readouterr()
+    for flags in ([], ["--ca-file", str(pki / "other-ca.pem")]):  # plaintext; a CA that did not sign it
+        assert main(["status", "--target", t, *flags, "--retries", "1", "--timeout", "5"]) == 1, flags
+        assert capsys.readouterr().err.startswith("error: GetStatus: UNAVAILABLE")
+
+    mutual = target(service(tls_cert_file=pki / "server.pem", tls_key_file=pki / "server.key",
+                            tls_client_ca_file=pki / "ca.pem", auth_tokens=["s3cret"]))
+    me = [*ca, "--cert-file", str(pki / "client.pem"), "--key-file", str(pki / "client.key"), "--token", "s3cret"]
+    # The whole stream command over mutual TLS with a token: held-out sets, Train streams, EndBucket, status.
+    assert main(["stream", "--target", mutual, *me, "--dataset", "digits-rotated", "--buckets", "2",
+                 "--samples-per-bucket", "20", "--query-every", "1", "--quiet"]) == 0
+    assert "served 4 queries" in capsys.readouterr().out
+    assert main(["status", "--target", mutual, *me, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples_trained"] == 40
+    rogue = [*ca, "--cert-file", str(pki / "rogue.pem"), "--key-file", str(pki / "rogue.key"), "--token", "s3cret"]
+    for flags in (me[:2] + me[-2:], rogue):  # no client certificate; one from another CA
+        assert main(["status", "--target", mutual, *flags, "--retries", "1", "--timeout", "5"]) == 1
+        assert capsys.readouterr().err.startswith("error: GetStatus: UNAVAILABLE")
+    assert main(["status", "--target", mutual, *me[:4]]) == 2  # a certificate without its key
+    assert "private key go together" in capsys.readouterr().err
