@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
 from server.metrics import LEARNING_METRICS
-from service_helpers import channel_to, register_all, train_batches
+from service_helpers import base_settings, channel_to, register_all, train_batches
 
 EXPECTED = {  # name in the exposition → type
     "clstream_samples_trained": "counter", "clstream_batches_trained": "counter",
@@ -143,6 +143,30 @@ def test_a_shift_in_the_stream_shows_as_drift(start, connect, stream):
     drift = stub.GetStatus(pb.GetStatusRequest()).drift
     assert drift.events == 1 and 21 < drift.last_event_version <= 30
     assert value(scrape(service), "clstream_drift_events", "_total") == 1
+
+
+def test_health_is_not_serving_until_the_server_is_ready(monkeypatch):
+    """Checked over the wire from inside start(), after the port is up and before start() returns."""
+    import server.service as service_module
+
+    seen = []
+
+    def metrics_server_then_check(*args):
+        with channel_to(service) as channel:
+            seen.append(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status)
+        return real(*args)
+
+    real = service_module.start_metrics_server
+    monkeypatch.setattr(service_module, "start_metrics_server", metrics_server_then_check)
+    service = service_module.Service(base_settings())
+    service.start()
+    try:
+        assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING]
+        with channel_to(service) as channel:
+            assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == \
+                health_pb2.HealthCheckResponse.SERVING
+    finally:
+        service.stop(grace=0.5)
 
 
 def test_health_reports_serving_and_not_serving_during_shutdown(start):
