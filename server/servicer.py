@@ -139,16 +139,15 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     # -- Train ----------------------------------------------------------------------------------------
 
-    def _train_op(self, batch: pb.TrainBatch, scope: CallScope) -> TrainOp:
+    def _train_op(self, batch: pb.TrainBatch, scope: CallScope, within: Schema | None = None) -> TrainOp:
         if not _valid_stream_id(batch.stream_id):
             raise InvalidArgument("stream_id", f"got {batch.stream_id[:40]!r}{'…' if len(batch.stream_id) > 40 else ''}"
                                                f"; expected 1..{MAX_STREAM_ID} printable ASCII characters")
         if batch.sequence < 1:
             raise InvalidArgument("sequence", "got 0; expected >= 1, strictly increasing per stream")
         bucket = self._bucket(batch.bucket)
-        schema = self._schema(batch)
+        schema = self._schema(batch, within)  # the worker establishes it once a batch of it is applied
         x, y = self._labelled(batch, schema, train=True)
-        self.schemas.establish(schema)
         return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema)
 
     def Train(self, request_iterator, context):
@@ -165,12 +164,14 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         pending: queue.Queue = queue.Queue()
 
         def read() -> None:
+            schema = None  # declared by this call's first batch; later ones may omit it
             try:
                 for batch in requests:
                     while not window.acquire(timeout=0.2):
                         if not scope.live:
                             return
-                    op = self._train_op(batch, scope)
+                    op = self._train_op(batch, scope, schema)
+                    schema = op.schema
                     pending.put((op, self.worker.submit(op, self.settings.enqueue_timeout_seconds)))
             except ServiceError as e:
                 pending.put(e)
@@ -231,7 +232,6 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             ys.append(y)
         if bucket is None:
             raise InvalidArgument("chunks", "the call sent no chunk; expected at least one EvalSetChunk")
-        self.schemas.establish(schema)
         op = RegisterEvalOp(CallScope(context.is_active), bucket, torch.cat(xs), torch.cat(ys), schema)
         r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.RegisterEvalSetResponse(bucket=r.bucket, num_samples=r.num_samples,

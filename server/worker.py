@@ -287,19 +287,34 @@ class TrainingWorker:
         self._publish(snapshot)
 
     def _ensure_learner(self, schema: Schema) -> Learner:
+        return self._adopt(self._candidate(schema), schema)
+
+    def _candidate(self, schema: Schema) -> Learner:
+        """The learner an operation is checked and applied against: the server's, or on first contact a
+        new one that becomes the server's (with its schema) only by `_adopt`, once the operation has
+        passed every check and been applied whole; a rejected first operation leaves nothing behind."""
+        self.schemas.check(schema)  # FAILED_PRECONDITION when another call's schema was established first
+        if self.learner is not None:
+            return self.learner
+        return Learner(self.config, schema.input_shape, schema.num_classes)
+
+    def _adopt(self, learner: Learner, schema: Schema) -> Learner:
         if self.learner is None:
-            self.learner = Learner(self.config, schema.input_shape, schema.num_classes)
+            self.schemas.establish(schema)
+            self.learner = learner
             log.info("built a %s model for %s (%s, device %s)", self.config.model, schema.describe(),
-                     self.config.strategy, self.learner.device)
+                     self.config.strategy, learner.device)
             self._dirty = True
-        return self.learner
+        return learner
 
     def _train(self, op: TrainOp) -> TrainResult:
-        learner = self._ensure_learner(op.schema)
         mark = self.applied.get(op.stream_id, 0)
-        if op.sequence <= mark:
+        if op.sequence <= mark and self.learner is not None:
+            self.schemas.check(op.schema)
             self.metrics.duplicate_batches.inc()
-            return TrainResult(False, math.nan, math.nan, learner.version, learner.counters["samples_trained"], mark)
+            return TrainResult(False, math.nan, math.nan, self.learner.version,
+                               self.learner.counters["samples_trained"], mark)
+        learner = self._candidate(op.schema)
         try:
             learner.check_bucket(op.bucket)
         except ValueError as e:
@@ -314,6 +329,7 @@ class TrainingWorker:
         t0 = time.perf_counter()
         step = learner.observe(op.x, op.y, op.bucket)
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
+        self._adopt(learner, op.schema)
         self.applied[op.stream_id] = op.sequence
         self.last_loss = step.loss
         if self.drift.update(1.0 - step.accuracy, step.total):
@@ -346,7 +362,7 @@ class TrainingWorker:
                                learner.open_bucket, False, str(path or ""))
 
     def _register(self, op: RegisterEvalOp) -> RegisterResult:
-        learner = self._ensure_learner(op.schema)
+        learner = self._candidate(op.schema)
         existing = learner.eval_sets.get(op.bucket)
         if existing is not None:
             same = (isinstance(existing, TensorSet) and existing.x.shape == op.x.shape
@@ -357,6 +373,7 @@ class TrainingWorker:
                                          "registered, so the accuracy matrix keeps its meaning")
             return RegisterResult(op.bucket, len(existing), True, sorted(learner.eval_sets))
         learner.register_eval_set(op.bucket, TensorSet(op.x, op.y))
+        self._adopt(learner, op.schema)
         self._dirty = True
         return RegisterResult(op.bucket, len(op.y), False, sorted(learner.eval_sets))
 

@@ -1,6 +1,8 @@
 """Checkpoints: atomic and verified on disk; a restarted server resumes exactly where it stood."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from clstream_proto import continual_learner_pb2 as pb
 from server.checkpoint import CheckpointStore, CorruptCheckpoint, decode, encode
 from server.service import Service
 from service_helpers import base_settings, register_all, train_batches
+from test_service_observability import scrape, value
 
 
 def test_store_round_trip_newest_first_and_pruning(tmp_path):
@@ -92,7 +95,10 @@ def test_a_restarted_server_resumes_with_the_same_status_and_the_same_result(sta
     stub = connect(first)
     register_all(stub, stream)
     list(stub.Train(train_batches(stream, 0, seed=5)))
-    stub.EndBucket(pb.EndBucketRequest(bucket=0, bucket_size=150))
+    ended = stub.EndBucket(pb.EndBucketRequest(bucket=0, bucket_size=150))
+    assert ended.checkpoint == str(sorted(tmp_path.glob("*.ckpt"))[-1])  # the one named is on disk and loads
+    written = decode(Path(ended.checkpoint).read_bytes())
+    assert written["learner"]["open_bucket"] == 1 and written["applied_sequences"] == {"s": 15}
     list(stub.Train(train_batches(stream, 1, first_sequence=16, seed=5, limit=6)))
     before = stub.GetStatus(pb.GetStatusRequest())
     first.stop(grace=1.0)  # writes the final checkpoint: 6 batches into bucket 1
@@ -126,7 +132,7 @@ def test_checkpoints_every_n_batches_and_a_corrupt_newest_one_on_restart(start, 
     resumed = start(checkpoint_dir=tmp_path)
     status = connect(resumed).GetStatus(pb.GetStatusRequest())
     assert status.model_version == 8 and status.applied_sequences == {"s": 8}
-    assert resumed.metrics.corrupt_checkpoints._value.get() == 1
+    assert value(scrape(resumed), "clstream_corrupt_checkpoints", "_total") == 1
 
 
 def test_a_checkpoint_from_other_learner_settings_is_refused(start, connect, stream, tmp_path):

@@ -1,5 +1,5 @@
 """The real process: `python -m server.main` (the clstream-server entry point) starts, trains, and on
-SIGTERM drains, writes its final checkpoint and exits 0."""
+SIGTERM or SIGINT (Ctrl-C) drains, writes its final checkpoint and exits 0."""
 from __future__ import annotations
 
 import os
@@ -36,7 +36,8 @@ def launch(*args: str) -> tuple[subprocess.Popen, int]:
     return process, int(line[0].split()[3].rsplit(":", 1)[1])
 
 
-def test_sigterm_drains_checkpoints_and_exits_zero(stream, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_drains_checkpoints_and_exits_zero(stream, tmp_path, signum):
     process, port = launch("--checkpoint-dir", str(tmp_path), "--checkpoint-every-batches", "0",
                            "--shutdown-grace-seconds", "2",  # the open health Watch holds shutdown that long
                            "--input-shape", "1", "8", "8", "--class-names", *stream.class_names)
@@ -49,7 +50,7 @@ def test_sigterm_drains_checkpoints_and_exits_zero(stream, tmp_path):
         assert acks[-1].model_version == 7
         watch = health.Watch(health_pb2.HealthCheckRequest())
         assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
         assert process.wait(60) == 0
         channel.close()
@@ -57,7 +58,7 @@ def test_sigterm_drains_checkpoints_and_exits_zero(stream, tmp_path):
         if process.poll() is None:
             process.kill()
     err = process.stderr.read()
-    assert "stopped cleanly" in err and "Traceback" not in err
+    assert "stopped cleanly" in err and f"{signum.name}: shutting down" in err and "Traceback" not in err
     state, path = CheckpointStore(tmp_path).load_latest()
     assert state["applied_sequences"] == {"s": 7} and state["learner"]["version"] == 7
 

@@ -163,3 +163,29 @@ def test_mutual_tls_requires_a_client_certificate_from_its_ca(start, connect, pk
         with pytest.raises(grpc.RpcError) as e:
             connect(service, bad, **OVERRIDE).GetStatus(pb.GetStatusRequest(), metadata=md, timeout=10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_server_streaming_call_is_refused_before_its_first_response():
+    """The service's only server-streaming RPC is health Watch, exempt by default; without the exemption
+    the interceptor refuses it like any other call."""
+    from concurrent import futures
+
+    from grpc_health.v1 import health
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2),
+                         interceptors=[BearerTokenInterceptor([TOKEN], exempt=frozenset())])
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        stub = health_pb2_grpc.HealthStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            next(stub.Watch(health_pb2.HealthCheckRequest(), timeout=10))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in e.value.details()
+        watch = stub.Watch(health_pb2.HealthCheckRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+    finally:
+        channel.close()
+        server.stop(0)

@@ -114,7 +114,15 @@ CASES = {
 def state(stub) -> tuple:
     s = stub.GetStatus(pb.GetStatusRequest())
     return (s.model_version, s.samples_trained, s.open_bucket, dict(s.applied_sequences), s.buffer.size,
-            [list(r.accuracy) for r in s.accuracy_matrix])
+            [list(r.accuracy) for r in s.accuracy_matrix], list(s.eval_buckets), s.serving_version)
+
+
+def assert_still_serves(stub, channel, stream, before: tuple) -> None:
+    """Nothing changed since `before`, health is SERVING and a valid prediction answers."""
+    assert state(stub) == before
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert stub.Predict(pb.PredictRequest(samples=good(stream).samples)).model_version == before[0]
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -128,11 +136,7 @@ def test_bad_training_input_is_refused_and_changes_nothing(live, stream, case):
     assert e.value.code() == code, e.value.details()
     assert words in e.value.details()
     assert "Traceback" not in e.value.details()
-    assert state(stub) == before
-    # The server still serves: health, predictions, and a valid batch still trains.
-    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
-    assert health.status == health_pb2.HealthCheckResponse.SERVING
-    assert stub.Predict(pb.PredictRequest(samples=valid_first.samples)).model_version == before[0]
+    assert_still_serves(stub, channel, stream, before)  # and a valid batch still trains:
     ack = next(iter(stub.Train(iter([valid_first]))))
     assert ack.applied and ack.model_version == before[0] + 1
 
@@ -150,21 +154,45 @@ def test_a_rejected_batch_ends_its_stream_and_nothing_after_it_is_applied(live, 
     assert state(stub)[3]["s"] == mark + 2
 
 
-@pytest.mark.parametrize("request_,code,words", [
-    (pb.PredictRequest(), INVALID, "samples: not set"),
-    (pb.PredictRequest(samples=encode_samples(torch.zeros(2, 3, 8, 8))), INVALID, "samples.tensor.shape"),
-    (pb.PredictRequest(samples=encode_samples(torch.zeros(2, 1, 8, 8)), top_k=11), INVALID, "top_k: got 11"),
-])
-def test_bad_predictions_are_refused(live, request_, code, words):
-    _, stub, _ = live
+BAD_SAMPLES = {  # what Predict and Evaluate refuse alike: samples → words in the message
+    "wrong shape": (encode_samples(torch.zeros(10, 3, 8, 8)), "samples.tensor.shape"),
+    "NaN": (nan_samples(), "NaN or Inf"),
+    "undecodable image": (pb.Samples(images=pb.EncodedImages(images=[b"\xff\xd8garbage"] * 10)),
+                          "samples.images.images[0]"),
+    "too many bytes": (tensor_with(Z, data=b"\0" * 2561), "samples.tensor.data: 2561 bytes; expected 2560"),
+}
+
+
+@pytest.mark.parametrize("request_,words", [
+    (pb.PredictRequest(), "samples: not set"),
+    (pb.PredictRequest(samples=encode_samples(torch.zeros(2, 1, 8, 8)), top_k=11), "top_k: got 11"),
+    *[(pb.PredictRequest(samples=samples), words) for samples, words in BAD_SAMPLES.values()],
+], ids=["unset", "top_k", *BAD_SAMPLES])
+def test_bad_predictions_are_refused_and_change_nothing(live, stream, request_, words):
+    _, stub, channel = live
+    before = state(stub)
     with pytest.raises(grpc.RpcError) as e:
         stub.Predict(request_)
-    assert e.value.code() == code and words in e.value.details()
+    assert e.value.code() == INVALID and words in e.value.details() and "Traceback" not in e.value.details()
+    assert_still_serves(stub, channel, stream, before)
+
+
+@pytest.mark.parametrize("case", list(BAD_SAMPLES))
+def test_bad_evaluations_are_refused_and_change_nothing(live, stream, case):
+    _, stub, channel = live
+    samples, words = BAD_SAMPLES[case]
+    before = state(stub)
+    fine = pb.EvaluateChunk(samples=good(stream).samples, labels=good(stream).labels)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Evaluate(iter([fine, pb.EvaluateChunk(samples=samples, labels=[0] * 10)]))
+    assert e.value.code() == INVALID and words in e.value.details() and "Traceback" not in e.value.details()
+    assert_still_serves(stub, channel, stream, before)
+    assert stub.Evaluate(iter([fine])).total == 10
 
 
 def test_bad_eval_sets_and_evaluations_are_refused(live, stream):
-    _, stub, _ = live
-    before = stub.GetStatus(pb.GetStatusRequest()).eval_buckets
+    _, stub, channel = live
+    before = state(stub)
     chunks = list(eval_chunks(stream, 1, chunk=100))
     chunks[2].bucket = 2
     for sent, code, words in [
@@ -176,7 +204,7 @@ def test_bad_eval_sets_and_evaluations_are_refused(live, stream):
         with pytest.raises(grpc.RpcError) as e:
             stub.RegisterEvalSet(iter(sent))
         assert e.value.code() == code and words in e.value.details()
-    assert stub.GetStatus(pb.GetStatusRequest()).eval_buckets == before
+        assert_still_serves(stub, channel, stream, before)
     with pytest.raises(grpc.RpcError) as e:
         stub.Evaluate(iter([]))
     assert e.value.code() == INVALID and "no samples" in e.value.details()
@@ -186,6 +214,7 @@ def test_bad_eval_sets_and_evaluations_are_refused(live, stream):
     with pytest.raises(grpc.RpcError) as e:
         stub.EndBucket(pb.EndBucketRequest(bucket=10**6))
     assert e.value.code() == INVALID
+    assert_still_serves(stub, channel, stream, before)
 
 
 def test_no_schema_yet_is_a_failed_precondition(start, connect, stream):
@@ -206,3 +235,27 @@ def test_no_schema_yet_is_a_failed_precondition(start, connect, stream):
     with pytest.raises(grpc.RpcError):
         list(stub.Train(iter([bad])))
     assert not stub.GetStatus(pb.GetStatusRequest()).HasField("schema")
+
+
+def test_a_first_batch_refused_by_the_worker_leaves_no_model_and_no_schema(start, connect, stream):
+    """The worker refuses a first batch for bucket 1 (FAILED_PRECONDITION): its schema is not fixed, no
+    model is built or served, and a right first batch, even of another schema, is then accepted."""
+    stub = connect(start())
+    wrong = next(train_batches(stream, 0, limit=1))
+    wrong.bucket = 1
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Train(iter([wrong])))
+    assert e.value.code() == PRECONDITION and "end bucket 0 first" in e.value.details()
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert not status.has_model and not status.HasField("schema") and status.serving_version == 0
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Predict(pb.PredictRequest(samples=wrong.samples))
+    assert e.value.code() == PRECONDITION
+    other = pb.Schema(class_names=[f"c{k}" for k in range(12)], input_shape=[1, 8, 8])
+    first = pb.TrainBatch(stream_id="s", sequence=1, bucket=0, samples=wrong.samples, labels=wrong.labels,
+                          schema=other)
+    second = pb.TrainBatch(stream_id="s", sequence=2, bucket=0, samples=wrong.samples, labels=wrong.labels)
+    assert [a.model_version for a in stub.Train(iter([first, second]))] == [1, 2]  # the second omits the schema
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.has_model and list(status.schema.class_names) == list(other.class_names)
+    assert len(stub.Predict(pb.PredictRequest(samples=wrong.samples, top_k=12)).predictions[0].top_labels) == 12
