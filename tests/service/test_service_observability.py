@@ -207,8 +207,8 @@ def test_reflection_lets_generic_tools_discover_the_service(start):
 
 def test_a_gem_run_exports_its_projections_buffer_bytes_and_every_learning_metric(start, connect, stream):
     """GEM through the real server: projections counted, bytes by class from the buffer's own storage,
-    and all 10 learning metrics (both families) equal to GetStatus. (A QP fallback cannot be forced
-    deterministically over the wire: a degenerate memory still differs in its last bits; it is 0 here.)"""
+    and all 10 learning metrics (both families) equal to GetStatus. (Real memories never make
+    quadprog fail here; the next test makes it fail to show the fallbacks counted.)"""
     service = start(strategy="gem", memory_per_bucket=20)
     stub = connect(service)
     register_all(stub, stream)
@@ -234,3 +234,26 @@ def test_a_gem_run_exports_its_projections_buffer_bytes_and_every_learning_metri
     assert status.buffer.by_class and sum(status.buffer.by_class.values()) == status.buffer.size == 40
     for c, n in status.buffer.by_class.items():
         assert value(m, "clstream_buffer_class_bytes", **{"class": c}) == n * per_sample
+
+
+def test_qp_failures_fall_back_are_counted_and_the_stream_goes_on(start, connect, stream, monkeypatch):
+    """quadprog raising its real error ("constraints are inconsistent") on every solve: each violated
+    step falls back to the A-GEM projection, the stream completes, and /metrics counts every one."""
+    import cl_engine.projection
+
+    def inconsistent(*args, **kwargs):
+        raise ValueError("constraints are inconsistent, no solution")
+
+    monkeypatch.setattr(cl_engine.projection.quadprog, "solve_qp", inconsistent)
+    service = start(strategy="gem", memory_per_bucket=20)
+    stub = connect(service)
+    register_all(stub, stream)
+    for bucket in range(2):
+        acks = list(stub.Train(train_batches(stream, bucket, first_sequence=1 + 15 * bucket)))
+        assert all(a.applied for a in acks)
+        stub.EndBucket(pb.EndBucketRequest(bucket=bucket))
+    status = stub.GetStatus(pb.GetStatusRequest())
+    m = scrape(service)
+    assert value(m, "clstream_gem_qp_fallbacks", "_total") == status.qp_fallbacks == status.gem_projections > 0
+    assert value(m, "clstream_gem_projections", "_total") == status.gem_projections
+    assert len(status.accuracy_matrix) == 2
