@@ -156,8 +156,29 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
                 self.metrics.rejected_batches.labels(code.name).inc()
 
-        with answering("Train", context, self.metrics, done):
-            yield from self._train(request_iterator, context)
+        closed = self._open_train_stream(context)
+        try:
+            with answering("Train", context, self.metrics, done):
+                yield from self._train(request_iterator, context)
+        finally:
+            closed()
+
+    def _open_train_stream(self, context) -> Callable[[], None]:
+        """Counts this Train call in clstream_train_streams_open; the returned function uncounts it,
+        once. It runs from the handler's finally and from gRPC's termination callback: a generator
+        that gRPC leaves suspended after a cancellation reaches its finally only when collected."""
+        gauge, lock, state = self.metrics.train_streams_open, threading.Lock(), {"open": True}
+
+        def close() -> None:
+            with lock:
+                if not state["open"]:
+                    return
+                state["open"] = False
+            gauge.dec()
+
+        gauge.inc()
+        context.add_callback(close)
+        return close
 
     def _train(self, requests, context):
         scope = CallScope(context.is_active)
