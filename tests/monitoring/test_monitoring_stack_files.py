@@ -255,7 +255,10 @@ def test_the_panels_the_issue_lists_are_there(dashboard):
         return any(all(n in e for n in needles) for e in exprs)
 
     assert has("clstream_prequential_accuracy_ratio")
-    assert has('clstream_learning_metric_ratio{family="gem", metric="acc"}')       # served model, held-out
+    assert has('clstream_learning_metric_ratio{family="gem", metric="acc"}')       # held-out, at bucket ends
+    served = [(p, t) for p, t in dashboard_targets(dashboard) if "clstream_served_samples_total" in t["expr"]]
+    assert [p["title"] for p, _ in served] == ["Prequential and served accuracy"]  # served accuracy is the
+    assert all(n in served[0][1]["expr"] for n in ('outcome="correct"', "rate(", "/"))  # ratio of rates
     matrix = [p for p, t in dashboard_targets(dashboard) if "clstream_accuracy_matrix_ratio" in t["expr"]]
     assert matrix and matrix[0]["type"] in ("table", "heatmap")
     assert has("clstream_forgetting_ratio")
@@ -264,7 +267,7 @@ def test_the_panels_the_issue_lists_are_there(dashboard):
     assert has("rate(clstream_samples_trained_total")
     assert has("histogram_quantile", "clstream_train_step_seconds_bucket")
     assert has("histogram_quantile", "clstream_predict_seconds_bucket")
-    assert has("clstream_queue_depth")
+    assert has("clstream_queue_depth") and has("clstream_train_streams_open")
     assert has("clstream_gem_projections_total") and has("clstream_gem_qp_fallbacks_total")
     assert has("clstream_drift_events_total")
     assert has("clstream_current_bucket") and has("clstream_model_version")
