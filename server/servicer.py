@@ -278,10 +278,15 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             if k > schema.num_classes:
                 raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
             x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
+            truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
             probabilities = torch.softmax(snapshot.logits(x), dim=1)
         finally:
             self._inference_slots.release()
         top_p, top_i = probabilities.topk(k, dim=1)
+        if truth is not None:  # scored only, never trained on
+            correct = int((top_i[:, 0] == truth).sum())
+            self.metrics.served_samples.labels("correct").inc(correct)
+            self.metrics.served_samples.labels("wrong").inc(len(truth) - correct)
         names = schema.class_names
         return pb.PredictResponse(model_version=snapshot.version, predictions=[
             pb.Prediction(label=labels[0], class_name=names[labels[0]], top_labels=labels, top_probabilities=p)

@@ -242,3 +242,35 @@ def test_reflection_lets_generic_tools_discover_the_service(start):
     assert train.input_type.full_name == "clstream.v1.TrainBatch"
     assert "sequence" in train.input_type.fields_by_name
     channel.close()
+
+
+def test_labelled_predictions_are_scored_into_served_accuracy(start, connect, stream):
+    """PredictRequest.labels: the served answers are counted correct or wrong against them (never
+    trained on); labels of the wrong length or out of range are INVALID_ARGUMENT, and nothing counts."""
+    service = start()
+    stub = connect(service)
+    list(stub.Train(train_batches(stream, 0)))
+    x, y = stream.buckets[0].test.batch(torch.arange(40) * 13)  # every class (the set is sorted by class)
+    trained = stub.GetStatus(pb.GetStatusRequest()).samples_trained
+
+    def served() -> dict:
+        m = scrape(service)
+        return {o: value(m, "clstream_served_samples", "_total", outcome=o) for o in ("correct", "wrong")}
+
+    assert served() == {"correct": 0, "wrong": 0}
+    answer = stub.Predict(pb.PredictRequest(samples=encode_samples(x), labels=y.tolist(), top_k=2))
+    correct = sum(p.label == t for p, t in zip(answer.predictions, y.tolist()))
+    assert 0 < correct < 40  # a model in training: some right, some wrong
+    assert served() == {"correct": correct, "wrong": 40 - correct}
+    unlabelled = stub.Predict(pb.PredictRequest(samples=encode_samples(x)))
+    assert [p.label for p in unlabelled.predictions] == [p.label for p in answer.predictions]
+    assert served() == {"correct": correct, "wrong": 40 - correct}  # no labels: not scored
+
+    for labels, expected in (([0] * 39, "39 labels for 40 samples"), (y.tolist()[:-1] + [10], "label 10 at position 39"),
+                             ([-1] + y.tolist()[1:], "label -1 at position 0")):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(pb.PredictRequest(samples=encode_samples(x), labels=labels))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "labels" in e.value.details() and expected in e.value.details(), e.value.details()
+    assert served() == {"correct": correct, "wrong": 40 - correct}
+    assert stub.GetStatus(pb.GetStatusRequest()).samples_trained == trained  # scored, never trained on
