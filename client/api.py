@@ -374,13 +374,18 @@ class Client:
 
     # -- serving --------------------------------------------------------------------------------
 
-    def predict(self, x=None, *, images: Sequence[bytes] | None = None, top_k: int = 1,
+    def predict(self, x=None, *, images: Sequence[bytes] | None = None, top_k: int = 1, labels=None,
                 timeout: float | None = _DEFAULT, retry: RetryPolicy | None = _DEFAULT) -> PredictResult:
-        """Labels and top-k probabilities for x [n, *input_shape] or for encoded JPEG/PNG `images`."""
+        """Labels and top-k probabilities for x [n, *input_shape] or for encoded JPEG/PNG `images`.
+
+        `labels` [n], optional: the true labels, when the caller knows them. The server only scores
+        its answers with them (its served-accuracy metric, clstream_served_samples_total); it never
+        trains on them."""
         if (x is None) == (images is None):
             raise ValueError("give either samples x or encoded images")
         samples = wire.encode_samples(x) if x is not None else wire.encode_images(images)
-        request = pb.PredictRequest(samples=samples, top_k=top_k)
+        request = pb.PredictRequest(samples=samples, top_k=top_k,
+                                    labels=wire.labels_list(labels) if labels is not None else None)
         t0 = time.perf_counter()
         r = self._run("Predict", lambda: self._stub.Predict(
             request, timeout=self._timeout(timeout), metadata=self._metadata), retry)

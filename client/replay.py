@@ -18,7 +18,8 @@ Every `query_every` batches, just before a batch goes out, the client asks the s
 a sample of that batch and the ones after it (data the model has not trained on yet) and records
 the served accuracy, the answering model version, the latency, and how many batches the answering
 model lags behind the data sent so far (`lag_batches`: batches sent but not yet trained). The
-client keeps at most `max_in_flight` batches unacknowledged, as a live producer that does not
+queries carry the true labels, so the server's served-accuracy metric counts them too (it scores
+with them, and never trains on them). The client keeps at most `max_in_flight` batches unacknowledged, as a live producer that does not
 flood the server's queue would, so the served model trails the traffic by about that many.
 """
 from __future__ import annotations
@@ -341,7 +342,7 @@ class Replay:
         index = torch.cat(batches[k:reach])[: o.query_size]
         x, y = self.stream.buckets[bucket].train.batch(index, train=False)
         try:
-            answer = self.client.predict(x, retry=None, timeout=10.0)
+            answer = self.client.predict(x, labels=y, retry=None, timeout=10.0)  # scored, never trained on
         except ServiceError as e:
             r.query_failures.append({"sequence": sequence, "bucket": bucket, "code": e.code.name})
             return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -135,6 +135,13 @@ class ServerMetrics:
         self.rejected_batches = Counter("clstream_rejected_batches", "Training batches rejected, by status code.",
                                         ["code"], registry=r)
         self.snapshots = Counter("clstream_snapshots", "Serving snapshots published.", registry=r)
+        self.train_streams_open = Gauge("clstream_train_streams_open", "Train calls in progress right now.",
+                                        registry=r)
+        self.served_samples = Counter("clstream_served_samples", "Predicted samples whose caller sent the true "
+                                      "label, by outcome of the served answer (correct, wrong).", ["outcome"],
+                                      registry=r)
+        for outcome in ("correct", "wrong"):  # both exist from the start: a ratio of rates needs them
+            self.served_samples.labels(outcome)
 
     def watch(self, status: Callable[[], dict], live: Callable[[], dict]) -> None:
         self.registry.register(StatusCollector(status, live))

@@ -155,8 +155,29 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
                 self.metrics.rejected_batches.labels(code.name).inc()
 
-        with answering("Train", context, self.metrics, done):
-            yield from self._train(request_iterator, context)
+        closed = self._open_train_stream(context)
+        try:
+            with answering("Train", context, self.metrics, done):
+                yield from self._train(request_iterator, context)
+        finally:
+            closed()
+
+    def _open_train_stream(self, context) -> Callable[[], None]:
+        """Counts this Train call in clstream_train_streams_open; the returned function uncounts it,
+        once. It runs from the handler's finally and from gRPC's termination callback: a generator
+        that gRPC leaves suspended after a cancellation reaches its finally only when collected."""
+        gauge, lock, state = self.metrics.train_streams_open, threading.Lock(), {"open": True}
+
+        def close() -> None:
+            with lock:
+                if not state["open"]:
+                    return
+                state["open"] = False
+            gauge.dec()
+
+        gauge.inc()
+        context.add_callback(close)
+        return close
 
     def _train(self, requests, context):
         scope = CallScope(context.is_active)
@@ -257,10 +278,15 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             if k > schema.num_classes:
                 raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
             x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
+            truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
             probabilities = torch.softmax(snapshot.logits(x), dim=1)
         finally:
             self._inference_slots.release()
         top_p, top_i = probabilities.topk(k, dim=1)
+        if truth is not None:  # scored only, never trained on
+            correct = int((top_i[:, 0] == truth).sum())
+            self.metrics.served_samples.labels("correct").inc(correct)
+            self.metrics.served_samples.labels("wrong").inc(len(truth) - correct)
         names = schema.class_names
         return pb.PredictResponse(model_version=snapshot.version, predictions=[
             pb.Prediction(label=labels[0], class_name=names[labels[0]], top_labels=labels, top_probabilities=p)

@@ -169,12 +169,14 @@ class RegisterEvalSetResponse(_message.Message):
     def __init__(self, bucket: _Optional[int] = ..., num_samples: _Optional[int] = ..., already_registered: _Optional[bool] = ..., registered_buckets: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("samples", "top_k")
+    __slots__ = ("samples", "top_k", "labels")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     samples: Samples
     top_k: int
-    def __init__(self, samples: _Optional[_Union[Samples, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, samples: _Optional[_Union[Samples, _Mapping]] = ..., top_k: _Optional[int] = ..., labels: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Prediction(_message.Message):
     __slots__ = ("label", "class_name", "top_labels", "top_probabilities")

@@ -104,7 +104,8 @@ class ContinualLearnerServicer:
 
     def Predict(self, request, context):
         """Labels and top-k probabilities for samples, from the published serving snapshot of the model
-        (never the module being trained), with that snapshot's version.
+        (never the module being trained), with that snapshot's version. A caller that knows the true
+        labels may send them to have the served answers scored; they are never trained on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

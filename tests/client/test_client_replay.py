@@ -86,6 +86,12 @@ def test_predictions_during_training_are_recorded(live):
         assert 0 <= q["lag_batches"] <= q["sequence"] - 1
     served = live["report"]["served"]
     assert served["queries"] == len(queries) and served["samples"] == sum(q["samples"] for q in queries)
+    # the queries send their labels: the server scored exactly what the client recorded
+    registry = live["service"].metrics.registry
+    counted = {o: registry.get_sample_value("clstream_served_samples_total", {"outcome": o})
+               for o in ("correct", "wrong")}
+    correct = sum(round(q["accuracy"] * q["samples"]) for q in queries)
+    assert counted == {"correct": correct, "wrong": served["samples"] - correct}
     lat = served["latency_seconds"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
 

@@ -108,3 +108,43 @@ def selectors(expr: str) -> list[str]:
         if selector not in found:
             found.append(selector)
     return found
+
+
+_FINAL_COMPARISON = re.compile(r"\s*(?:==|!=|>=|<=|>|<)\s*(?:bool\s+)?[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?\s*$",
+                               re.IGNORECASE)
+_SET_OPERATOR = re.compile(r"\b(?:and|or|unless)\b(?:\s+(?:on|ignoring)\s*\([^)]*\))?", re.IGNORECASE)
+
+
+def _without_outer_parentheses(expr: str) -> str:
+    expr = expr.strip()
+    while expr.startswith("(") and expr.endswith(")"):
+        depth = 0
+        for i, c in enumerate(expr):
+            depth += {"(": 1, ")": -1}.get(c, 0)
+            if depth == 0 and i < len(expr) - 1:
+                return expr  # the first parenthesis closes early: `(a) / (b)`
+        expr = expr[1:-1].strip()
+    return expr
+
+
+def expr_without_threshold(expr: str) -> str:
+    """The quantity an alert condition compares: its final comparison with a number removed,
+    e.g. `sum(rate(a[5m])) / sum(rate(b[5m])) > 0.05` → `sum(rate(a[5m])) / sum(rate(b[5m]))`.
+    Unchanged when it does not end in one."""
+    return _without_outer_parentheses(_FINAL_COMPARISON.sub("", _without_outer_parentheses(expr)))
+
+
+def alert_quantities(expr: str) -> list[str]:
+    """Every quantity an alert expression thresholds: the expression split at its top-level `and`,
+    `or` and `unless` (with their `on (...)`/`ignoring (...)`), each part through
+    `expr_without_threshold`. `(a > 0) and on (job) (increase(b[5m]) == 0)` → `a`, `increase(b[5m])`.
+    A quantity that returns no data makes its alert unable to fire, whatever happens; the rule
+    would still be valid and its series present, so the other checks would not notice."""
+    parts, start = [], 0
+    for m in _SET_OPERATOR.finditer(expr):
+        head = expr[:m.start()]
+        if head.count("(") == head.count(")"):  # top level (the shipped rules have no parenthesis in strings)
+            parts.append(expr[start:m.start()])
+            start = m.end()
+    parts.append(expr[start:])
+    return [expr_without_threshold(p) for p in parts]

@@ -2,13 +2,18 @@
 shipped config and alert rules (only the scrape target, the intervals and the rule file path are
 rewritten), a real clstream server (gRPC, training worker, metrics endpoint) runs with the compose
 file's server environment, a short stream plays through it (held-out sets, three buckets,
-predictions, one malformed prediction), and then EVERY expression of the dashboard and of the rules
-goes through Prometheus' HTTP API.
+predictions with their true labels, one malformed prediction), and then EVERY expression of the
+dashboard and of the rules goes through Prometheus' HTTP API.
 
 Dashboard expressions must be valid PromQL and return data: a finite value, over the stream for
 range queries (as Grafana's time series and stat panels ask) or now for instant ones (table,
 bar gauge), and every label their legend or table needs. Rule expressions must be valid, name only
-series that exist, and Prometheus itself must report every rule evaluated without error.
+series that exist, and Prometheus itself must report every rule evaluated without error. An alert
+is quiet on a healthy stream, so its expression returns nothing; what must return finite data is
+the quantity it thresholds: the expression without its final comparison with a number (for an
+`a > x and b == y` rule, both a and b; see `alert_quantities`). Otherwise an alert keyed on a
+quantity that is never there (a misspelt label value, a `rate` of a gauge, a window no series
+fills) would pass every other check and could never fire.
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ from pathlib import Path
 
 import pytest
 
-from monitoring_support import (COMPOSE, DASHBOARD, DOCKER, PROMETHEUS_CONFIG, dashboard_targets,
-                                grafana_to_promql, load_yaml, rule_files, rules, selectors)
+from monitoring_support import (COMPOSE, DASHBOARD, DOCKER, PROMETHEUS_CONFIG, alert_quantities, dashboard_targets,
+                                expr_without_threshold, grafana_to_promql, load_yaml, rule_files, rules,
+                                selectors)
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("server.main", reason="server/ is not in this checkout")
@@ -184,8 +190,8 @@ def stop(process: subprocess.Popen, timeout: float = 10) -> int | None:
 
 class Stream:
     """digits-rotated, 3 buckets of 150 samples, as the messages a replay client sends: held-out
-    sets, then paced batches bucket by bucket, each bucket ended; predictions alongside (one
-    malformed). Built before anything starts, so the servers' clocks only see the stream."""
+    sets, then paced batches bucket by bucket, each bucket ended; predictions alongside, with their
+    true labels as the replay client's queries send them (one malformed). Built before anything starts, so the servers' clocks only see the stream."""
 
     def __init__(self):
         import torch
@@ -212,8 +218,8 @@ class Stream:
                 messages.append(pb.TrainBatch(stream_id="monitoring", sequence=sequence, bucket=b,
                                               samples=encode_samples(x), labels=y.tolist(), schema=schema))
             self.batches.append(messages)
-        self.probe = pb.PredictRequest(samples=encode_samples(stream.buckets[0].test.batch(torch.arange(16))[0]),
-                                       top_k=3)
+        probe_x, probe_y = stream.buckets[0].test.batch(torch.arange(16) * 30)  # several classes
+        self.probe = pb.PredictRequest(samples=encode_samples(probe_x), top_k=3, labels=probe_y.tolist())
         self.bad = pb.PredictRequest(samples=encode_samples(torch.zeros(2, 3, 3)))  # wrong shape
 
     def play(self, port: int, deadline: Deadline) -> dict:
@@ -259,6 +265,22 @@ class Stream:
         assert all(a.applied for a in acks) and predictions, "the stream itself failed"
         return {"samples": status.samples_trained, "rows": len(status.accuracy_matrix),
                 "version": status.model_version}
+
+
+# -- the quantities behind the alerts (no Prometheus needed) ------------------------------------------------
+
+def test_alert_quantities_drop_only_the_final_threshold():
+    assert expr_without_threshold("clstream_forgetting_ratio > 0.20") == "clstream_forgetting_ratio"
+    assert expr_without_threshold("(sum(rate(a[5m])) / sum(rate(b[5m]))) >= 1e-3") == "sum(rate(a[5m])) / sum(rate(b[5m]))"
+    assert expr_without_threshold("(a) / (b) > bool 0") == "(a) / (b)"
+    assert expr_without_threshold("up == 0") == "up" and expr_without_threshold("rate(a[5m])") == "rate(a[5m])"
+    assert alert_quantities("(min_over_time(a[5m]) > 0)\nand on (job, instance)\n(increase(b[5m]) == 0)") == [
+        "min_over_time(a[5m])", "increase(b[5m])"]
+    assert alert_quantities("a > 1 unless ignoring (code) sum by (job) (b{x=\"and\"}) < 2") == [
+        "a", 'sum by (job) (b{x="and"})']
+    for rule in rules():
+        if "alert" in rule:  # every shipped alert thresholds something
+            assert alert_quantities(rule["expr"]) != [rule["expr"].strip()], rule["alert"]
 
 
 # -- the test -----------------------------------------------------------------------------------------------
@@ -328,6 +350,12 @@ def test_every_dashboard_and_rule_expression_against_real_prometheus(prometheus,
             for selector in selectors(rule["expr"]):
                 if not selector.startswith(OPTIONAL_SELECTORS) and not api.scalar(f"count({selector})"):
                     failures.append(f"rule {name}: no series {selector}")
+            if "alert" in rule:  # the quantity behind each threshold has data, so the alert can fire
+                for quantity in alert_quantities(rule["expr"]):
+                    body = api.query(quantity, time=f"{end:.3f}")
+                    if body.get("status") != "success" or not finite_values(body):
+                        failures.append(f"rule {name}: its quantity {quantity!r} returns no data "
+                                        f"({body.get('error') or 'empty'})")
 
         def evaluated():
             groups = api.get("/api/v1/rules")["data"]["groups"]

@@ -169,6 +169,54 @@ def test_replay_job_streams_into_the_server(services):
     assert default in BUILDERS and ":" not in default  # embedded: streams with nothing mounted
 
 
+def test_an_auth_enabled_stack_lets_the_replay_job_in(services, monkeypatch, tmp_path):
+    """The replay job passes CLSTREAM_TOKEN through, and `clstream-client stream` sends it: a server
+    started from the compose environment with CLSTREAM_AUTH_TOKENS accepts the replay job's
+    connection with that token, and refuses it (UNAUTHENTICATED) when the token is left unset."""
+    replay, server = env(services["replay"]), env(services["server"])
+    assert "CLSTREAM_TOKEN" in replay and replay["CLSTREAM_TOKEN"] is None  # from the shell, else unset
+    assert "CLSTREAM_AUTH_TOKENS" in server and server["CLSTREAM_AUTH_TOKENS"] is None
+    settings = pytest.importorskip("server.settings", reason="server/ is not in this checkout yet")
+    cli = pytest.importorskip("client.cli", reason="client/ is not in this checkout yet")
+    from client.api import ServiceError
+    from server.service import Service
+
+    os = __import__("os")
+    for key in list(os.environ):
+        if key.startswith("CLSTREAM_"):
+            monkeypatch.delenv(key)
+    shell = {"CLSTREAM_AUTH_TOKENS": '["s3cret"]', "CLSTREAM_TOKEN": "s3cret"}  # as the compose header says
+
+    def container(environment: dict) -> None:
+        for key in list(os.environ):
+            if key.startswith("CLSTREAM_"):
+                monkeypatch.delenv(key)
+        for key, value in environment.items():
+            value = shell.get(key) if value is None else value  # a pass-through takes the shell's value
+            if value is not None:
+                monkeypatch.setenv(key, value)
+
+    container(server)
+    service = Service(settings.load_settings([], host="127.0.0.1", port=0, metrics_host="127.0.0.1",
+                                             metrics_port=0, checkpoint_dir=tmp_path, device="cpu")).start()
+    try:
+        def replay_job_status():
+            args = cli.build_parser().parse_args(["stream", "--target", f"127.0.0.1:{service.port}", "--dataset",
+                                                  replay["REPLAY_DATASET"], "--retries", "1"])
+            with cli.connect(args) as client:
+                return client.status()
+
+        container(replay)
+        assert replay_job_status().has_model is False  # in, on an empty server
+        shell.pop("CLSTREAM_TOKEN")
+        container(replay)
+        with pytest.raises(ServiceError) as e:
+            replay_job_status()
+        assert e.value.code.name == "UNAUTHENTICATED"
+    finally:
+        service.stop(grace=0.5)
+
+
 def test_replay_uses_the_client_cli_as_built():
     scripts = PYPROJECT["project"].get("scripts", {})
     if "clstream-client" not in scripts:
@@ -255,7 +303,10 @@ def test_the_panels_the_issue_lists_are_there(dashboard):
         return any(all(n in e for n in needles) for e in exprs)
 
     assert has("clstream_prequential_accuracy_ratio")
-    assert has('clstream_learning_metric_ratio{family="gem", metric="acc"}')       # served model, held-out
+    assert has('clstream_learning_metric_ratio{family="gem", metric="acc"}')       # held-out, at bucket ends
+    served = [(p, t) for p, t in dashboard_targets(dashboard) if "clstream_served_samples_total" in t["expr"]]
+    assert [p["title"] for p, _ in served] == ["Prequential and served accuracy"]  # served accuracy is the
+    assert all(n in served[0][1]["expr"] for n in ('outcome="correct"', "rate(", "/"))  # ratio of rates
     matrix = [p for p, t in dashboard_targets(dashboard) if "clstream_accuracy_matrix_ratio" in t["expr"]]
     assert matrix and matrix[0]["type"] in ("table", "heatmap")
     assert has("clstream_forgetting_ratio")
@@ -264,7 +315,7 @@ def test_the_panels_the_issue_lists_are_there(dashboard):
     assert has("rate(clstream_samples_trained_total")
     assert has("histogram_quantile", "clstream_train_step_seconds_bucket")
     assert has("histogram_quantile", "clstream_predict_seconds_bucket")
-    assert has("clstream_queue_depth")
+    assert has("clstream_queue_depth") and has("clstream_train_streams_open")
     assert has("clstream_gem_projections_total") and has("clstream_gem_qp_fallbacks_total")
     assert has("clstream_drift_events_total")
     assert has("clstream_current_bucket") and has("clstream_model_version")
@@ -335,3 +386,11 @@ def test_healthcheck_reports_an_unreachable_server_as_unhealthy():
                           env={"PATH": "/usr/bin:/bin", "CLSTREAM_HEALTHCHECK_TIMEOUT": "1"})
     assert done.returncode == 1, done.stdout + done.stderr
     assert "UNAVAILABLE" in done.stdout or "DEADLINE_EXCEEDED" in done.stdout
+
+
+def test_the_stack_files_point_at_the_readme_that_exists():
+    """docker/README.md was folded into README.md's Monitoring section: no pointer to it is left."""
+    assert not (DOCKER / "README.md").exists() and "## Monitoring" in (ROOT / "README.md").read_text()
+    stale = [str(p.relative_to(ROOT)) for p in DOCKER.rglob("*") if p.is_file() and p.suffix not in (".npz", ".pt")
+             and "docker/README.md" in p.read_text(errors="replace")]
+    assert not stale, stale

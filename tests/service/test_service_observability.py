@@ -3,7 +3,9 @@ checking (grpc.health.v1) and server reflection for generic gRPC tools."""
 from __future__ import annotations
 
 import math
+import queue
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -38,6 +40,7 @@ EXPECTED = {  # name in the exposition → type
     "clstream_drift_statistic": "gauge", "clstream_drift_threshold": "gauge", "clstream_drift_events": "counter",
     "clstream_end_bucket_seconds": "histogram", "clstream_duplicate_batches": "counter",
     "clstream_rejected_batches": "counter", "clstream_serving": "gauge", "clstream_eval_sets": "gauge",
+    "clstream_train_streams_open": "gauge", "clstream_served_samples": "counter",
 }
 
 
@@ -82,7 +85,7 @@ def test_metrics_serve_every_named_metric_with_sane_values(start, connect, strea
             for s in family.samples:
                 assert family.type != "counter" or s.name.endswith(("_total", "_created")), s.name
                 assert set(s.labels) <= {"bucket", "train_bucket", "eval_bucket", "class", "family", "metric",
-                                         "method", "code", "le"}, s
+                                         "method", "code", "outcome", "le"}, s
                 if name.endswith("_ratio"):
                     assert -1.0 <= s.value <= 1.0, s
 
@@ -122,6 +125,68 @@ def test_metrics_serve_every_named_metric_with_sane_values(start, connect, strea
     assert value(m, "clstream_drift_statistic") >= 0 and value(m, "clstream_drift_threshold") == 3.0
     assert value(m, "clstream_drift_events", "_total") == status.drift.events
     assert value(m, "clstream_serving") == 1 and value(m, "clstream_eval_sets") == 3
+    assert value(m, "clstream_train_streams_open") == 0
+    assert value(m, "clstream_served_samples", "_total", outcome="correct") == 0  # no labels sent
+    assert value(m, "clstream_served_samples", "_total", outcome="wrong") == 0
+
+
+def open_streams(service) -> float:
+    return value(scrape(service), "clstream_train_streams_open")
+
+
+def eventually(what: str, predicate, seconds: float = 10.0) -> None:
+    end = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_open_train_streams_count_calls_in_progress_however_they_end(start, connect, stream):
+    """1 while a Train call is open (even before its first batch), 0 once it ends: the client closed
+    its side, the client cancelled, or the server rejected a batch."""
+    service = start()
+    stub = connect(service)
+    assert open_streams(service) == 0
+
+    def held_open(batches):
+        """The batches, then a wait until `release` gets something (None: end the stream)."""
+        release: queue.Queue = queue.Queue()
+
+        def requests():
+            yield from batches
+            release.get()
+
+        return requests(), release
+
+    # the client closes its side of the stream
+    requests, release = held_open(train_batches(stream, 0, limit=2))
+    call = stub.Train(requests)
+    acks = [next(call), next(call)]
+    assert [a.sequence for a in acks] == [1, 2]
+    assert open_streams(service) == 1
+    release.put(None)
+    assert list(call) == []
+    eventually("the closed stream to be uncounted", lambda: open_streams(service) == 0)
+
+    # two at once, then the client cancels both: one mid-stream, one before it sent anything
+    requests, _ = held_open(train_batches(stream, 0, first_sequence=3, limit=1))
+    first = stub.Train(requests)
+    assert next(first).sequence == 3
+    idle, _ = held_open([])
+    second = stub.Train(idle)
+    eventually("two open streams", lambda: open_streams(service) == 2)
+    first.cancel()
+    eventually("one open stream after a cancel", lambda: open_streams(service) == 1)
+    second.cancel()
+    eventually("no open stream after both cancels", lambda: open_streams(service) == 0)
+
+    # a rejected batch ends the call with an error
+    bad = pb.TrainBatch(stream_id="s", sequence=99, bucket=0, samples=encode_samples(torch.zeros(1, 3, 3)),
+                        labels=[0])
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Train(iter([bad])))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    eventually("the rejected stream to be uncounted", lambda: open_streams(service) == 0)
 
 
 def test_a_shift_in_the_stream_shows_as_drift(start, connect, stream):
@@ -257,3 +322,35 @@ def test_qp_failures_fall_back_are_counted_and_the_stream_goes_on(start, connect
     assert value(m, "clstream_gem_qp_fallbacks", "_total") == status.qp_fallbacks == status.gem_projections > 0
     assert value(m, "clstream_gem_projections", "_total") == status.gem_projections
     assert len(status.accuracy_matrix) == 2
+
+
+def test_labelled_predictions_are_scored_into_served_accuracy(start, connect, stream):
+    """PredictRequest.labels: the served answers are counted correct or wrong against them (never
+    trained on); labels of the wrong length or out of range are INVALID_ARGUMENT, and nothing counts."""
+    service = start()
+    stub = connect(service)
+    list(stub.Train(train_batches(stream, 0)))
+    x, y = stream.buckets[0].test.batch(torch.arange(40) * 13)  # every class (the set is sorted by class)
+    trained = stub.GetStatus(pb.GetStatusRequest()).samples_trained
+
+    def served() -> dict:
+        m = scrape(service)
+        return {o: value(m, "clstream_served_samples", "_total", outcome=o) for o in ("correct", "wrong")}
+
+    assert served() == {"correct": 0, "wrong": 0}
+    answer = stub.Predict(pb.PredictRequest(samples=encode_samples(x), labels=y.tolist(), top_k=2))
+    correct = sum(p.label == t for p, t in zip(answer.predictions, y.tolist()))
+    assert 0 < correct < 40  # a model in training: some right, some wrong
+    assert served() == {"correct": correct, "wrong": 40 - correct}
+    unlabelled = stub.Predict(pb.PredictRequest(samples=encode_samples(x)))
+    assert [p.label for p in unlabelled.predictions] == [p.label for p in answer.predictions]
+    assert served() == {"correct": correct, "wrong": 40 - correct}  # no labels: not scored
+
+    for labels, expected in (([0] * 39, "39 labels for 40 samples"), (y.tolist()[:-1] + [10], "label 10 at position 39"),
+                             ([-1] + y.tolist()[1:], "label -1 at position 0")):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Predict(pb.PredictRequest(samples=encode_samples(x), labels=labels))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "labels" in e.value.details() and expected in e.value.details(), e.value.details()
+    assert served() == {"correct": correct, "wrong": 40 - correct}
+    assert stub.GetStatus(pb.GetStatusRequest()).samples_trained == trained  # scored, never trained on
