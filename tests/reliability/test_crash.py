@@ -41,8 +41,10 @@ class Kill:
         return f"{self.kind}@{self.at}"
 
 
-# Each restart costs a server start (5-10 s on a loaded 2-core machine): three by default, nine in the long run.
-DEFAULT_PLAN = [Kill("ack", 12), Kill("during_end", 1), Kill("checkpoint_write", 45)]
+# Each restart costs a server start (5-10 s on a loaded 2-core machine): two by default, nine in the long run.
+# Both default kills lose acknowledged batches mid-bucket (EndBucket 1 is reached with batches 35..40 past the
+# last checkpoint; the checkpoint-write kill comes after ack 45); test_client_resume.py kills at a plain ack.
+DEFAULT_PLAN = [Kill("during_end", 1), Kill("checkpoint_write", 45)]
 LONG_PLAN = [Kill("ack", 1), Kill("ack", 12), Kill("ack", 20), Kill("after_end", 0), Kill("ack", 27),
              Kill("during_end", 1), Kill("checkpoint_write", 45), Kill("ack", 58), Kill("during_end", 2)]
 
