@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,20 +143,18 @@ class CrashingClient(Client):
         return self.crasher.end_bucket(super().end_bucket, bucket, *args, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def reference(small_stream):
-    return run_stream(small_stream, learner(), batch_size=10, epochs=1, progress=False)
-
-
 def _int_keys(d: dict) -> dict:
     return {int(k): v for k, v in d.items()}
 
 
-def test_sigkill_at_every_point_of_a_stream_resumes_with_exact_accounting(small_stream, reference, tmp_path,
-                                                                         figures):
+def test_sigkill_at_every_point_of_a_stream_resumes_with_exact_accounting(small_stream, tmp_path, figures):
     plan = LONG_PLAN if LONG else DEFAULT_PLAN
     crasher = Crasher(plan, tmp_path, learner())
     t0 = time.perf_counter()
+    # The in-process reference run, computed while the server processes start (they mostly import).
+    pool = ThreadPoolExecutor(1)
+    reference_run = pool.submit(run_stream, small_stream, learner(), batch_size=10, epochs=1, progress=False)
+    pool.shutdown(wait=False)
     crasher.start()
     try:
         with CrashingClient(f"127.0.0.1:{crasher.port}") as client:
@@ -165,6 +164,7 @@ def test_sigkill_at_every_point_of_a_stream_resumes_with_exact_accounting(small_
     finally:
         codes = [s.stop() for s in crasher.servers]
     wall = time.perf_counter() - t0
+    reference = reference_run.result(timeout=300)
 
     kills = [e for e in crasher.events if not e.get("missed")]
     figures("crash", {"plan": [k.name for k in plan], "events": crasher.events, "resumes": result.resumes,
