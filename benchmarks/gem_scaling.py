@@ -344,7 +344,7 @@ def reading(out) -> str:
         parts = (f" Under cProfile at T={prof['T']} a GEM step is {pp['observe']:.1f} ms, of which "
                  f"{pp['memory+batch gradients (MemoryGradients.with_batch)']:.1f} ms is the one batched forward and "
                  f"backward over memories and batch (the floor's own work), {pp['projection (gem_project_)']:.1f} ms "
-                 f"the projection ({pp["QP (solve_gem_dual, quadprog)"]:.2f} ms in the QP solve) and "
+                 f"the projection ({pp['QP (solve_gem_dual, quadprog)']:.2f} ms in the QP solve) and "
                  f"{pp['optimizer step']:.2f} ms the optimizer step; the top operators (torch.profiler) are "
                  + ", ".join(f"{e['op']} {e['self_cpu_ms_per_step']:.1f} ms" for e in prof["torch_profiler_top_self_cpu"][:4])
                  + ".")
