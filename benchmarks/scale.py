@@ -225,15 +225,14 @@ def reading(out) -> str:
     mem = out["memory"]
     big = [r for r in mem if r.get("rss_over_nbytes")]
     if mem:
-        img = [r for r in mem if r["shape"] == "3x224x224"]
+        img = sorted((r for r in mem if r["shape"] == "3x224x224"), key=lambda r: r["capacity"])
         ov = [r["nbytes_over_raw_float32"] for r in mem]
         parts.append(f"The replay buffer holds each sample as float32 plus 20 bytes of label, bucket id and priority "
                      f"(int64, int64, float32): {min(ov):.3f}–{max(ov):.3f}× the raw float32 sample, the overhead only "
                      "visible for tiny samples (1×8×8: 256 B + 20 B). Against images as decoded bytes (uint8) that is "
                      "4×: a 3×224×224 sample takes "
                      + (fmt_bytes(img[0]['nbytes_per_sample']) if img else "–")
-                     + ", so 10,000 of them take "
-                     + (fmt_bytes(img[-1]['nbytes_total']) if img else "–")
+                     + (f", so {img[-1]['capacity']:,} of them take {fmt_bytes(img[-1]['nbytes_total'])}" if img else "")
                      + "; storing uint8 and converting per batch would cut that by 4. The allocation is made once, "
                      "at the first write, for the full capacity.")
         if big:
