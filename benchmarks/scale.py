@@ -217,8 +217,8 @@ def reading(out) -> str:
                      + " images/s. 64 px is cheaper than 32 px because at 64 px and above ResNet18 keeps its ImageNet "
                      "stem (stride-2 convolution and max-pool: the first block sees 16×16), while below 64 px it gets the "
                      "CIFAR stem (the first block sees the full 32×32). Per incoming image, training costs "
-                     + "–".join(f"{r['predict_images_per_s'] / r['train_images_per_s']:.0f}" for r in cpu)
-                     + "× a prediction: forward and backward over the incoming batch and an equally large replay "
+                     + ", ".join(f"{r['predict_images_per_s'] / r['train_images_per_s']:.0f}× at {r['pixels']} px" for r in cpu)
+                     + " a prediction: forward and backward over the incoming batch and an equally large replay "
                      "batch, with the incoming batch first scored (test-then-train). At 224 px a CPU "
                      "learns from a few images a second: a live CLEAR-sized stream at full resolution needs a GPU.")
     gpu = [r for r in out["throughput"] if r["device"].startswith("cuda")]
