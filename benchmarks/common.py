@@ -1,0 +1,78 @@
+"""What every study script shares: the machine it ran on, its command line, the BENCHMARKS.md
+section it rewrites, medians, and a timer that reads both wall and thread-CPU seconds."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    import numpy as np
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"nproc": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "numpy": np.__version__, "executable": sys.executable,
+            "loadavg_1min_at_start": os.getloadavg()[0], "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def machine_line(info: dict) -> str:
+    gpu = f"; CUDA device {info['cuda_device']}" if info.get("cuda_device") else "; no CUDA device"
+    load = info.get("loadavg_1min_at_start")
+    return (f"{info['nproc']} cores, {info['cpu_model']}, Python {info['python']}, torch {info['torch']} "
+            f"({info['torch_threads']} torch thread(s)){gpu}"
+            + (f"; 1-minute load average {load:.1f} at the start (other jobs on the machine)" if load is not None else ""))
+
+
+def command_line(argv) -> str:
+    exe = Path(sys.executable)
+    exe = os.path.relpath(exe, ROOT) if str(exe).startswith(str(ROOT)) else exe.name
+    script = os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)
+    return " ".join([str(exe), script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def write_markdown(path: Path, body: str, section: str) -> None:
+    """Replace the text between `<!-- section:begin -->` and `<!-- section:end -->` (append if absent)."""
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{body}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def median(values):
+    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return statistics.median(values) if values else math.nan
+
+
+def timed(fn, steps: int, sync=None) -> tuple[float, float]:
+    """(wall, thread-CPU) seconds per call of fn over `steps` calls."""
+    if sync:
+        sync()
+    w0, c0 = time.perf_counter(), time.thread_time()
+    for _ in range(steps):
+        fn()
+    if sync:
+        sync()
+    return (time.perf_counter() - w0) / steps, (time.thread_time() - c0) / steps
