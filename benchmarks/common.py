@@ -1,5 +1,6 @@
 """What every study script shares: the machine it ran on, its command line, the BENCHMARKS.md
-section it rewrites, medians, and a timer that reads both wall and thread-CPU seconds."""
+section it rewrites, medians and percentiles, a /metrics scrape, and a timer that reads both wall
+and thread-CPU seconds."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import platform
 import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,15 +33,27 @@ def machine() -> dict:
             "loadavg_1min_at_start": os.getloadavg()[0], "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
+    try:
+        import grpc
+        info["grpc"] = grpc.__version__
+    except ImportError:
+        pass
     return info
 
 
-def machine_line(info: dict) -> str:
+def machine_line(info: dict, loads: list[float] | None = None, extra: str = "") -> str:
+    """One line for BENCHMARKS.md; `loads`: 1-minute load averages sampled during the runs."""
     gpu = f"; CUDA device {info['cuda_device']}" if info.get("cuda_device") else "; no CUDA device"
-    load = info.get("loadavg_1min_at_start")
+    grpc = f", grpcio {info['grpc']}" if info.get("grpc") else ""
+    if loads:
+        s = sorted(loads)
+        load = (f"; 1-minute load average during the runs {s[0]:.1f}–{s[-1]:.1f} (median {s[len(s) // 2]:.1f}; "
+                f"other jobs share the machine)")
+    else:
+        start = info.get("loadavg_1min_at_start")
+        load = f"; 1-minute load average {start:.1f} at the start (other jobs on the machine)" if start is not None else ""
     return (f"{info['nproc']} cores, {info['cpu_model']}, Python {info['python']}, torch {info['torch']} "
-            f"({info['torch_threads']} torch thread(s)){gpu}"
-            + (f"; 1-minute load average {load:.1f} at the start (other jobs on the machine)" if load is not None else ""))
+            f"({info['torch_threads']} torch thread(s)){grpc}{gpu}{extra}{load}")
 
 
 def command_line(argv) -> str:
@@ -64,6 +78,27 @@ def write_markdown(path: Path, body: str, section: str) -> None:
 def median(values):
     values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
     return statistics.median(values) if values else math.nan
+
+
+def percentile(values, q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a list; NaN for an empty one."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    return s[max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))]
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of a Prometheus text page, as {'name{label="v",...}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out
 
 
 def timed(fn, steps: int, sync=None) -> tuple[float, float]:

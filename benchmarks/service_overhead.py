@@ -53,7 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import command_line, machine, machine_line, median, scrape, write_markdown  # noqa: E402
+from benchmarks.common import command_line, machine, machine_line, median, scrape, write_markdown  # noqa: E402
 
 SECTION = "service_overhead"
 VARIANTS = ("inproc", "service-tensor", "service-png")
@@ -347,7 +347,7 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     timed = {str(k): v for k, v in out.get("timed", {}).items()}
     body = "\n".join([
         "### Service overhead: clstream-server vs the in-process engine (`benchmarks/service_overhead.py`)", "",
-        machine_line(out["machine"], loads, "; one torch thread in the server and in the benchmark process"), "",
+        "Machine: " + machine_line(out["machine"], loads, "; one torch thread in the server and in the benchmark process") + ".", "",
         f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min){' — QUICK run (small buckets), not a result' if st['quick'] else ''}", "",
         f"Stream: digits-rotated, {out['stream']['buckets']} buckets × {out['stream']['train_per_bucket']} training "
         f"samples, MLP, replay (reservoir, {st['buffer_capacity']}), SGD lr {st['lr']}, one pass. Service: a fresh "

@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import command_line, machine, machine_line, median, percentile, scrape, write_markdown  # noqa: E402
+from benchmarks.common import command_line, machine, machine_line, median, percentile, scrape, write_markdown  # noqa: E402
 
 SECTION = "serving_latency"
 INPUT_SHAPE = (1, 8, 8)
@@ -220,8 +220,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
     body = "\n".join([
         "### Serving while learning: Predict latency idle vs during training (`benchmarks/serving_latency.py`)", "",
-        machine_line(out["machine"], loads, "; server: one process, one torch thread, "
-                     f"{st['server_worker_threads']} gRPC handler threads"), "",
+        "Machine: " + machine_line(out["machine"], loads, "; server: one process, one torch thread, "
+                     f"{st['server_worker_threads']} gRPC handler threads") + ".", "",
         f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
         f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
         f"Each client is a process with one call in flight; {st['predict_samples']} sample(s) per Predict; "
