@@ -77,6 +77,7 @@ class AccuracyMatrix:
     def __init__(self) -> None:
         self.rows: list[list[float]] = []
         self.initial: list[float] = []
+        self.version = 0  # bumped on every change, so summaries can be cached
 
     def _width(self) -> int:
         return max([len(self.initial)] + [len(r) for r in self.rows])
@@ -85,6 +86,7 @@ class AccuracyMatrix:
         for j, a in accuracies.items():
             self.initial += [math.nan] * (j + 1 - len(self.initial))
             self.initial[j] = a
+        self.version += 1
 
     def add_row(self, bucket: int, accuracies: dict[int, float]) -> None:
         """The row after training through `bucket`; rows must arrive in bucket order."""
@@ -95,6 +97,7 @@ class AccuracyMatrix:
         for j, a in accuracies.items():
             row[j] = a
         self.rows.append(row)
+        self.version += 1
 
     def matrix(self) -> np.ndarray:
         width = self._width()
@@ -119,6 +122,7 @@ class AccuracyMatrix:
     def load_state_dict(self, state: dict) -> None:
         self.rows = [list(r) for r in state["rows"]]
         self.initial = list(state["initial"])
+        self.version += 1
 
 
 class PrequentialWindow:

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable
+from typing import Callable, Iterator
 
 import grpc
 import torch
@@ -125,12 +125,15 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train)
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
-    def _serving(self) -> tuple[Snapshot, Schema]:
-        snapshot, schema = self.snapshots.current(), self.schemas.schema
-        if snapshot is None or schema is None:
-            raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
-                                     "EvalSetChunk (or fixed in the server's settings)")
-        return snapshot, schema
+    @contextlib.contextmanager
+    def _serving(self) -> Iterator[tuple[Snapshot, Schema]]:
+        """The snapshot that answers a whole call, held (never refreshed) until the block ends."""
+        with self.snapshots.reading() as snapshot:
+            schema = self.schemas.schema
+            if snapshot is None or schema is None:
+                raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
+                                         "EvalSetChunk (or fixed in the server's settings)")
+            yield snapshot, schema
 
     def _inference_slot(self) -> None:
         if not self._inference_slots.acquire(blocking=False):
@@ -273,13 +276,14 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
         self._inference_slot()
         try:
-            snapshot, schema = self._serving()
-            k = request.top_k or 1
-            if k > schema.num_classes:
-                raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
-            x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
-            truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
-            probabilities = torch.softmax(snapshot.logits(x), dim=1)
+            with self._serving() as (snapshot, schema):
+                k = request.top_k or 1
+                if k > schema.num_classes:
+                    raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
+                x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
+                truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
+                probabilities = torch.softmax(snapshot.logits(x), dim=1)
+                version = snapshot.version
         finally:
             self._inference_slots.release()
         top_p, top_i = probabilities.topk(k, dim=1)
@@ -288,7 +292,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             self.metrics.served_samples.labels("correct").inc(correct)
             self.metrics.served_samples.labels("wrong").inc(len(truth) - correct)
         names = schema.class_names
-        return pb.PredictResponse(model_version=snapshot.version, predictions=[
+        return pb.PredictResponse(model_version=version, predictions=[
             pb.Prediction(label=labels[0], class_name=names[labels[0]], top_labels=labels, top_probabilities=p)
             for labels, p in zip(top_i.tolist(), top_p.tolist())])
 
@@ -296,20 +300,21 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     def Evaluate(self, request_iterator, context) -> pb.EvaluateResponse:
         self._inference_slot()
         try:
-            snapshot, schema = self._serving()  # one snapshot answers the whole call
-            correct, total, loss = 0, 0, 0.0
-            for chunk in request_iterator:
-                x, y = self._labelled(chunk, schema)
-                logits = snapshot.logits(x)
-                correct += int((logits.argmax(dim=1) == y).sum())
-                total += len(y)
-                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            with self._serving() as (snapshot, schema):  # one snapshot answers the whole call
+                correct, total, loss = 0, 0, 0.0
+                for chunk in request_iterator:
+                    x, y = self._labelled(chunk, schema)
+                    logits = snapshot.logits(x)
+                    correct += int((logits.argmax(dim=1) == y).sum())
+                    total += len(y)
+                    loss += float(F.cross_entropy(logits, y, reduction="sum"))
+                version = snapshot.version
         finally:
             self._inference_slots.release()
         if total == 0:
             raise InvalidArgument("chunks", "the call sent no samples; expected at least one EvaluateChunk")
         return pb.EvaluateResponse(correct=correct, total=total, accuracy=correct / total, loss=loss / total,
-                                   model_version=snapshot.version)
+                                   model_version=version)
 
     # -- GetStatus ------------------------------------------------------------------------------------
 

@@ -2,12 +2,18 @@
 worker between updates. Predict and Evaluate only ever read a published snapshot, never the module
 being trained, so answers are consistent (one version per call) and never wait for a training step.
 
-Publishing swaps one reference (atomic in CPython); a reader keeps the snapshot it took for the
-whole call, even if a newer one is published meanwhile.
+A reader takes the current snapshot with `SnapshotHolder.reading()` and keeps it for the whole
+call, even if newer ones are published meanwhile. Publishing swaps one reference under a lock.
+Copying a whole module (`copy.deepcopy`) costs more than a small model's training step, so the
+holder keeps the last few retired snapshots and refreshes one that no reader holds by copying the
+weights into it in place; a snapshot being read is never written.
 """
 from __future__ import annotations
 
 import copy
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -15,11 +21,18 @@ from torch import nn
 EVAL_BATCH = 512
 
 
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [*model.parameters(), *model.buffers()]
+
+
 class Snapshot:
-    def __init__(self, model: nn.Module, version: int, device: torch.device):
+    def __init__(self, model: nn.Module, version: int, device: torch.device, source: nn.Module | None = None):
         self.model = model
         self.version = version
         self.device = device
+        self.readers = 0  # calls answering from it now; changed only under the holder's lock
+        self._source = source
+        self._source_tensors = _tensors(source) if source is not None else []
 
     @classmethod
     def of(cls, model: nn.Module, version: int, device: torch.device) -> "Snapshot":
@@ -28,7 +41,21 @@ class Snapshot:
         for p in frozen.parameters():
             p.grad = None
             p.requires_grad_(False)
-        return cls(frozen.eval(), version, device)
+        return cls(frozen.eval(), version, device, source=model)
+
+    def refresh(self, model: nn.Module, version: int) -> bool:
+        """Copy `model`'s weights into this snapshot in place, if it is a copy of that very module
+        with the same tensors; False (nothing written) otherwise. Only for a snapshot nobody reads."""
+        if model is not self._source:
+            return False
+        current = _tensors(model)
+        if len(current) != len(self._source_tensors) or any(a is not b for a, b in zip(current, self._source_tensors)):
+            return False
+        with torch.no_grad():
+            for dst, src in zip(_tensors(self.model), current):
+                dst.copy_(src)
+        self.version = version
+        return True
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,13 +64,46 @@ class Snapshot:
 
 
 class SnapshotHolder:
+    SPARES = 2  # retired snapshots kept for reuse
+
     def __init__(self) -> None:
         self._current: Snapshot | None = None
+        self._retired: list[Snapshot] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def reading(self) -> Iterator[Snapshot | None]:
+        """The current snapshot (None before the first), held unchanged until the block ends."""
+        with self._lock:
+            snapshot = self._current
+            if snapshot is not None:
+                snapshot.readers += 1
+        try:
+            yield snapshot
+        finally:
+            if snapshot is not None:
+                with self._lock:
+                    snapshot.readers -= 1
+
+    def publish_model(self, model: nn.Module, version: int, device: torch.device) -> None:
+        """Publish `model` as it is now; call only from the thread training it."""
+        with self._lock:
+            spare = next((s for s in self._retired if s.readers == 0), None)
+            if spare is not None:
+                self._retired.remove(spare)
+        if spare is None or not spare.refresh(model, version):
+            spare = Snapshot.of(model, version, device)
+        self.publish(spare)
 
     def publish(self, snapshot: Snapshot) -> None:
-        self._current = snapshot
+        with self._lock:
+            old, self._current = self._current, snapshot
+            if old is not None:
+                self._retired.append(old)
+                del self._retired[:-self.SPARES]  # a reader still holding a dropped one keeps it alive
 
     def current(self) -> Snapshot | None:
+        """The current snapshot, for a look (its version); to answer from it, use `reading()`."""
         return self._current
 
     @property

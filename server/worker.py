@@ -38,7 +38,7 @@ from .checkpoint import CheckpointStore
 from .errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
-from .snapshot import Snapshot, SnapshotHolder
+from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
@@ -149,6 +149,7 @@ class TrainingWorker:
         self._batches_since_checkpoint = 0
         self._dirty = False  # changed since the last checkpoint
         self._last_snapshot = 0.0
+        self._matrix_cache: tuple | None = None  # (learner, its matrix version, derived status)
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._status: dict = {}
@@ -411,7 +412,7 @@ class TrainingWorker:
         learner = self.learner
         current = self.snapshots.current()
         if snapshot and learner is not None and (current is None or current.version != learner.version):
-            self.snapshots.publish(Snapshot.of(learner.model, learner.version, learner.device))
+            self.snapshots.publish_model(learner.model, learner.version, learner.device)
             self.metrics.snapshots.inc()
             self._last_snapshot = time.monotonic()
         self._status = self._build_status()
@@ -437,7 +438,6 @@ class TrainingWorker:
                                "by_class": {}},
                     "eval_buckets": []}
         s = learner.status()
-        R = learner.matrix.matrix()
         return {
             **base,
             "version": learner.version,
@@ -445,10 +445,19 @@ class TrainingWorker:
             **{k: learner.counters[k] for k in ("samples_trained", "batches_trained", "projections", "qp_fallbacks")},
             "prequential_accuracy": s["prequential_accuracy"],
             "prequential_accuracy_overall": s["prequential_accuracy_overall"],
-            "matrix": R.tolist(),
-            "initial": learner.matrix.initial_row().tolist(),
-            "metrics": learner.metrics(),
-            "forgetting_per_bucket": forgetting_per_bucket(R),
+            **self._matrix_status(learner),
             "buffer": {**s["buffer"], "bytes_per_sample": learner.buffer.bytes_per_sample()},
             "eval_buckets": sorted(learner.eval_sets),
         }
+
+    def _matrix_status(self, learner: Learner) -> dict:
+        """The accuracy matrix and what derives from it, recomputed only when the matrix changed
+        (at bucket ends), not after every batch."""
+        cached = self._matrix_cache
+        if cached is None or cached[0] is not learner or cached[1] != learner.matrix.version:
+            R = learner.matrix.matrix()
+            cached = (learner, learner.matrix.version, {
+                "matrix": R.tolist(), "initial": learner.matrix.initial_row().tolist(),
+                "metrics": learner.metrics(), "forgetting_per_bucket": forgetting_per_bucket(R)})
+            self._matrix_cache = cached
+        return cached[2]

@@ -161,3 +161,31 @@ def test_the_snapshot_is_a_copy_training_never_touches(stream):
     learner.observe(x, y, 0)
     assert torch.equal(snapshot.logits(x), before) and not torch.equal(learner.logits(x), before)
     assert not any(p.requires_grad for p in snapshot.model.parameters()) and not snapshot.model.training
+
+
+def test_snapshots_are_reused_only_when_no_call_reads_them(stream):
+    """Publishing refreshes a retired snapshot in place instead of copying the module again, but a
+    snapshot that a call is answering from stays exactly as it was published."""
+    from cl_engine import Learner
+    from server.snapshot import SnapshotHolder
+
+    learner = Learner(LearnerConfig(device="cpu", lr=0.5), (1, 8, 8), 10)
+    holder = SnapshotHolder()
+    x, y = stream.buckets[0].train.batch(torch.arange(40))
+    holder.publish_model(learner.model, learner.version, learner.device)
+    with holder.reading() as held:
+        held_logits, held_version = held.logits(x), held.version
+        seen = set()
+        for k in range(6):
+            learner.observe(x[k * 5: k * 5 + 5], y[k * 5: k * 5 + 5], 0)
+            holder.publish_model(learner.model, learner.version, learner.device)
+            seen.add(id(holder.current()))
+            with holder.reading() as now:
+                assert now.version == learner.version and torch.equal(now.logits(x), learner.logits(x))
+        assert held.version == held_version and torch.equal(held.logits(x), held_logits)
+    assert len(seen) <= SnapshotHolder.SPARES  # six publishes, the held one never among the reused
+    assert id(held) not in seen
+    other = Learner(LearnerConfig(device="cpu", lr=0.5, seed=1), (1, 8, 8), 10)  # a restored or new learner
+    holder.publish_model(other.model, other.version, other.device)
+    with holder.reading() as now:
+        assert torch.equal(now.logits(x), other.logits(x)) and now.model is not other.model
