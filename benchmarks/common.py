@@ -3,6 +3,8 @@ section it rewrites, medians and percentiles, a /metrics scrape, and a timer tha
 and thread-CPU seconds."""
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import platform
@@ -53,7 +55,7 @@ def machine_line(info: dict, loads: list[float] | None = None, extra: str = "") 
         start = info.get("loadavg_1min_at_start")
         load = f"; 1-minute load average {start:.1f} at the start (other jobs on the machine)" if start is not None else ""
     return (f"{info['nproc']} cores, {info['cpu_model']}, Python {info['python']}, torch {info['torch']} "
-            f"({info['torch_threads']} torch thread(s)){grpc}{gpu}{extra}{load}")
+            f"({info.get('torch_threads', '?')} torch thread(s)){grpc}{gpu}{extra}{load}")
 
 
 def command_line(argv) -> str:
@@ -111,3 +113,17 @@ def timed(fn, steps: int, sync=None) -> tuple[float, float]:
     if sync:
         sync()
     return (time.perf_counter() - w0) / steps, (time.thread_time() - c0) / steps
+
+
+def entry_point(main, publish, study: str, argv: list[str] | None = None) -> int:
+    """`script.py [flags]` runs the study; `script.py render RESULTS.json [--markdown FILE]` only
+    rebuilds its BENCHMARKS.md section from a results file, with `publish(results, path, markdown)`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] != ["render"]:
+        return main()
+    p = argparse.ArgumentParser(description=f"re-render a {study} results JSON")
+    p.add_argument("results", type=Path)
+    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = p.parse_args(argv[1:])
+    publish(json.loads(args.results.read_text()), args.results, args.markdown)
+    return 0

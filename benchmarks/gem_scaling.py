@@ -46,7 +46,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import command_line, machine, machine_line, median, timed, write_markdown  # noqa: E402
+from benchmarks.common import command_line, entry_point, machine, machine_line, median, timed, write_markdown  # noqa: E402
 from cl_engine import LearnerConfig  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
@@ -381,7 +381,6 @@ def reading(out) -> str:
             "replay (10 + 10 samples) is the cheapest." + parts)
     conv = out.get("conv")
     if conv:
-        s = {x["what"].split(":")[0].split(" ")[0]: x for x in conv["summary"]}
         text += (f"\n\nConv model ({conv['model']} at 3×32×32, T={conv['T']}, {conv['memory_per_bucket']} memories per "
                  f"bucket, fewer steps): the engine takes the `{conv['engine_path']}` path (batch norm). "
                  + " ".join(f"{x['what']}: {x['cpu_ms']:.0f} ms ({x['over_floor']:.2f}× floor)." for x in conv["summary"])
@@ -489,16 +488,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def render(argv=None) -> int:
-    p = argparse.ArgumentParser(description="re-render a gem_scaling results JSON")
-    p.add_argument("results", type=Path)
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
-    args = p.parse_args(argv)
-    publish(json.loads(args.results.read_text()), args.results, args.markdown)
-    return 0
-
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "render":
-        sys.exit(render(sys.argv[2:]))
-    sys.exit(main())
+    sys.exit(entry_point(main, publish, "gem_scaling"))

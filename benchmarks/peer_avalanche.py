@@ -41,9 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -57,6 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import command_line, machine, median, write_markdown  # noqa: E402
 from cl_engine import LearnerConfig, build_stream, run_stream  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.metrics import gem_metrics  # noqa: E402
@@ -214,26 +213,10 @@ def run_peer(stream, strategy: str, args, seed: int, shuffle: bool | None = None
 
 # -- the study ------------------------------------------------------------------------------------
 
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+def peer_machine() -> dict:
     import avalanche
 
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "avalanche": avalanche.__version__,
-            "numpy": np.__version__, "executable": sys.executable}
-
-
-def median(values):
-    values = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
-    return statistics.median(values) if values else math.nan
+    return {**machine(), "avalanche": avalanche.__version__}
 
 
 def summarise(runs: list[dict], streams, strategies) -> list[dict]:
@@ -291,24 +274,6 @@ def table(rows: list[dict], reps: int) -> str:
     return "\n".join(lines)
 
 
-def write_markdown(path: Path, body: str, section: str = SECTION) -> None:
-    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
-def command_line(argv) -> str:
-    exe = Path(sys.executable)
-    exe = os.path.relpath(exe, ROOT) if str(exe).startswith(str(ROOT)) else exe.name
-    script = os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)
-    return " ".join([exe, script, *(sys.argv[1:] if argv is None else argv)])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -348,7 +313,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    info = machine()
+    info = peer_machine()
     print(f"machine: {info['nproc']} cores, {info['cpu_model']}; torch {info['torch']} "
           f"({info['torch_threads']} threads); avalanche {info['avalanche']}", file=sys.stderr)
     streams = {s: build_stream(s, StreamOptions(seed=0)) for s in args.streams}

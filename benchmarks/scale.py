@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import multiprocessing as mp
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import command_line, machine, machine_line, median, write_markdown  # noqa: E402
+from benchmarks.common import command_line, entry_point, machine, machine_line, median, write_markdown  # noqa: E402
 from cl_engine import LearnerConfig  # noqa: E402
 from cl_engine.buffer import ReplayBuffer  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
@@ -206,7 +205,6 @@ def tables(out) -> str:
 
 
 def reading(out) -> str:
-    tp = {(r["pixels"], r["device"]): r for r in out["throughput"]}
     cpu = [r for r in out["throughput"] if r["device"] == "cpu"]
     parts = []
     if cpu:
@@ -339,16 +337,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def render(argv=None) -> int:
-    p = argparse.ArgumentParser(description="re-render a scale results JSON")
-    p.add_argument("results", type=Path)
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
-    args = p.parse_args(argv)
-    publish(json.loads(args.results.read_text()), args.results, args.markdown)
-    return 0
-
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "render":
-        sys.exit(render(sys.argv[2:]))
-    sys.exit(main())
+    sys.exit(entry_point(main, publish, "scale"))

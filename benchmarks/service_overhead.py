@@ -40,7 +40,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -53,7 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import command_line, machine, machine_line, median, scrape, write_markdown  # noqa: E402
+from benchmarks.common import command_line, entry_point, machine, machine_line, median, scrape, write_markdown  # noqa: E402
 
 SECTION = "service_overhead"
 VARIANTS = ("inproc", "service-tensor", "service-png")
@@ -424,18 +423,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def render(argv=None) -> int:
-    p = argparse.ArgumentParser(description="re-render a service_overhead results JSON")
-    p.add_argument("results", type=Path)
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
-    a = p.parse_args(argv)
-    publish(json.loads(a.results.read_text()), a.results, a.markdown)
-    return 0
-
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "_serve_timed":
         sys.exit(serve_timed(sys.argv[2], sys.argv[3:]))
-    if len(sys.argv) > 1 and sys.argv[1] == "render":
-        sys.exit(render(sys.argv[2:]))
-    sys.exit(main())
+    sys.exit(entry_point(main, publish, "service_overhead"))
