@@ -1,21 +1,11 @@
 """Fixtures for the client tests: a short digits stream and real servers on loopback ports."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from cl_engine import StreamOptions, build_stream
 from client_helpers import STREAM, start_service
 from test_service_security import pki  # noqa: F401  (the service tests' CA, server and client certificates)
-
-
-@pytest.fixture(autouse=True)
-def _no_clstream_environment(monkeypatch):
-    """The tests decide every setting; a developer's CLSTREAM_* variables must not leak in."""
-    for key in list(os.environ):
-        if key.startswith("CLSTREAM_"):
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture(scope="session")

@@ -25,15 +25,6 @@ from client_helpers import STREAM  # noqa: E402
 LONG = os.environ.get("CLSTREAM_LONG_TESTS", "") not in ("", "0")
 
 
-@pytest.fixture(autouse=True)
-def _no_clstream_environment(monkeypatch):
-    """The tests decide every setting; a developer's CLSTREAM_* variables must not leak in
-    (CLSTREAM_LONG_TESTS is read at import, above)."""
-    for key in list(os.environ):
-        if key.startswith("CLSTREAM_"):
-            monkeypatch.delenv(key)
-
-
 @pytest.fixture(scope="session")
 def small_stream():
     """digits-rotated, 3 buckets × 200 training samples (20 batches of 10), 539 held-out each."""

@@ -1,8 +1,6 @@
 """Fixtures for the service tests: a short digits stream, real servers on free loopback ports, stubs."""
 from __future__ import annotations
 
-import os
-
 import grpc
 import pytest
 
@@ -10,14 +8,6 @@ from cl_engine import StreamOptions, build_stream
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 from server.service import Service
 from service_helpers import base_settings, channel_to
-
-
-@pytest.fixture(autouse=True)
-def _no_clstream_environment(monkeypatch):
-    """The tests decide every setting; a developer's CLSTREAM_* variables must not leak in."""
-    for key in list(os.environ):
-        if key.startswith("CLSTREAM_"):
-            monkeypatch.delenv(key)
 
 
 @pytest.fixture(scope="session")
