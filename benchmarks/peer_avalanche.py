@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import command_line, machine, median, write_markdown  # noqa: E402
 from cl_engine import LearnerConfig, build_stream, run_stream  # noqa: E402

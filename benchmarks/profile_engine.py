@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cl_engine import build_stream, run_stream  # noqa: E402

@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import command_line, entry_point, machine, machine_line, median, write_markdown  # noqa: E402
 from cl_engine import LearnerConfig  # noqa: E402
