@@ -2,12 +2,10 @@
 
 They reuse the service and client tests' helpers (put on the path here) and write what they
 measure as JSON under the pytest tmp dir (`figures`), printing a one-line summary each.
-CLSTREAM_LONG_TESTS=1 turns on the longer variants (more kill points, more fuzz examples, more
-concurrent clients, longer load)."""
+CLSTREAM_LONG_TESTS=1 turns on the longer variants (reliability_support.LONG)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,8 +19,6 @@ for folder in ("service", "client"):
 
 from cl_engine import StreamOptions, build_stream  # noqa: E402
 from client_helpers import STREAM  # noqa: E402
-
-LONG = os.environ.get("CLSTREAM_LONG_TESTS", "") not in ("", "0")
 
 
 @pytest.fixture(scope="session")

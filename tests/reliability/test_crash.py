@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cl_engine import run_stream
 from client.api import Client
@@ -26,7 +25,7 @@ from client.demo import server_flags
 from client.local_server import LocalServer, free_port
 from client.replay import Replay, ReplayOptions
 from client_helpers import clean_environment, learner
-from conftest import LONG
+from reliability_support import LONG
 
 EVERY = 7  # checkpoint every 7 batches (and at every bucket end) unless a checkpoint write is to be hit
 TOTAL = 60  # 3 buckets × 20 batches of 10

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
-from conftest import LONG
+from reliability_support import LONG
 from server.codec import encode_samples
 from server.service import Service
 from service_helpers import base_settings, channel_to, eval_chunks, schema_of, train_batches

@@ -26,7 +26,7 @@ from client.local_server import LocalServer
 from client_helpers import clean_environment, learner
 from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
-from conftest import LONG
+from reliability_support import LONG
 from server.codec import encode_samples
 
 CLIENTS = 32 if LONG else 8
