@@ -22,30 +22,30 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """For n arrivals after `seen` earlier ones: the slot each takes (-1: not kept)."""
+    """For n arrivals after `seen` earlier ones: the slot each takes (-1: not kept).
+
+    Arrivals first fill the free slots; after that, arrival number k (counting from 1 over the
+    whole stream) replaces a uniformly drawn slot with probability capacity / k (Vitter's
+    algorithm R). The draws are independent, so they are made at once, without a loop."""
     slots = torch.full((n,), -1, dtype=torch.int64)
-    for i in range(n):
-        if size < capacity:
-            slots[i] = size
-            size += 1
-        else:
-            j = int(torch.randint(seen + i + 1, (1,), generator=generator))
-            if j < capacity:
-                slots[i] = j
+    fill = max(0, min(n, capacity - size))
+    slots[:fill] = torch.arange(size, size + fill)
+    if fill < n:
+        k = torch.arange(seen + fill + 1, seen + n + 1, dtype=torch.float64)  # arrival numbers
+        j = (torch.rand(n - fill, generator=generator, dtype=torch.float64) * k).long()  # uniform in 0..k-1
+        slots[fill:] = torch.where(j < capacity, j, -1)
     return slots
 
 
 def last_write_wins(slots: torch.Tensor) -> torch.Tensor:
     """Mask of the entries of `slots` (-1 = none) that are the last write to their slot."""
     keep = slots >= 0
-    seen: set[int] = set()
-    for i in range(len(slots) - 1, -1, -1):
-        s = int(slots[i])
-        if s >= 0:
-            if s in seen:
-                keep[i] = False
-            seen.add(s)
-    return keep
+    if not bool(keep.any()):
+        return keep
+    index = torch.arange(len(slots))
+    last = torch.full((int(slots.max()) + 1,), -1, dtype=torch.int64)
+    last.scatter_reduce_(0, slots[keep], index[keep], reduce="amax")
+    return keep & (last[slots.clamp(min=0)] == index)
 
 
 def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]:
