@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from cl_engine import LearnerConfig, build_stream, run_stream
-from cl_engine.report import jsonable
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
+
+from cl_engine import LearnerConfig, build_stream, run_stream  # noqa: E402
+from cl_engine.report import jsonable  # noqa: E402
 MEMORY = {"buffer_capacity": 250, "memory_per_bucket": 50}
 RUNS = {
     "naive (fine-tune)": ("time", dict(strategy="naive")),
