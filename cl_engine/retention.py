@@ -26,26 +26,26 @@ def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torc
 
     Arrivals first fill the free slots; after that, arrival number k (counting from 1 over the
     whole stream) replaces a uniformly drawn slot with probability capacity / k (Vitter's
-    algorithm R). The draws are independent, so they are made at once, without a loop."""
-    slots = torch.full((n,), -1, dtype=torch.int64)
+    algorithm R). The draws are independent: one call to the generator makes them all."""
     fill = max(0, min(n, capacity - size))
-    slots[:fill] = torch.arange(size, size + fill)
+    slots = list(range(size, size + fill))
     if fill < n:
-        k = torch.arange(seen + fill + 1, seen + n + 1, dtype=torch.float64)  # arrival numbers
-        j = (torch.rand(n - fill, generator=generator, dtype=torch.float64) * k).long()  # uniform in 0..k-1
-        slots[fill:] = torch.where(j < capacity, j, -1)
-    return slots
+        u = torch.rand(n - fill, generator=generator, dtype=torch.float64).tolist()
+        for k, ui in zip(range(seen + fill + 1, seen + n + 1), u):
+            j = int(ui * k)  # uniform in 0..k-1
+            slots.append(j if j < capacity else -1)
+    return torch.tensor(slots, dtype=torch.int64)
 
 
 def last_write_wins(slots: torch.Tensor) -> torch.Tensor:
     """Mask of the entries of `slots` (-1 = none) that are the last write to their slot."""
-    keep = slots >= 0
-    if not bool(keep.any()):
-        return keep
-    index = torch.arange(len(slots))
-    last = torch.full((int(slots.max()) + 1,), -1, dtype=torch.int64)
-    last.scatter_reduce_(0, slots[keep], index[keep], reduce="amax")
-    return keep & (last[slots.clamp(min=0)] == index)
+    values = slots.tolist()
+    keep, written = [False] * len(values), set()
+    for i in range(len(values) - 1, -1, -1):
+        if values[i] >= 0 and values[i] not in written:
+            keep[i] = True
+            written.add(values[i])
+    return torch.tensor(keep, dtype=torch.bool)
 
 
 def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]:
