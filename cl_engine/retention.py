@@ -25,14 +25,16 @@ def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torc
     """For n arrivals after `seen` earlier ones: the slot each takes (-1: not kept).
 
     Arrivals first fill the free slots; after that, arrival number k (counting from 1 over the
-    whole stream) replaces a uniformly drawn slot with probability capacity / k (Vitter's
-    algorithm R). The draws are independent: one call to the generator makes them all."""
-    fill = max(0, min(n, capacity - size))
-    slots = list(range(size, size + fill))
-    if fill < n:
-        u = torch.rand(n - fill, generator=generator, dtype=torch.float64).tolist()
-        for k, ui in zip(range(seen + fill + 1, seen + n + 1), u):
-            j = int(ui * k)  # uniform in 0..k-1
+    whole stream) draws j uniformly from 0..k-1 and replaces slot j if j < capacity (Vitter's
+    algorithm R). Plain Python over the batch: with ten arrivals a step, tensor operations on
+    ten-element tensors cost more than the loop."""
+    slots = []
+    for k in range(seen + 1, seen + n + 1):
+        if size < capacity:
+            slots.append(size)
+            size += 1
+        else:
+            j = int(torch.randint(k, (1,), generator=generator))
             slots.append(j if j < capacity else -1)
     return torch.tensor(slots, dtype=torch.int64)
 
