@@ -65,6 +65,13 @@ def command_line(argv) -> str:
     return " ".join([str(exe), script, *(sys.argv[1:] if argv is None else argv)])
 
 
+def write_results(out: dict, path: Path) -> None:
+    """The study's JSON at `path` (folders made as needed); says so on stderr with the run's length."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"wrote {path} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
+
+
 def write_markdown(path: Path, body: str, section: str) -> None:
     """Replace the text between `<!-- section:begin -->` and `<!-- section:end -->` (append if absent)."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"

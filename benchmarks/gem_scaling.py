@@ -34,7 +34,6 @@ import argparse
 import copy
 import cProfile
 import io
-import json
 import pstats
 import sys
 import time
@@ -46,7 +45,8 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
-from benchmarks.common import command_line, entry_point, machine, machine_line, median, timed, write_markdown  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    command_line, entry_point, machine, machine_line, median, timed, write_markdown, write_results)
 from cl_engine import LearnerConfig  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
@@ -401,9 +401,7 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     out["summary"] = rows
     md = table(rows)
     print(md)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=str))
-    print(f"wrote {path} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
+    write_results(out, path)
     if str(markdown) == "-":
         return
     conv = out.get("conv")

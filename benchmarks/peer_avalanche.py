@@ -55,7 +55,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
-from benchmarks.common import command_line, machine, median, write_markdown  # noqa: E402
+from benchmarks.common import command_line, machine, median, write_markdown, write_results  # noqa: E402
 from cl_engine import LearnerConfig, build_stream, run_stream  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.metrics import gem_metrics  # noqa: E402
@@ -377,9 +377,7 @@ def publish(out: dict, path: Path, markdown: Path, section: str) -> None:
     out["summary"] = rows
     md = table(rows, st["reps"])
     print(md)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
+    write_results(out, path)
     if str(markdown) == "-":
         return
     info, eq = out["machine"], out["equivalence_check"]

@@ -28,7 +28,6 @@ float32 values and, for images, one byte per value. Points whose buffer would ex
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing as mp
 import sys
@@ -40,7 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
-from benchmarks.common import command_line, entry_point, machine, machine_line, median, write_markdown  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    command_line, entry_point, machine, machine_line, median, write_markdown, write_results)
 from cl_engine import LearnerConfig  # noqa: E402
 from cl_engine.buffer import ReplayBuffer  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
@@ -250,9 +250,7 @@ def reading(out) -> str:
 def publish(out: dict, path: Path, markdown: Path) -> None:
     md = tables(out)
     print(md)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=str))
-    print(f"wrote {path} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
+    write_results(out, path)
     if str(markdown) == "-":
         return
     st = out["settings"]

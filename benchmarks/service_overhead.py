@@ -52,7 +52,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
-from benchmarks.common import command_line, entry_point, machine, machine_line, median, scrape, write_markdown  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    command_line, entry_point, machine, machine_line, median, scrape, write_markdown, write_results)
 
 SECTION = "service_overhead"
 VARIANTS = ("inproc", "service-tensor", "service-png")
@@ -256,6 +257,12 @@ def serve_timed(out_path: str, argv: list[str]) -> int:
 
 # -- the study ------------------------------------------------------------------------------------
 
+def max_abs_diff_R(runs: list[dict], inproc: dict[int, dict]) -> float:
+    """Largest |R − R_in-process| over the runs, each against the in-process run of its repetition."""
+    return max((float(np.nanmax(np.abs(np.array(r["R"]) - np.array(inproc[r["rep"]]["R"]))))
+                for r in runs if r["rep"] in inproc), default=float("nan"))
+
+
 def summarise(runs: list[dict], batch_sizes) -> list[dict]:
     rows = []
     for bs in batch_sizes:
@@ -280,10 +287,8 @@ def summarise(runs: list[dict], batch_sizes) -> list[dict]:
         row["us_encode_client"] = median([1e6 * r["client_encode_seconds"] / r["batches"] for r in svc])
         row["us_png_encode_untimed"] = median([1e6 * r["png_encode_seconds_untimed"] / r["batches"] for r in png])
         row["snapshots_per_batch"] = median([r["snapshots"] / r["batches"] for r in svc])
-        row["max_abs_diff_R_tensor"] = max((float(np.nanmax(np.abs(np.array(r["R"]) - np.array(inproc[r["rep"]]["R"]))))
-                                            for r in svc if r["rep"] in inproc), default=float("nan"))
-        row["max_abs_diff_R_png"] = max((float(np.nanmax(np.abs(np.array(r["R"]) - np.array(inproc[r["rep"]]["R"]))))
-                                         for r in png if r["rep"] in inproc), default=float("nan"))
+        row["max_abs_diff_R_tensor"] = max_abs_diff_R(svc, inproc)
+        row["max_abs_diff_R_png"] = max_abs_diff_R(png, inproc)
         row["goal_met"] = row["ratio_service-tensor"] >= 0.9
         rows.append(row)
     return rows
@@ -337,9 +342,7 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     out["summary"] = rows
     md = table(rows)
     print(md)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
+    write_results(out, path)
     if str(markdown) == "-":
         return
     loads = [r["loadavg_1min_before"] for r in out["runs"]]

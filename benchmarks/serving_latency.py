@@ -29,7 +29,6 @@ scraped before and after each phase: its mean per call is reported beside the cl
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -39,7 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
-from benchmarks.common import command_line, machine, machine_line, median, percentile, scrape, write_markdown  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    command_line, machine, machine_line, median, percentile, scrape, write_markdown, write_results)
 
 SECTION = "serving_latency"
 INPUT_SHAPE = (1, 8, 8)
@@ -211,10 +211,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     out["summary"] = rows
     md = table(rows)
     print(md)
-    path.parent.mkdir(parents=True, exist_ok=True)
     slim = {**out, "runs": [{**r, "latencies": None, "latency_count": len(r["latencies"])} for r in out["runs"]]}
-    path.write_text(json.dumps(slim, indent=1))
-    print(f"wrote {path} ({out['wall_seconds']:.0f}s)", file=sys.stderr)
+    write_results(slim, path)
     if str(markdown) == "-":
         return
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
