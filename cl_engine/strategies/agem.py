@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from ..projection import agem_project_
-from .base import StepOutput, Strategy
+from .base import StepOutput, Strategy, ensure_training
 
 
 class AGEM(Strategy):
@@ -20,8 +20,7 @@ class AGEM(Strategy):
         g_ref = None
         if past:
             mx, my = ctx.buffer.sample(ctx.config.agem_sample_size, ctx.generator, torch.tensor(past))
-            if not ctx.model.training:
-                ctx.model.train()
+            ensure_training(ctx.model)
             ctx.optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(ctx.model(mx), my).backward()
             # The reference keeps these gradient tensors; zero_grad(set_to_none) below detaches them.

@@ -47,6 +47,13 @@ def set_flat_grad(model: nn.Module, g: torch.Tensor) -> None:
         offset += n
 
 
+def ensure_training(model: nn.Module) -> None:
+    """Training mode, switched only when needed: train() walks every module, a tenth of a small
+    model's step."""
+    if not model.training:
+        model.train()
+
+
 class Strategy:
     name = "base"
     uses_memory = True
@@ -60,8 +67,7 @@ class Strategy:
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and per-sample losses of (x, y) in training mode, gradients accumulated."""
         model = self.ctx.model
-        if not model.training:  # train() walks every module: a tenth of a small model's step
-            model.train()
+        ensure_training(model)
         logits = model(x)
         losses = F.cross_entropy(logits, y, reduction="none")
         losses.mean().backward()

@@ -26,6 +26,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from ..buffer import ReplayBuffer
+from .base import ensure_training
 
 # Modules that hold no parameters and treat each sample on its own (no batch statistics, no
 # randomness); a model made of these and nn.Linear takes the "linear" path.
@@ -73,8 +74,7 @@ class MemoryGradients:
         The "linear" and "vmap" paths leave the parameters' `.grad` alone; the "loop" path runs
         ordinary backward passes (updating batch-norm statistics) and leaves `.grad` set to None.
         """
-        if not self.model.training:
-            self.model.train()
+        ensure_training(self.model)
         x, y, counts = buffer.grouped(buckets)
         return {"linear": self._grouped_linear, "vmap": self._vmap, "loop": self._loop}[self.path](x, y, counts)
 
@@ -99,8 +99,7 @@ class MemoryGradients:
         """
         if self.path != "linear":
             raise ValueError(f"with_batch needs the linear path, this model takes {self.path!r}")
-        if not self.model.training:
-            self.model.train()
+        ensure_training(self.model)
         xs, ys, ws, T, m = self._stage(buffer, buckets, x, y)
         return self._linear(xs, ys, ws, T, m)
 
