@@ -19,8 +19,9 @@ a sample of that batch and the ones after it (data the model has not trained on 
 the served accuracy, the answering model version, the latency, and how many batches the answering
 model lags behind the data sent so far (`lag_batches`: batches sent but not yet trained). The
 queries carry the true labels, so the server's served-accuracy metric counts them too (it scores
-with them, and never trains on them). The client keeps at most `max_in_flight` batches unacknowledged, as a live producer that does not
-flood the server's queue would, so the served model trails the traffic by about that many.
+with them, and never trains on them). The client keeps at most `max_in_flight` batches
+unacknowledged, as a live producer that does not flood the server's queue would, so the served
+model trails the traffic by about that many.
 """
 from __future__ import annotations
 

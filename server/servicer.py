@@ -127,18 +127,20 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     @contextlib.contextmanager
     def _serving(self) -> Iterator[tuple[Snapshot, Schema]]:
-        """The snapshot that answers a whole call, held (never refreshed) until the block ends."""
-        with self.snapshots.reading() as snapshot:
-            schema = self.schemas.schema
-            if snapshot is None or schema is None:
-                raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
-                                         "EvalSetChunk (or fixed in the server's settings)")
-            yield snapshot, schema
-
-    def _inference_slot(self) -> None:
+        """One of the `max_concurrent_predictions` slots (RESOURCE_EXHAUSTED when none is free) and
+        the snapshot that answers the whole call, held (never refreshed) until the block ends."""
         if not self._inference_slots.acquire(blocking=False):
             raise ResourceExhausted(f"{self.settings.max_concurrent_predictions} Predict/Evaluate calls are already "
                                     "running, the most this server takes at once; retry with backoff")
+        try:
+            with self.snapshots.reading() as snapshot:
+                schema = self.schemas.schema
+                if snapshot is None or schema is None:
+                    raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
+                                             "EvalSetChunk (or fixed in the server's settings)")
+                yield snapshot, schema
+        finally:
+            self._inference_slots.release()
 
     # -- Train ----------------------------------------------------------------------------------------
 
@@ -274,18 +276,14 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             return self._predict(request)
 
     def _predict(self, request: pb.PredictRequest) -> pb.PredictResponse:
-        self._inference_slot()
-        try:
-            with self._serving() as (snapshot, schema):
-                k = request.top_k or 1
-                if k > schema.num_classes:
-                    raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
-                x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
-                truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
-                probabilities = torch.softmax(snapshot.logits(x), dim=1)
-                version = snapshot.version
-        finally:
-            self._inference_slots.release()
+        with self._serving() as (snapshot, schema):
+            k = request.top_k or 1
+            if k > schema.num_classes:
+                raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
+            x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
+            truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
+            probabilities = torch.softmax(snapshot.logits(x), dim=1)
+            version = snapshot.version
         top_p, top_i = probabilities.topk(k, dim=1)
         if truth is not None:  # scored only, never trained on
             correct = int((top_i[:, 0] == truth).sum())
@@ -298,19 +296,15 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     @_handle("Evaluate")
     def Evaluate(self, request_iterator, context) -> pb.EvaluateResponse:
-        self._inference_slot()
-        try:
-            with self._serving() as (snapshot, schema):  # one snapshot answers the whole call
-                correct, total, loss = 0, 0, 0.0
-                for chunk in request_iterator:
-                    x, y = self._labelled(chunk, schema)
-                    logits = snapshot.logits(x)
-                    correct += int((logits.argmax(dim=1) == y).sum())
-                    total += len(y)
-                    loss += float(F.cross_entropy(logits, y, reduction="sum"))
-                version = snapshot.version
-        finally:
-            self._inference_slots.release()
+        with self._serving() as (snapshot, schema):  # one snapshot answers the whole call
+            correct, total, loss = 0, 0, 0.0
+            for chunk in request_iterator:
+                x, y = self._labelled(chunk, schema)
+                logits = snapshot.logits(x)
+                correct += int((logits.argmax(dim=1) == y).sum())
+                total += len(y)
+                loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            version = snapshot.version
         if total == 0:
             raise InvalidArgument("chunks", "the call sent no samples; expected at least one EvaluateChunk")
         return pb.EvaluateResponse(correct=correct, total=total, accuracy=correct / total, loss=loss / total,
