@@ -52,3 +52,13 @@ def train_batches(stream, bucket: int, first_sequence: int = 1, stream_id: str =
         x, y = train.batch(index, train=True)
         yield pb.TrainBatch(stream_id=stream_id, sequence=first_sequence + k, bucket=bucket,
                             samples=encode_samples(x), labels=y.tolist(), schema=schema_of(stream))
+
+
+def train_buckets(stub, stream, buckets: int) -> list:
+    """Buckets 0..buckets-1, each on its own Train call with sequences continuing across them, then
+    EndBucket; returns every ack."""
+    acks = []
+    for bucket in range(buckets):
+        acks += stub.Train(train_batches(stream, bucket, first_sequence=1 + len(acks)))
+        stub.EndBucket(pb.EndBucketRequest(bucket=bucket))
+    return acks

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
 from server.metrics import LEARNING_METRICS
-from service_helpers import base_settings, channel_to, register_all, train_batches
+from service_helpers import base_settings, channel_to, register_all, train_batches, train_buckets
 
 EXPECTED = {  # name in the exposition → type
     "clstream_samples_trained": "counter", "clstream_batches_trained": "counter",
@@ -61,9 +61,7 @@ def test_metrics_serve_every_named_metric_with_sane_values(start, connect, strea
     service = start(checkpoint_dir=tmp_path, drift_threshold=3.0)
     stub = connect(service)
     register_all(stub, stream)
-    for bucket in range(2):
-        list(stub.Train(train_batches(stream, bucket, first_sequence=1 + 15 * bucket)))
-        stub.EndBucket(pb.EndBucketRequest(bucket=bucket))
+    train_buckets(stub, stream, 2)
     list(stub.Train(train_batches(stream, 0, limit=1)))  # a duplicate
     x = stream.buckets[0].test.batch(torch.arange(4))[0]
     stub.Predict(pb.PredictRequest(samples=encode_samples(x)))
@@ -277,9 +275,7 @@ def test_a_gem_run_exports_its_projections_buffer_bytes_and_every_learning_metri
     service = start(strategy="gem", memory_per_bucket=20)
     stub = connect(service)
     register_all(stub, stream)
-    for bucket in range(2):
-        list(stub.Train(train_batches(stream, bucket, first_sequence=1 + 15 * bucket)))
-        stub.EndBucket(pb.EndBucketRequest(bucket=bucket))
+    train_buckets(stub, stream, 2)
     status = stub.GetStatus(pb.GetStatusRequest())
     m = scrape(service)
     counters = service.worker.learner.counters
@@ -313,10 +309,8 @@ def test_qp_failures_fall_back_are_counted_and_the_stream_goes_on(start, connect
     service = start(strategy="gem", memory_per_bucket=20)
     stub = connect(service)
     register_all(stub, stream)
-    for bucket in range(2):
-        acks = list(stub.Train(train_batches(stream, bucket, first_sequence=1 + 15 * bucket)))
-        assert all(a.applied for a in acks)
-        stub.EndBucket(pb.EndBucketRequest(bucket=bucket))
+    acks = train_buckets(stub, stream, 2)
+    assert len(acks) == 30 and all(a.applied for a in acks)
     status = stub.GetStatus(pb.GetStatusRequest())
     m = scrape(service)
     assert value(m, "clstream_gem_qp_fallbacks", "_total") == status.qp_fallbacks == status.gem_projections > 0
