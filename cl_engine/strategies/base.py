@@ -1,5 +1,8 @@
 """The contract every strategy keeps (after the GEM reference code's `observe`): one call per
-incoming batch does one update and returns the batch's logits from before that update."""
+incoming batch does one update and returns the batch's logits from before that update.
+
+Gradients are taken with `torch.autograd.grad` and applied by `sgd_step`, never through the
+parameters' `.grad`: no accumulation to zero before each step, no optimizer.step() overhead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..buffer import ReplayBuffer
+from ..sgd import sgd_step
 
 
 @dataclass
@@ -29,24 +33,6 @@ class Context:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def flat_grad(model: nn.Module) -> torch.Tensor:
-    """All parameter gradients as one vector, in `model.parameters()` order (zeros where unused)."""
-    return torch.cat([
-        (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-        for p in model.parameters() if p.requires_grad
-    ])
-
-
-def set_flat_grad(model: nn.Module, g: torch.Tensor) -> None:
-    offset = 0
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        n = p.numel()
-        p.grad = g[offset: offset + n].view_as(p).clone()
-        offset += n
-
-
 def ensure_training(model: nn.Module) -> None:
     """Training mode, switched only when needed: train() walks every module, a tenth of a small
     model's step."""
@@ -60,15 +46,21 @@ class Strategy:
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
+        self.params = [p for p in ctx.model.parameters() if p.requires_grad]
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         raise NotImplementedError
 
-    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and per-sample losses of (x, y) in training mode, gradients accumulated."""
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+        """Logits and per-sample losses of (x, y) in training mode, and the mean loss's gradient
+        per parameter of `self.params` (None where the loss does not reach it)."""
         model = self.ctx.model
         ensure_training(model)
         logits = model(x)
         losses = F.cross_entropy(logits, y, reduction="none")
-        losses.mean().backward()
-        return logits.detach(), losses.detach()
+        grads = torch.autograd.grad(losses.mean(), self.params, allow_unused=True)
+        return logits.detach(), losses.detach(), list(grads)
+
+    def _update(self, grads: list[torch.Tensor | None]) -> None:
+        sgd_step(self.ctx.optimizer, self.params, grads)

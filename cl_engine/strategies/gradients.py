@@ -3,7 +3,7 @@
 They come as blocks, one per trainable parameter in `parameters()` order, each of shape
 (T, *parameter.shape): row t of every block together is bucket t's gradient (a row of GEM's
 G). Blocks, not one flat (T, P) matrix, so that nothing is copied to flatten them and the
-projection can work on them, and on the parameters' own `.grad`, in place.
+projection can work on them, and on the batch's gradient, in place.
 
 Three paths, all exact, chosen once by the model's make-up:
 - "linear": nn.Linear layers and parameter-free per-sample modules only (the `mlp` and `linear`

@@ -11,7 +11,6 @@ class Naive(Strategy):
     uses_memory = False
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
-        self.ctx.optimizer.zero_grad(set_to_none=True)
-        logits, losses = self._forward_backward(x, y)
-        self.ctx.optimizer.step()
+        logits, losses, grads = self._forward_backward(x, y)
+        self._update(grads)
         return StepOutput(logits, float(losses.mean()))

@@ -17,7 +17,6 @@ class Replay(Strategy):
         if len(ctx.buffer):
             mx, my = ctx.buffer.sample(ctx.config.replay_batch_size or n, ctx.generator)
             inputs, targets = torch.cat([x, mx]), torch.cat([y, my])
-        ctx.optimizer.zero_grad(set_to_none=True)
-        logits, losses = self._forward_backward(inputs, targets)
-        ctx.optimizer.step()
+        logits, losses, grads = self._forward_backward(inputs, targets)
+        self._update(grads)
         return StepOutput(logits[:n], float(losses[:n].mean()))
