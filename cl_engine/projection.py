@@ -62,17 +62,15 @@ def solve_gem_dual(gram: np.ndarray, Gg: np.ndarray, margin: float, eps: float) 
     return quadprog.solve_qp(gram, -Gg, np.eye(t), np.full(t, margin))[0]
 
 
-def _dual(G: list[torch.Tensor], g: list[torch.Tensor], margin: float, eps: float, Gg: torch.Tensor | None = None
-          ) -> np.ndarray:
+def _dual(G: list[torch.Tensor], g: list[torch.Tensor], Gg: torch.Tensor, margin: float, eps: float) -> np.ndarray:
     """v from the T×T products of G (T, n_i) and g (n_i) blocks, formed in their own dtype."""
     gram = G[0] @ G[0].T
     for Gi in G[1:]:
         gram.addmm_(Gi, Gi.T)
-    gram = gram.double().cpu().numpy()
-    Gg = (_products(G, g) if Gg is None else Gg).double().cpu().numpy()
-    if not (np.isfinite(gram).all() and np.isfinite(Gg).all()):
+    both = torch.cat([gram, Gg[:, None]], dim=1).double().cpu().numpy()  # one copy to the host
+    if not np.isfinite(both).all():
         raise ValueError("non-finite gradient")
-    return solve_gem_dual(gram, Gg, margin, eps)
+    return solve_gem_dual(both[:, :-1], both[:, -1], margin, eps)
 
 
 def _products(G: list[torch.Tensor], g: list[torch.Tensor]) -> torch.Tensor:
@@ -96,23 +94,26 @@ def gem_project_(g: Blocks, G: Blocks, margin: float = 0.5, eps: float = 1e-3) -
     if T == 0:
         return False, False
     Gf = [Gi.reshape(T, -1) for Gi in G]
-    gf = [gi.reshape(-1) for gi in g]
+    gf = [gi.reshape(-1) for gi in g]  # views of g where it is contiguous, as gradients are
     Gg = _products(Gf, gf)
-    if bool((Gg >= 0).all()):
+    if float(Gg.min()) >= 0:  # NaN compares false: a non-finite gradient goes on to the fallback
         return False, False
     try:
         try:
-            v = _dual(Gf, gf, margin, eps, Gg)
+            v = _dual(Gf, gf, Gg, margin, eps)
         except ValueError:
             if Gg.dtype == torch.float64:
                 raise
-            v = _dual([Gi.double() for Gi in Gf], [gi.double() for gi in gf], margin, eps)
+            G64, g64 = [Gi.double() for Gi in Gf], [gi.double() for gi in gf]
+            v = _dual(G64, g64, _products(G64, g64), margin, eps)
     except ValueError:
         agem_project_(g, [Gi.mean(dim=0) for Gi in G])
         return True, True
     v = torch.from_numpy(v).to(Gf[0].device, Gf[0].dtype)
-    for gi, Gi in zip(g, Gf):
-        gi.add_((v @ Gi).view(gi.shape))
+    for gi, flat, Gi in zip(g, gf, Gf):
+        flat.addmv_(Gi.T, v)  # g += Gᵀv, block by block, in place
+        if flat.data_ptr() != gi.data_ptr():  # a non-contiguous block, flattened by a copy
+            gi.copy_(flat.view(gi.shape))
     return True, False
 
 

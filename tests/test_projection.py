@@ -115,3 +115,19 @@ def test_agem_matches_closed_form():
             assert abs(out.gradient.numpy() @ r) < 1e-10
         else:
             assert not out.projected and np.array_equal(out.gradient.numpy(), g)
+
+
+def test_in_place_projection_of_blocks_matches_the_flat_one_even_for_a_transposed_block():
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(4, 3), (3,), (2, 5)]
+    G = [torch.randn(3, *s, generator=gen, dtype=torch.float64) for s in shapes]
+    g = [torch.randn(*s, generator=gen, dtype=torch.float64) for s in shapes]
+    g[0] = -G[0].sum(dim=0)  # violates the first constraints
+    flat = gem_project(torch.cat([b.reshape(-1) for b in g]), torch.cat([b.reshape(3, -1) for b in G], dim=1))
+    assert flat.projected
+    blocks = [b.clone() for b in g]
+    blocks[2] = blocks[2].T.contiguous().T  # same values, not contiguous: flattened by a copy
+    assert not blocks[2].is_contiguous()
+    projected, fallback = projection.gem_project_(blocks, G)
+    assert projected and not fallback
+    torch.testing.assert_close(torch.cat([b.reshape(-1) for b in blocks]), flat.gradient)
