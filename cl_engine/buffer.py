@@ -68,6 +68,16 @@ class ReplayBuffer:
         self.priority[slots] = torch.as_tensor(priority, dtype=torch.float32, device=self.device)
         self.size = max(self.size, int(slots.max()) + 1)  # a change, even when size stays
 
+    def append(self, x: torch.Tensor, y: torch.Tensor, bucket: int, priority: float = 0.0) -> None:
+        """Store samples in the next free slots: slice copies, cheaper than `write`'s scatter."""
+        n = len(y)
+        if self.size + n > self.capacity:
+            raise ValueError(f"{n} samples do not fit: {self.size} of {self.capacity} slots are taken")
+        self._ensure_storage(x)
+        rows = slice(self.size, self.size + n)
+        self.x[rows], self.y[rows], self.bucket[rows], self.priority[rows] = x, y, bucket, priority
+        self.size = self.size + n
+
     def keep(self, slots: torch.Tensor) -> None:
         """Keep only `slots`, compacted to the front in the given order."""
         slots = slots.to(self.device)

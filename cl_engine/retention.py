@@ -21,7 +21,7 @@ from .selection import priority
 Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
-def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torch.Generator) -> torch.Tensor:
+def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torch.Generator) -> list[int]:
     """For n arrivals after `seen` earlier ones: the slot each takes (-1: not kept).
 
     Arrivals first fill the free slots; after that, arrival number k (counting from 1 over the
@@ -36,18 +36,29 @@ def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torc
         else:
             j = int(torch.randint(k, (1,), generator=generator))
             slots.append(j if j < capacity else -1)
-    return torch.tensor(slots, dtype=torch.int64)
+    return slots
 
 
-def last_write_wins(slots: torch.Tensor) -> torch.Tensor:
-    """Mask of the entries of `slots` (-1 = none) that are the last write to their slot."""
-    values = slots.tolist()
-    keep, written = [False] * len(values), set()
-    for i in range(len(values) - 1, -1, -1):
-        if values[i] >= 0 and values[i] not in written:
-            keep[i] = True
-            written.add(values[i])
-    return torch.tensor(keep, dtype=torch.bool)
+def last_writes(slots: list[int]) -> list[int]:
+    """Positions in `slots` (-1 = none) that are the last write to their slot, in order."""
+    keep, written = [], set()
+    for i in range(len(slots) - 1, -1, -1):
+        if slots[i] >= 0 and slots[i] not in written:
+            keep.append(i)
+            written.add(slots[i])
+    return keep[::-1]
+
+
+def store(buffer: ReplayBuffer, x: torch.Tensor, y: torch.Tensor, bucket: int, slots: list[int]) -> None:
+    """Arrival i into slots[i] (-1: not kept; a slot written twice keeps the later arrival). Arrivals
+    that all go to the next free slots, as while a memory fills, are appended by slice copies."""
+    if slots == list(range(buffer.size, buffer.size + len(slots))):
+        buffer.append(x, y, bucket)
+        return
+    keep = last_writes(slots)
+    if keep:
+        index = torch.tensor(keep)
+        buffer.write(torch.tensor([slots[i] for i in keep]), x[index.to(x.device)], y[index.to(y.device)], bucket)
 
 
 def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]:
@@ -87,10 +98,9 @@ class ReservoirRetention:
         else:
             slots = reservoir_slots(self.seen, len(y), buf.capacity, buf.size, generator)
         self.seen += len(y)
-        keep = last_write_wins(slots)
-        buf.write(slots[keep], x[keep.to(x.device)], y[keep.to(y.device)], bucket)
+        store(buf, x, y, bucket, slots)
 
-    def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> list[int]:
         buf = self.buffer
         labels = buf.y[: buf.size].cpu().clone()
         slots = torch.full((len(y),), -1, dtype=torch.int64)
@@ -114,7 +124,7 @@ class ReservoirRetention:
             slot = int(members[torch.randint(len(members), (1,), generator=generator)])
             slots[i] = slot
             labels[slot] = c
-        return slots
+        return slots.tolist()
 
     def end_bucket(self, bucket: int, scorer: Scorer, selection: str, generator: torch.Generator,
                    bucket_size: int | None = None) -> None:
@@ -144,8 +154,7 @@ class BucketRetention:
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator) -> None:
         slots = reservoir_slots(self.pool_seen, len(y), self.pool.capacity, self.pool.size, generator)
         self.pool_seen += len(y)
-        keep = last_write_wins(slots)
-        self.pool.write(slots[keep], x[keep.to(x.device)], y[keep.to(y.device)], bucket)
+        store(self.pool, x, y, bucket, slots)
 
     def quota(self, bucket_size: int) -> int:
         if self.per_bucket is not None:

@@ -1,4 +1,5 @@
 """The replay memory stays within capacity and keeps what each retention policy promises."""
+import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,40 @@ def test_reservoir_never_exceeds_capacity_and_samples_uniformly():
     # (each third's rate is an average of 10,000 draws: standard error 0.003).
     for third in hits.view(3, -1):
         assert abs(float(third.mean()) / runs - 0.1) < 0.015
+
+
+def test_reservoir_is_algorithm_r_slot_for_slot():
+    """Against a per-sample reference (one randint per arrival once full), with batches that straddle
+    the moment the memory fills and a sample taking a slot another of its batch took."""
+    capacity, g_ours, g_ref = 25, gen(5), gen(5)
+    buf = ReplayBuffer(capacity)
+    r = ReservoirRetention(buf)
+    held = [None] * capacity
+    seen = 0
+    for start in range(0, 400, 7):
+        x, y = samples(7, start)
+        r.observe(x, y, bucket=0, generator=g_ours)
+        for i in range(7):
+            seen += 1
+            if seen <= capacity:
+                held[seen - 1] = start + i
+            else:
+                j = int(torch.randint(seen, (1,), generator=g_ref))
+                if j < capacity:
+                    held[j] = start + i
+        assert buf.x[: len(buf), 0].long().tolist() == [h for h in held if h is not None]
+    assert torch.equal(g_ours.get_state(), g_ref.get_state())
+
+
+def test_append_fills_the_next_free_slots_and_refuses_to_overflow():
+    buf = ReplayBuffer(5)
+    x, y = samples(3)
+    buf.append(x, y, bucket=1)
+    buf.append(x[:2] + 10, y[:2], bucket=2, priority=0.5)
+    assert len(buf) == 5 and buf.x[:, 0].tolist() == [0, 1, 2, 10, 11]
+    assert buf.bucket.tolist() == [1, 1, 1, 2, 2] and buf.priority.tolist() == [0, 0, 0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="1 samples do not fit: 5 of 5 slots are taken"):
+        buf.append(x[:1], y[:1], bucket=3)
 
 
 def test_class_balanced_reservoir_protects_rare_classes():
