@@ -26,6 +26,7 @@ from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.config import LearnerConfig  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
 from cl_engine.retention import ReservoirRetention  # noqa: E402
+from cl_engine.sgd import sgd_step  # noqa: E402
 from cl_engine.strategies.gradients import per_bucket_gradients  # noqa: E402
 
 torch.set_num_threads(1)
@@ -63,59 +64,37 @@ def step_parts() -> None:
     model, x, y = model_and_batch()
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.1)
-    opt_foreach = torch.optim.SGD(params, lr=0.1, foreach=True)
 
-    def fwd_bwd():
-        model.zero_grad(set_to_none=True)
+    def backward_and_step():  # the engine's step before sgd_step: gradients through .grad
+        opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y, reduction="none").mean().backward()
-
-    def floor():  # what a naive step must do: forward, loss, backward, p -= lr * g
-        fwd_bwd()
-        with torch.no_grad():
-            torch._foreach_add_(params, [p.grad for p in params], alpha=-0.1)
-
-    def sgd_step():
         opt.step()
 
-    def sgd_foreach_step():
-        opt_foreach.step()
+    def grad_and_sgd_step():  # the engine's step now: torch.autograd.grad, then sgd_step
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="none").mean(), params)
+        sgd_step(opt, params, list(grads))
 
-    def manual_foreach():
+    def floor():  # what a naive step must do: forward, loss, gradient, p -= lr * g
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), params)
         with torch.no_grad():
-            torch._foreach_add_(params, [p.grad for p in params], alpha=-0.1)
+            torch._foreach_add_(params, grads, alpha=-0.1)
 
-    fwd_bwd()
+    grads = list(torch.autograd.grad(F.cross_entropy(model(x), y), params))
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
     learner = Learner(LearnerConfig(strategy="naive", device="cpu"), (1, 8, 8), 10)
 
-    def check_batch():
-        learner.check_batch(x, y)
-
-    def train_mode():
-        model.train()
-
-    def train_mode_guarded():
-        if not model.training:
-            model.train()
-
     report("naive step, parts (per step)",
-           **{"forward + loss + backward": bench(fwd_bwd),
-              "floor: forward + backward + foreach SGD update": bench(floor),
-              "torch.optim.SGD.step() (as the engine)": bench(sgd_step),
-              "torch.optim.SGD(foreach=True).step()": bench(sgd_foreach_step),
-              "torch._foreach_add_(params, grads, alpha=-lr)": bench(manual_foreach),
-              "optimizer.zero_grad(set_to_none=True)": bench(lambda: opt.zero_grad(set_to_none=True)),
-              "Learner.check_batch (isfinite, min/max -> int)": bench(check_batch),
-              "model.train() (called every step)": bench(train_mode),
-              "skip model.train() when already training": bench(train_mode_guarded)})
+           **{"zero_grad + backward + optimizer.step() (the engine before)": bench(backward_and_step),
+              "autograd.grad + sgd_step (as the engine)": bench(grad_and_sgd_step),
+              "floor: forward + autograd.grad + foreach SGD update": bench(floor),
+              "torch.optim.SGD.step() alone": bench(opt.step),
+              "sgd_step alone (as the engine)": bench(lambda: sgd_step(opt, params, grads)),
+              "Learner.check_batch": bench(lambda: learner.check_batch(x, y))})
 
     learner_n = Learner(LearnerConfig(strategy="naive", device="cpu"), (1, 8, 8), 10)
-    step = [0]
-
-    def observe():
-        learner_n.observe(x, y, 0)
-
     report("naive step, whole (per step)",
-           **{"Learner.observe (naive)": bench(observe, n=200),
+           **{"Learner.observe (naive)": bench(lambda: learner_n.observe(x, y, 0), n=200),
               "floor (above)": bench(floor, n=200)})
 
 
@@ -212,9 +191,9 @@ def gem_gradients() -> None:
         G_v, G_l, G_h = vmap_rows(), loop_rows(), hooked_rows()
         assert torch.allclose(G_v, G_l, atol=1e-5) and torch.allclose(G_h, G_l, atol=1e-5), "gradients disagree"
         timings.update({
-            f"T={T}: vmap per-bucket gradients (as the engine)": bench(vmap_rows, n=30),
+            f"T={T}: vmap per-bucket gradients (the engine's path for other models)": bench(vmap_rows, n=30),
             f"T={T}: loop of T backward passes (Avalanche's way)": bench(loop_rows, n=30),
-            f"T={T}: one pass + per-layer bmm (hooks)": bench(hooked_rows, n=30),
+            f"T={T}: one pass + per-layer bmm (hooks; the engine's path for MLPs)": bench(hooked_rows, n=30),
             f"T={T}: floor: one forward+backward over T*{m} samples": bench(floor, n=30),
         })
     report("GEM memory gradients G (per step, 256 memories per past bucket)", **timings)

@@ -50,6 +50,7 @@ from benchmarks.common import (  # noqa: E402
 from cl_engine import LearnerConfig  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
+from cl_engine.sgd import sgd_step  # noqa: E402
 from cl_engine.strategies.gradients import MemoryGradients  # noqa: E402
 
 SECTION = "gem_scaling"
@@ -115,7 +116,8 @@ class Floor:
         self.model = build_model(model_name, shape, classes)
         self.model.load_state_dict(state)
         self.model.train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
+        self.params = list(self.model.parameters())
+        self.opt = torch.optim.SGD(self.params, lr=lr)
         # memories staged once with room for the batch behind them, as GEM stages them: each step
         # copies only the batch
         self.xs = torch.cat([mx for mx, _ in memories])
@@ -128,9 +130,8 @@ class Floor:
             self.xs = torch.cat([self.xs[: self.n], x])
             self.ys = torch.cat([self.ys[: self.n], y])
         self.xs[self.n:], self.ys[self.n:] = x, y
-        self.opt.zero_grad(set_to_none=True)
-        F.cross_entropy(self.model(self.xs), self.ys).backward()
-        self.opt.step()
+        grads = torch.autograd.grad(F.cross_entropy(self.model(self.xs), self.ys), self.params)
+        sgd_step(self.opt, self.params, list(grads))  # the engine's own update, as its strategies take it
 
 
 class Incoming:
