@@ -153,11 +153,13 @@ class ReplayBuffer:
         return x.view(len(buckets), m, *x.shape[1:]), y.view(len(buckets), m), counts
 
     def counts_by_bucket(self) -> dict[int, int]:
-        ids, counts = self.bucket[: self.size].unique(return_counts=True)
-        return dict(zip(ids.tolist(), counts.tolist()))
+        return dict(self._cached("by_bucket", lambda: self._counts(self.bucket)))
 
     def counts_by_class(self) -> dict[int, int]:
-        ids, counts = self.y[: self.size].unique(return_counts=True)
+        return dict(self._cached("by_class", lambda: self._counts(self.y)))
+
+    def _counts(self, values: torch.Tensor) -> dict[int, int]:
+        ids, counts = values[: self.size].unique(return_counts=True)
         return dict(zip(ids.tolist(), counts.tolist()))
 
     def bytes_per_sample(self) -> int:

@@ -176,3 +176,15 @@ def test_balanced_quota_is_full_bounded_and_fair(sizes, capacity):
     if cut:  # every group that lost samples keeps within one of the others that lost some,
         assert max(cut) - min(cut) <= 1  # and no group keeps more than one past a cut group
         assert all(q <= max(cut) + 1 for q in quota.values())
+
+
+def test_counts_follow_every_change_of_the_memory():
+    buf = ReplayBuffer(6)
+    x, y = samples(4)
+    buf.append(x, y, bucket=0)
+    assert buf.counts_by_bucket() == {0: 4} and buf.counts_by_class() == {0: 1, 1: 1, 2: 1, 3: 1}
+    buf.counts_by_bucket()[0] = 99  # a caller's copy: the cached counts stay right
+    buf.write(torch.tensor([1]), x[:1], torch.tensor([7]), bucket=3)
+    assert buf.counts_by_bucket() == {0: 3, 3: 1} and buf.counts_by_class() == {0: 1, 2: 1, 3: 1, 7: 1}
+    buf.keep(torch.tensor([1, 2]))
+    assert buf.counts_by_bucket() == {0: 1, 3: 1} and buf.counts_by_class() == {2: 1, 7: 1}

@@ -84,6 +84,12 @@ def test_non_finite_values_are_refused(bad, dtype):
     assert e.value.field == "samples.tensor.data" and "sample 1" in e.value.message
 
 
+def test_large_finite_values_whose_sum_overflows_are_accepted():
+    x = torch.full((3, *SHAPE), 3e38)  # every value finite, their float32 sum is not
+    assert not torch.isfinite(x.sum())
+    assert torch.equal(decode_samples(pb.Samples(tensor=encode_tensor(x)), "samples", SHAPE, LIMITS), x)
+
+
 def test_samples_must_be_set():
     with pytest.raises(InvalidArgument) as e:
         decode_samples(pb.Samples(), "samples", SHAPE, LIMITS)
