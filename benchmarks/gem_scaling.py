@@ -253,7 +253,7 @@ def profile_gem(points, T: int, steps: int) -> dict:
 
     parts = {"observe": cum("(observe)"), "memory+batch gradients (MemoryGradients.with_batch)": cum("(with_batch)"),
              "projection (gem_project_)": cum("(gem_project_)"), "QP (solve_gem_dual, quadprog)": cum("(solve_gem_dual)"),
-             "optimizer step": cum("(step)"), "retention.observe": cum("retention.py")}
+             "optimizer step (sgd_step)": cum("(sgd_step)"), "retention.observe": cum("retention.py")}
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
     # torch.profiler: the operators underneath
@@ -366,7 +366,7 @@ def reading(out) -> str:
                  f"{pp['memory+batch gradients (MemoryGradients.with_batch)']:.1f} ms is the one batched forward and "
                  f"backward over memories and batch (the floor's own work), {pp['projection (gem_project_)']:.1f} ms "
                  f"the projection ({pp['QP (solve_gem_dual, quadprog)']:.2f} ms in the QP solve) and "
-                 f"{pp['optimizer step']:.2f} ms the optimizer step; the top operators (torch.profiler) are "
+                 f"{pp['optimizer step (sgd_step)']:.2f} ms the optimizer step; the top operators (torch.profiler) are "
                  + ", ".join(f"{e['op']} {e['self_cpu_ms_per_step']:.1f} ms" for e in prof["torch_profiler_top_self_cpu"][:4])
                  + ".")
     text = (f"At T={goal_T} past buckets GEM's step costs {r['gem_over_floor']:.2f}× the floor "

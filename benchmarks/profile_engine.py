@@ -6,8 +6,9 @@
 For each strategy: one warm-up run, one plain run (its train time), then run_stream under
 cProfile with the thread's CPU clock as timer (one torch thread, as the peer benchmark; a CPU
 clock keeps other load on a shared machine out of the numbers), printing the functions with the
-most own and the most cumulative CPU time. Writes benchmarks/results/profile_engine.json with
-the top entries. Reads only; changes nothing in cl_engine.
+most own and the most cumulative CPU time; for GEM also its observe against its floor (one forward
+and backward over memories and batch), step by step. Writes benchmarks/results/profile_engine.json
+with the top entries. Reads only; changes nothing in cl_engine.
 """
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from cl_engine import build_stream, run_stream  # noqa: E402
+from cl_engine.learner import Learner  # noqa: E402
+from cl_engine.schedule import bucket_batches  # noqa: E402
 from cl_engine.streams import StreamOptions  # noqa: E402
 from peer_avalanche import STRATEGIES, our_config  # noqa: E402
 
@@ -39,6 +43,27 @@ def top(stats: pstats.Stats, key: str, n: int) -> list[dict]:
         rows.append({"function": f"{Path(func[0]).name}:{func[1]}({func[2]})", "calls": nc,
                      "own_s": round(tt, 4), "cumulative_s": round(ct, 4)})
     return rows
+
+
+def gem_against_floor(stream, config, batch_size: int) -> dict:
+    """GEM's observe over the stream against its floor, timed step by step in turn: one forward and
+    autograd.grad of the same model over every past bucket's memories and the batch in one batch."""
+    learner = Learner(config, stream.input_shape, stream.num_classes)
+    params = [p for p in learner.model.parameters() if p.requires_grad]
+    observe = floor = 0.0
+    for i, bucket in enumerate(stream.buckets):
+        past = [b for b in learner.buffer.buckets_held() if b != i]
+        xm, ym = learner.buffer.get(learner.buffer.slots(torch.tensor(past))) if past else (None, None)
+        for index in bucket_batches(len(bucket.train), batch_size, 1, config.seed, i):
+            x, y = bucket.train.batch(index, train=True)
+            xs, ys = (torch.cat([xm, x]), torch.cat([ym, y])) if past else (x, y)
+            t0 = time.thread_time()
+            torch.autograd.grad(F.cross_entropy(learner.model(xs), ys), params)
+            t1 = time.thread_time()
+            learner.observe(x, y, i)
+            observe, floor = observe + time.thread_time() - t1, floor + t1 - t0
+        learner.end_bucket(i)
+    return {"observe_cpu_seconds": observe, "floor_cpu_seconds": floor, "observe_over_floor": observe / floor}
 
 
 def main(argv=None) -> int:
@@ -83,6 +108,11 @@ def main(argv=None) -> int:
         print(f"{'own s':>8} {'cum s':>8} {'calls':>8}  function (by cumulative time)")
         for r in cum:
             print(f"{r['own_s']:8.3f} {r['cumulative_s']:8.3f} {r['calls']:8d}  {r['function']}")
+        if st == "gem":
+            against = gem_against_floor(stream, config, args.batch_size)
+            print(f"GEM observe {against['observe_cpu_seconds']:.2f}s against its floor "
+                  f"{against['floor_cpu_seconds']:.2f}s (CPU, every step): {against['observe_over_floor']:.2f}x")
+            out["gem_against_floor"] = against
         out["strategies"][st] = {"train_seconds": plain, "steps": steps, "ms_per_step": plain / steps * 1e3,
                                  "run_stream_cpu_seconds_incl_eval": cpu_all, "profile_timer": "thread_time", "by_own_time": own,
                                  "by_cumulative_time": cum}
