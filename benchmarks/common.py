@@ -73,7 +73,8 @@ def write_results(out: dict, path: Path) -> None:
 
 
 def write_markdown(path: Path, body: str, section: str) -> None:
-    """Replace the text between `<!-- section:begin -->` and `<!-- section:end -->` (append if absent)."""
+    """Replace the text between `<!-- section:begin -->` and `<!-- section:end -->` (append if absent);
+    says so on stderr."""
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     block = f"{begin}\n{body}\n{end}"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -82,6 +83,7 @@ def write_markdown(path: Path, body: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(text)
+    print(f"updated {path}", file=sys.stderr)
 
 
 def median(values):

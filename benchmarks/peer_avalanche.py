@@ -406,7 +406,6 @@ def publish(out: dict, path: Path, markdown: Path, section: str) -> None:
         f"{eq['max_abs_diff_R']:.4f}.",
     ])
     write_markdown(markdown, body, section)
-    print(f"updated {markdown}", file=sys.stderr)
 
 
 def render(argv=None) -> int:

@@ -273,7 +273,6 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         reading(out),
     ])
     write_markdown(markdown, body, SECTION)
-    print(f"updated {markdown}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

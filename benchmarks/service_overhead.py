@@ -363,7 +363,6 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         *cprofile_lines(out.get("cprofile") or {}),
     ])
     write_markdown(markdown, body, SECTION)
-    print(f"updated {markdown}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

@@ -228,7 +228,6 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         md,
     ])
     write_markdown(markdown, body, SECTION)
-    print(f"updated {markdown}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

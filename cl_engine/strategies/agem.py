@@ -21,10 +21,10 @@ class AGEM(Strategy):
             mx, my = ctx.buffer.sample(ctx.config.agem_sample_size, ctx.generator, torch.tensor(past))
             ensure_training(ctx.model)
             ref = torch.autograd.grad(F.cross_entropy(ctx.model(mx), my), self.params, allow_unused=True)
-            g_ref = [r if r is not None else torch.zeros_like(p) for p, r in zip(self.params, ref)]
+            g_ref = self._dense(ref)
         logits, losses, g = self._forward_backward(x, y)
         if g_ref is not None:
-            full = [gi if gi is not None else torch.zeros_like(p) for p, gi in zip(self.params, g)]
+            full = self._dense(g)
             if agem_project_(full, g_ref):
                 g = full
                 ctx.counters["projections"] = ctx.counters.get("projections", 0) + 1

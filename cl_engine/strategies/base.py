@@ -62,5 +62,9 @@ class Strategy:
         grads = torch.autograd.grad(losses.mean(), self.params, allow_unused=True)
         return logits.detach(), losses.detach(), list(grads)
 
+    def _dense(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+        """`grads` with zeros for the parameters a loss did not reach, as a projection needs them."""
+        return [g if g is not None else torch.zeros_like(p) for p, g in zip(self.params, grads)]
+
     def _update(self, grads: list[torch.Tensor | None]) -> None:
         sgd_step(self.ctx.optimizer, self.params, grads)

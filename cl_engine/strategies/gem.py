@@ -30,7 +30,7 @@ class GEM(Strategy):
             G = self.memory_gradients(ctx.buffer, past) if past else None
             logits, losses, g = self._forward_backward(x, y)
         if G is not None:
-            full = [gi if gi is not None else torch.zeros_like(p) for p, gi in zip(self.params, g)]
+            full = self._dense(g)
             projected, fallback = gem_project_(full, G, ctx.config.memory_strength, ctx.config.qp_eps)
             if projected:
                 g = full
