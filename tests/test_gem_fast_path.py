@@ -95,6 +95,20 @@ def test_a_shared_layer_sums_its_calls():
                                rtol=1e-5, atol=1e-6)
 
 
+def test_a_hooked_model_leaves_the_linear_path_and_its_hook_runs():
+    """The linear path runs the leaves itself; a model with a forward hook takes the vmap path,
+    which calls the modules (and so the hook), and its rows match the reference."""
+    model = build_model("mlp", (8,), 10)
+    assert gradient_path(model) == "linear"
+    calls = []
+    model[2].register_forward_hook(lambda mod, inp, out: calls.append(len(out)) or out * 0.5)
+    assert gradient_path(model) == "vmap"
+    buf = filled_buffer((6, 6), (8,))
+    rows = flatten_blocks(MemoryGradients(model)(buf, [0, 1]))
+    assert calls  # the hook ran
+    torch.testing.assert_close(rows, reference_rows(model, buf, [0, 1]), rtol=1e-5, atol=1e-6)
+
+
 def test_equal_runs_are_read_in_place_and_the_grouping_is_cached():
     buf = filled_buffer((5, 5, 5), (3,))
     x, y, counts = buf.grouped([1, 2])
