@@ -27,7 +27,7 @@ from cl_engine.config import LearnerConfig  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
 from cl_engine.retention import ReservoirRetention  # noqa: E402
 from cl_engine.sgd import sgd_step  # noqa: E402
-from cl_engine.strategies.gradients import per_bucket_gradients  # noqa: E402
+from cl_engine.strategies.gradients import MemoryGradients, flatten_blocks  # noqa: E402
 
 torch.set_num_threads(1)
 RESULTS: dict[str, dict[str, float]] = {}
@@ -151,8 +151,14 @@ def gem_gradients() -> None:
         buf.write(torch.arange(T * m), xs, ys, torch.arange(T).repeat_interleave(m))
         buckets = list(range(T))
 
-        def vmap_rows():  # what the engine does
-            return per_bucket_gradients(model, buf, buckets)
+        engine, vmapped = MemoryGradients(model), MemoryGradients(model, path="vmap")
+        assert engine.path == "linear"
+
+        def engine_rows():  # the engine's choice for this MLP
+            return flatten_blocks(engine(buf, buckets))
+
+        def vmap_rows():  # the engine's path for models other than Linear stacks without batch norm
+            return flatten_blocks(vmapped(buf, buckets))
 
         def loop_rows():  # Avalanche's way: one forward + backward per past bucket
             rows = []
@@ -162,38 +168,16 @@ def gem_gradients() -> None:
                 rows.append(torch.cat([p.grad.reshape(-1) for p in params]))
             return torch.stack(rows)
 
-        def hooked_rows():
-            # One forward + backward over all T*m memories; each Linear's per-bucket weight gradient is
-            # a batched matmul of its saved input and output gradient, grouped by bucket (exact: no
-            # batch norm, so a sample's gradient does not depend on the others).
-            layers = [mod for mod in model if isinstance(mod, torch.nn.Linear)]
-            acts, zs = [], []
-            a = xs.reshape(T * m, -1)
-            with torch.enable_grad():
-                for i, lin in enumerate(layers):
-                    acts.append(a.detach())
-                    z = F.linear(a, lin.weight, lin.bias)
-                    zs.append(z)
-                    a = torch.relu(z) if i < len(layers) - 1 else z
-                loss = F.cross_entropy(a, ys, reduction="sum") / m  # per-bucket mean once grouped
-                dzs = torch.autograd.grad(loss, zs)  # output gradients only, no weight gradients
-            rows = []
-            for a_in, dz in zip(acts, dzs):
-                d = dz.reshape(T, m, -1)
-                gw = torch.bmm(d.transpose(1, 2), a_in.reshape(T, m, -1))  # [T, out, in]
-                rows += [gw.reshape(T, -1), d.sum(1)]
-            return torch.cat(rows, dim=1)
-
         def floor():  # one forward + backward over the same T*m samples in one batch
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(xs), ys).backward()
 
-        G_v, G_l, G_h = vmap_rows(), loop_rows(), hooked_rows()
-        assert torch.allclose(G_v, G_l, atol=1e-5) and torch.allclose(G_h, G_l, atol=1e-5), "gradients disagree"
+        G_e, G_v, G_l = engine_rows(), vmap_rows(), loop_rows()
+        assert torch.allclose(G_e, G_l, atol=1e-5) and torch.allclose(G_v, G_l, atol=1e-5), "gradients disagree"
         timings.update({
+            f"T={T}: one pass + per-layer bmm (the engine's linear path, MLPs)": bench(engine_rows, n=30),
             f"T={T}: vmap per-bucket gradients (the engine's path for other models)": bench(vmap_rows, n=30),
             f"T={T}: loop of T backward passes (Avalanche's way)": bench(loop_rows, n=30),
-            f"T={T}: one pass + per-layer bmm (hooks; the engine's path for MLPs)": bench(hooked_rows, n=30),
             f"T={T}: floor: one forward+backward over T*{m} samples": bench(floor, n=30),
         })
     report("GEM memory gradients G (per step, 256 memories per past bucket)", **timings)
