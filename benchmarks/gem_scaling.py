@@ -347,8 +347,8 @@ def over_goal(rows) -> str:
     if high:
         small = [T for T in high if rows[T]["floor_cpu_ms"] < 10]
         text += (f" Above {GOAL}× at T = {', '.join(map(str, high))}"
-                 + (": with so few past buckets the floor is a few milliseconds, and GEM's fixed costs per step (the "
-                    "layer hooks, staging the batch behind the memories, the products with G, the QP when it runs, "
+                 + (": with so few past buckets the floor is a few milliseconds, and GEM's fixed costs per step (staging "
+                    "the batch behind the memories, the products with G, the QP when it runs, "
                     "Python) are a large share of it." if small == high else "."))
     return text
 
