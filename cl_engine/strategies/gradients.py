@@ -158,7 +158,7 @@ class MemoryGradients:
                 if type(mod) is nn.Linear:
                     out = F.linear(h, mod.weight, mod.bias)
                     if mod in self.layer_set:
-                        calls.append((mod, h.detach(), out))
+                        calls.append((mod, h, out))
                     h = out
                 else:
                     h = mod(h)
@@ -173,9 +173,10 @@ class MemoryGradients:
             for (mod, inp, _), d_out in zip(calls, d_outs):
                 if d_out is None:  # a layer whose output the loss does not use
                     continue
-                d, a = d_out.reshape(rows, -1, d_out.shape[-1]), inp.reshape(rows, -1, inp.shape[-1])
-                dm, am = d[:n].reshape(T, -1, d.shape[-1]), a[:n].reshape(T, -1, a.shape[-1])  # (T, m·…, ·)
-                db, ab = d[n:].reshape(-1, d.shape[-1]), a[n:].reshape(-1, a.shape[-1])
+                o, i = d_out.shape[-1], inp.shape[-1]
+                dm, am = d_out[:n].reshape(T, -1, o), inp[:n].reshape(T, -1, i)  # (T, m·…, ·)
+                if rows > n:
+                    db, ab = d_out[n:].reshape(-1, o), inp[n:].reshape(-1, i)
                 for p, is_weight in ((mod.weight, True), (mod.bias, False)):
                     if p is None or not p.requires_grad:
                         continue
