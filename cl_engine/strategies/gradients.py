@@ -8,11 +8,12 @@ projection can work on them, and on the batch's gradient, in place.
 Three paths, all exact, chosen once by the model's make-up:
 - "linear": nn.Linear layers and parameter-free per-sample modules only, without hooks (the `mlp`
   and `linear` models). One forward over all T·m memories, run leaf by leaf to keep each layer's
-  input and output (no hooks to register and remove each step: 5% of a step), one backward that
-  stops at the layers' outputs, then each layer's per-bucket weight gradient as one batched
-  matmul of its inputs and output gradients grouped by bucket: the work of one forward and
-  backward over T·m samples, the floor. The blocks are written into a workspace kept between steps (a fresh multi-megabyte
-  tensor each step costs its page faults, a third of the matmul's time on a CPU).
+  input and output (no hooks to register and remove each step: 5% of a step; module hooks added
+  after the path was chosen are not run), one backward that stops at the layers' outputs, then
+  each layer's per-bucket weight gradient as one batched matmul of its inputs and output
+  gradients grouped by bucket: the work of one forward and backward over T·m samples, the floor.
+  The blocks are written into a workspace kept between steps (a fresh multi-megabyte tensor each
+  step costs its page faults, a third of the matmul's time on a CPU).
 - "vmap": other models without batch norm; torch.func's vmap over buckets, one batched pass.
 - "loop": batch norm keeps running statistics that neither batched way updates as the
   per-bucket passes do, so such models take one forward and backward per bucket.
