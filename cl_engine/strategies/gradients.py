@@ -77,9 +77,8 @@ class MemoryGradients:
         if self.path not in ("linear", "vmap", "loop"):
             raise ValueError(f"unknown gradient path {self.path!r}")
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.layers = [m for m in model.modules() if type(m) is nn.Linear and any(
-            p.requires_grad for p in m.parameters(recurse=False))]
-        self.layer_set = set(self.layers)
+        self.trained_layers = {m for m in model.modules() if type(m) is nn.Linear and any(
+            p.requires_grad for p in m.parameters(recurse=False))}
         self.chain = list(leaves(model)) if self.path == "linear" else []
         self._workspace: dict[int, torch.Tensor] = {}  # id(parameter) -> (T_max, *shape)
         self._views: tuple[int, dict[int, torch.Tensor]] | None = None  # (T, its blocks)
@@ -158,7 +157,7 @@ class MemoryGradients:
             for mod in self.chain:
                 if type(mod) is nn.Linear:
                     out = F.linear(h, mod.weight, mod.bias)
-                    if mod in self.layer_set:
+                    if mod in self.trained_layers:
                         calls.append((mod, h, out))
                     h = out
                 else:
