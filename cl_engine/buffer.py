@@ -62,10 +62,13 @@ class ReplayBuffer:
             return
         self._ensure_storage(x)
         slots = slots.to(self.device)
-        self.x[slots] = x.to(self.device, self.x.dtype)
-        self.y[slots] = y.to(self.device)
-        self.bucket[slots] = torch.as_tensor(bucket, dtype=torch.int64, device=self.device)
-        self.priority[slots] = torch.as_tensor(priority, dtype=torch.float32, device=self.device)
+        self.x.index_copy_(0, slots, x.to(self.device, self.x.dtype))
+        self.y.index_copy_(0, slots, y.to(self.device, torch.int64))
+        for column, value in ((self.bucket, bucket), (self.priority, priority)):
+            if isinstance(value, torch.Tensor) and value.ndim:
+                column.index_copy_(0, slots, value.to(self.device, column.dtype))
+            else:  # one value for every slot
+                column.index_fill_(0, slots, value)
         self.size = max(self.size, int(slots.max()) + 1)  # a change, even when size stays
 
     def append(self, x: torch.Tensor, y: torch.Tensor, bucket: int, priority: float = 0.0) -> None:
@@ -89,7 +92,7 @@ class ReplayBuffer:
 
     def get(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         slots = slots.to(self.device)
-        return self.x[slots], self.y[slots]
+        return self.x.index_select(0, slots), self.y.index_select(0, slots)
 
     def slots(self, buckets: torch.Tensor | None = None) -> torch.Tensor:
         """Filled slots, optionally only those whose bucket is in `buckets`."""
@@ -101,10 +104,13 @@ class ReplayBuffer:
     def sample(self, n: int, generator: torch.Generator, buckets: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """n samples drawn uniformly without replacement (all of them if fewer are held)."""
-        candidates = self.slots(buckets)
-        if len(candidates) > n:
-            candidates = candidates[torch.randperm(len(candidates), generator=generator)[:n].to(self.device)]
-        return self.get(candidates)
+        if buckets is None:  # every filled slot: the permutation is the slots themselves
+            picks = torch.randperm(self.size, generator=generator)[:n] if self.size > n else torch.arange(self.size)
+        else:
+            picks = self.slots(buckets)
+            if len(picks) > n:
+                picks = picks[torch.randperm(len(picks), generator=generator)[:n].to(self.device)]
+        return self.get(picks)
 
     def buckets_held(self) -> list[int]:
         return list(self._cached("held", lambda: sorted(self.bucket[: self.size].unique().tolist())))

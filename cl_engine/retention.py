@@ -57,8 +57,8 @@ def store(buffer: ReplayBuffer, x: torch.Tensor, y: torch.Tensor, bucket: int, s
         return
     keep = last_writes(slots)
     if keep:
-        index = torch.tensor(keep)
-        buffer.write(torch.tensor([slots[i] for i in keep]), x[index.to(x.device)], y[index.to(y.device)], bucket)
+        index, target = torch.tensor([keep, [slots[i] for i in keep]])
+        buffer.write(target, x.index_select(0, index.to(x.device)), y.index_select(0, index.to(y.device)), bucket)
 
 
 def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]:
