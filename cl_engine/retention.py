@@ -26,15 +26,15 @@ def reservoir_slots(seen: int, n: int, capacity: int, size: int, generator: torc
 
     Arrivals first fill the free slots; after that, arrival number k (counting from 1 over the
     whole stream) draws j uniformly from 0..k-1 and replaces slot j if j < capacity (Vitter's
-    algorithm R). Plain Python over the batch: with ten arrivals a step, tensor operations on
-    ten-element tensors cost more than the loop."""
-    slots = []
-    for k in range(seen + 1, seen + n + 1):
-        if size < capacity:
-            slots.append(size)
-            size += 1
-        else:
-            j = int(torch.randint(k, (1,), generator=generator))
+    algorithm R). j = floor(u·k) for one float64 uniform u per arrival, drawn for the whole batch
+    in one call: the same numbers as one draw per arrival, so the slots do not depend on how the
+    arrivals are batched."""
+    fill = max(0, min(n, capacity - size))
+    slots = list(range(size, size + fill))
+    if n > fill:
+        first = seen + fill + 1  # k of the first arrival that finds the memory full
+        for i, u in enumerate(torch.rand(n - fill, generator=generator, dtype=torch.float64).tolist()):
+            j = int(u * (first + i))
             slots.append(j if j < capacity else -1)
     return slots
 

@@ -49,8 +49,9 @@ def test_reservoir_never_exceeds_capacity_and_samples_uniformly():
 
 
 def test_reservoir_is_algorithm_r_slot_for_slot():
-    """Against a per-sample reference (one randint per arrival once full), with batches that straddle
-    the moment the memory fills and a sample taking a slot another of its batch took."""
+    """Against a per-sample reference (one uniform draw per arrival once full, j = floor(u·k)), with
+    batches that straddle the moment the memory fills and a sample taking a slot another of its
+    batch took."""
     capacity, g_ours, g_ref = 25, gen(5), gen(5)
     buf = ReplayBuffer(capacity)
     r = ReservoirRetention(buf)
@@ -64,7 +65,7 @@ def test_reservoir_is_algorithm_r_slot_for_slot():
             if seen <= capacity:
                 held[seen - 1] = start + i
             else:
-                j = int(torch.randint(seen, (1,), generator=g_ref))
+                j = int(float(torch.rand(1, generator=g_ref, dtype=torch.float64)) * seen)
                 if j < capacity:
                     held[j] = start + i
         assert buf.x[: len(buf), 0].long().tolist() == [h for h in held if h is not None]
