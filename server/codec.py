@@ -175,12 +175,12 @@ def decode_labels(labels, field: str, n: int, num_classes: int) -> torch.Tensor:
     """int64 [n], each in 0..num_classes-1."""
     if len(labels) != n:
         raise InvalidArgument(field, f"{len(labels)} labels for {n} samples; expected one per sample")
-    y = torch.from_numpy(np.fromiter(labels, dtype=np.int64, count=n))
-    bad = (y < 0) | (y >= num_classes)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0])
+    y = np.fromiter(labels, dtype=np.int64, count=n)
+    bad = np.flatnonzero((y < 0) | (y >= num_classes))  # numpy: a few small ops cost less than torch's
+    if len(bad):
+        i = int(bad[0])
         raise InvalidArgument(field, f"label {int(y[i])} at position {i}; expected 0..{num_classes - 1}")
-    return y
+    return torch.from_numpy(y)
 
 
 def encode_tensor(x: torch.Tensor | np.ndarray) -> pb.Tensor:

@@ -185,7 +185,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         return close
 
     def _train(self, requests, context):
-        scope = CallScope(context.is_active)
+        scope = CallScope.of(context)
         window = threading.Semaphore(self.settings.queue_size)  # acks owed to this caller, at most
         pending: queue.Queue = queue.Queue()
 
@@ -233,7 +233,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     @_handle("EndBucket")
     def EndBucket(self, request: pb.EndBucketRequest, context) -> pb.EndBucketResponse:
         bucket = self._bucket(request.bucket)
-        op = EndBucketOp(CallScope(context.is_active), bucket, request.bucket_size or None)
+        op = EndBucketOp(CallScope.of(context), bucket, request.bucket_size or None)
         r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.EndBucketResponse(bucket=r.bucket, row=pb.AccuracyRow(accuracy=r.row),
                                     metrics=learning_metrics(r.metrics), model_version=r.version,
@@ -258,7 +258,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             ys.append(y)
         if bucket is None:
             raise InvalidArgument("chunks", "the call sent no chunk; expected at least one EvalSetChunk")
-        op = RegisterEvalOp(CallScope(context.is_active), bucket, torch.cat(xs), torch.cat(ys), schema)
+        op = RegisterEvalOp(CallScope.of(context), bucket, torch.cat(xs), torch.cat(ys), schema)
         r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.RegisterEvalSetResponse(bucket=r.bucket, num_samples=r.num_samples,
                                           already_registered=r.already_registered, registered_buckets=r.registered)

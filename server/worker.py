@@ -25,7 +25,6 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -47,16 +46,24 @@ CHECKPOINT_FORMAT = 1
 class CallScope:
     """The operations one gRPC call submitted. Once failed (or its call ended), the rest are dropped."""
 
-    def __init__(self, is_active: Callable[[], bool] = lambda: True):
+    def __init__(self):
         self._failed = threading.Event()
-        self._is_active = is_active
+
+    @classmethod
+    def of(cls, context) -> "CallScope":
+        """A scope that fails when the gRPC call ends: told by gRPC's termination callback, so that
+        checking it is one flag read, not `context.is_active()`, which takes the call's lock."""
+        scope = cls()
+        if not context.add_callback(scope.fail):  # False: the call has already ended
+            scope.fail()
+        return scope
 
     def fail(self) -> None:
         self._failed.set()
 
     @property
     def live(self) -> bool:
-        return not self._failed.is_set() and self._is_active()
+        return not self._failed.is_set()
 
 
 @dataclass

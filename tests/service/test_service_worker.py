@@ -84,6 +84,43 @@ def test_after_a_failure_the_rest_of_its_call_is_dropped_unapplied(gated):
         worker.submit(op(4, scope=call), 1)
 
 
+class FakeCallContext:
+    """grpc.ServicerContext's add_callback: registered while the call runs, refused once it ended."""
+
+    def __init__(self, ended=False):
+        self.ended, self.callbacks = ended, []
+
+    def add_callback(self, callback):
+        if self.ended:
+            return False
+        self.callbacks.append(callback)
+        return True
+
+    def end(self):
+        self.ended = True
+        for callback in self.callbacks:
+            callback()
+
+
+def test_a_call_scope_ends_with_its_call(gated):
+    worker, gate = gated
+    context = FakeCallContext()
+    scope = CallScope.of(context)
+    assert scope.live
+    held = worker.submit(op(1), 1)
+    wait_until(lambda: worker.queue_depth == 0)  # the worker holds op 1 at the gate
+    queued = worker.submit(op(2, scope=scope), 1)
+    context.end()
+    assert not scope.live
+    gate.set()
+    assert held.result(10).applied
+    with pytest.raises(Cancelled):
+        queued.result(10)  # dropped unapplied: its call ended before the worker reached it
+    with pytest.raises(Cancelled):
+        worker.submit(op(3, scope=scope), 1)
+    assert not CallScope.of(FakeCallContext(ended=True)).live  # a call that ended before its scope was made
+
+
 def test_stop_applies_what_was_queued_then_refuses(gated):
     worker, gate = gated
     futures = [worker.submit(op(k), 1) for k in (1, 2)]
