@@ -101,6 +101,15 @@ def png_bytes(x: torch.Tensor) -> list[bytes]:
     return out
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all its threads (from /proc; None where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class TimedServer:
     """client.local_server.LocalServer running this script's `_serve_timed` mode instead of server.main."""
 
@@ -143,6 +152,7 @@ def run_service(stream, args, seed: int, batch_size: int, variant: str, timed_js
             client.register_eval_set(j, bucket.test.x, bucket.test.labels, schema=schema)
         stream_id, seq = f"bench-{variant}", 0
         train_seconds, encode_seconds, png_seconds, samples, batches, R = 0.0, 0.0, 0.0, 0, 0, []
+        client_cpu, server_cpu = 0.0, 0.0  # CPU seconds of each process during the Train streams
         for i, bucket in enumerate(stream.buckets):
             plan = [bucket.train.batch(index, train=True) for index in
                     bucket_batches(len(bucket.train), batch_size, 1, seed, i)]
@@ -164,10 +174,13 @@ def run_service(stream, args, seed: int, batch_size: int, variant: str, timed_js
                     encode_seconds += time.perf_counter() - t0
                     yield msg
 
-            t0 = time.perf_counter()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), process_cpu_seconds(server.process.pid)
             for ack in stub.Train(requests()):
                 window.release()
             train_seconds += time.perf_counter() - t0
+            client_cpu += time.process_time() - c0
+            s1 = process_cpu_seconds(server.process.pid)
+            server_cpu = None if s0 is None or s1 is None or server_cpu is None else server_cpu + s1 - s0
             seq += len(plan)
             batches += len(plan)
             samples += sum(len(y) for _, y in plan)
@@ -179,6 +192,7 @@ def run_service(stream, args, seed: int, batch_size: int, variant: str, timed_js
         server.stop()
     out = {"samples": samples, "batches": batches, "seconds": train_seconds, "samples_per_second": samples / train_seconds,
            "client_encode_seconds": encode_seconds, "png_encode_seconds_untimed": png_seconds,
+           "client_cpu_seconds": client_cpu, "server_cpu_seconds": server_cpu,
            "R": R, "b": final.initial_accuracy, "samples_trained_server": final.samples_trained,
            "train_step_seconds_sum": metrics.get("clstream_train_step_seconds_sum"),
            "train_step_count": metrics.get("clstream_train_step_seconds_count"),
@@ -287,6 +301,10 @@ def summarise(runs: list[dict], batch_sizes) -> list[dict]:
         row["us_encode_client"] = median([1e6 * r["client_encode_seconds"] / r["batches"] for r in svc])
         row["us_png_encode_untimed"] = median([1e6 * r["png_encode_seconds_untimed"] / r["batches"] for r in png])
         row["snapshots_per_batch"] = median([r["snapshots"] / r["batches"] for r in svc])
+        row["us_cpu_server"] = median([1e6 * r["server_cpu_seconds"] / r["batches"] for r in svc
+                                       if r.get("server_cpu_seconds") is not None])
+        row["us_cpu_client"] = median([1e6 * r["client_cpu_seconds"] / r["batches"] for r in svc
+                                       if r.get("client_cpu_seconds") is not None])
         row["max_abs_diff_R_tensor"] = max_abs_diff_R(svc, inproc)
         row["max_abs_diff_R_png"] = max_abs_diff_R(png, inproc)
         row["goal_met"] = row["ratio_service-tensor"] >= 0.9
@@ -305,10 +323,13 @@ def table(rows: list[dict]) -> str:
 
 
 def parts_table(rows: list[dict], timed: dict) -> str:
-    lines = ["| batch | per batch: in-process | service wall | observe in server (histogram) | client encode "
-             "| snapshots per batch | PNG encode (outside the clock) |", "|" + "---|" * 7]
+    lines = ["| batch | per batch: in-process | service wall | server CPU (all threads) | client CPU (all threads) "
+             "| observe in server (histogram) | client encode | snapshots per batch | PNG encode (outside the clock) |",
+             "|" + "---|" * 9]
+    us = lambda v: "n/a" if v is None or v != v else f"{v:.0f} µs"  # noqa: E731 (NaN: not measured)
     for r in rows:
         lines.append(f"| {r['batch_size']} | {r['us_per_batch_inproc']:.0f} µs | {r['us_per_batch_service']:.0f} µs "
+                     f"| {us(r.get('us_cpu_server'))} | {us(r.get('us_cpu_client'))} "
                      f"| {r['us_observe_server']:.0f} µs | {r['us_encode_client']:.0f} µs | {r['snapshots_per_batch']:.2f} "
                      f"| {r['us_png_encode_untimed']:.0f} µs |")
     if timed:
