@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, machine, machine_line, median, percentile, scrape, write_markdown, write_results)
+    command_line, entry_point, machine, machine_line, median, percentile, scrape, write_markdown, write_results)
 
 SECTION = "serving_latency"
 INPUT_SHAPE = (1, 8, 8)
@@ -206,13 +206,17 @@ def table(rows: list[dict]) -> str:
 
 
 def publish(out: dict, path: Path, markdown: Path) -> None:
+    """Summarise, write the JSON (without the raw latencies) and the BENCHMARKS.md section. A results
+    file written earlier has no raw latencies left: its stored summary is rendered as it is."""
     st = out["settings"]
-    rows = summarise(out["runs"], st["clients"])
+    raw = all(r.get("latencies") is not None for r in out["runs"])
+    rows = summarise(out["runs"], st["clients"]) if raw else out["summary"]
     out["summary"] = rows
     md = table(rows)
     print(md)
-    slim = {**out, "runs": [{**r, "latencies": None, "latency_count": len(r["latencies"])} for r in out["runs"]]}
-    write_results(slim, path)
+    if raw:
+        out = {**out, "runs": [{**r, "latencies": None, "latency_count": len(r["latencies"])} for r in out["runs"]]}
+    write_results(out, path)
     if str(markdown) == "-":
         return
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
@@ -287,4 +291,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point(main, publish, "serving_latency"))
