@@ -9,9 +9,11 @@ applied (bucket order, duplicates) and either applied whole or rejected whole.
 Operations of one call share a CallScope: once one of them fails, or the call ends, the rest are
 dropped unapplied, so a rejected batch is never followed by later batches of the same call.
 
-After each operation the worker publishes a status (one consistent dict for GetStatus and the
-metrics) and, throttled by `snapshot_interval_seconds` but always when the queue runs empty or a
-bucket ends, a serving snapshot. Checkpoints are written at bucket ends, every N batches, every
+After each operation the worker publishes a serving snapshot, throttled by
+`snapshot_interval_seconds` but always when the queue runs empty or a bucket ends. The status (one
+consistent dict for GetStatus and the metrics) is built between operations too, but while batches
+keep coming only when someone asks for it (`status()` waits for the next operation boundary):
+building it after every batch cost about a tenth of a small model's step. Checkpoints are written at bucket ends, every N batches, every
 T seconds and at shutdown; they hold each stream's applied sequence together with the model,
 so both always agree.
 """
@@ -126,6 +128,7 @@ class RegisterResult:
 
 
 _STOP = object()
+STATUS_WAIT_SECONDS = 5.0  # how long status() waits for the worker to build a current one
 
 
 class TrainingWorker:
@@ -160,6 +163,10 @@ class TrainingWorker:
         self._accepting = True
         self._thread: threading.Thread | None = None
         self._status: dict = {}
+        self._ops_done = 0  # operations finished by the worker (applied or refused)
+        self._status_ops = 0  # _ops_done when _status was built
+        self._status_wanted = threading.Event()  # a reader waits for a current status
+        self._status_built = threading.Condition()
 
     # -- life cycle (any thread, before start / after stop) -----------------------------------------
 
@@ -216,7 +223,7 @@ class TrainingWorker:
                 late.future.set_exception(Unavailable("the server is shutting down; send again after it restarts"))
         if self._dirty and self.checkpoints is not None:
             self._checkpoint()
-            self._publish(snapshot=False)
+        self._publish(snapshot=False)
 
     # -- submitting (gRPC threads) ------------------------------------------------------------------
 
@@ -241,7 +248,18 @@ class TrainingWorker:
         return self.queue.qsize()
 
     def status(self) -> dict:
-        """The last published status (a consistent view; never mutated after publication)."""
+        """The status after the last operation the worker finished (a consistent view; never mutated
+        after publication). While the worker is busy with a run of batches it builds one only on
+        request: this waits for its next operation boundary, at most STATUS_WAIT_SECONDS (then the
+        last one built is returned)."""
+        wanted = self._ops_done
+        thread = self._thread
+        if self._status_ops >= wanted or thread is None or not thread.is_alive() or thread is threading.current_thread():
+            return self._status
+        with self._status_built:
+            self._status_wanted.set()
+            self._status_built.wait_for(lambda: self._status_ops >= wanted or not thread.is_alive(),
+                                        STATUS_WAIT_SECONDS)
         return self._status
 
     # -- the worker thread --------------------------------------------------------------------------
@@ -264,7 +282,7 @@ class TrainingWorker:
                 log.exception("training worker failed on %s", type(op).__name__)
                 error = e
             try:
-                self._after(op)  # published before the caller hears back: its next GetStatus sees this op
+                self._after(op)  # before the caller hears back: its next GetStatus sees this op
             except Exception:  # a bug in publishing or checkpointing must not stop training
                 log.exception("training worker: publishing after %s failed", type(op).__name__)
             if error is not None:
@@ -292,7 +310,8 @@ class TrainingWorker:
                 or (self.checkpoint_every_seconds and time.time() - self.last_checkpoint_time
                     >= self.checkpoint_every_seconds)):
             self._checkpoint()
-        self._publish(snapshot)
+        self._ops_done += 1
+        self._publish(snapshot, status=not train or idle or self._status_wanted.is_set())
 
     def _ensure_learner(self, schema: Schema) -> Learner:
         return self._adopt(self._candidate(schema), schema)
@@ -415,14 +434,19 @@ class TrainingWorker:
             "written_at": time.time(),
         }
 
-    def _publish(self, snapshot: bool) -> None:
+    def _publish(self, snapshot: bool, status: bool = True) -> None:
         learner = self.learner
         current = self.snapshots.current()
         if snapshot and learner is not None and (current is None or current.version != learner.version):
             self.snapshots.publish_model(learner.model, learner.version, learner.device)
             self.metrics.snapshots.inc()
             self._last_snapshot = time.monotonic()
-        self._status = self._build_status()
+        if status:
+            built = self._build_status()
+            with self._status_built:
+                self._status, self._status_ops = built, self._ops_done
+                self._status_wanted.clear()
+                self._status_built.notify_all()
 
     def _build_status(self) -> dict:
         learner = self.learner

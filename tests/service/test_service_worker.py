@@ -121,6 +121,36 @@ def test_a_call_scope_ends_with_its_call(gated):
     assert not CallScope.of(FakeCallContext(ended=True)).live  # a call that ended before its scope was made
 
 
+def test_status_is_built_on_request_while_batches_keep_coming_and_is_current_when_read():
+    worker = TrainingWorker(LearnerConfig(device="cpu"), SchemaHolder(SCHEMA), SnapshotHolder(), ServerMetrics(),
+                            queue_size=4)
+    turns = threading.Semaphore(0)  # one training step per release
+    train = worker._train
+    worker._train = lambda op: (turns.acquire(timeout=10), train(op))[1]
+    worker.start()
+    try:
+        futures = [worker.submit(op(k), 1) for k in (1, 2, 3)]
+        turns.release()
+        assert futures[0].result(10).applied  # op 1 applied while ops 2 and 3 wait: no status built for it
+        wait_until(lambda: worker.queue_depth == 1)  # the worker holds op 2 at its turn
+        read: list[dict] = []
+        reader = threading.Thread(target=lambda: read.append(worker.status()))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive()  # it waits for the worker's next operation boundary ...
+        turns.release()
+        reader.join(10)
+        status = read[0]  # ... and then sees every operation finished when it asked (op 1), and op 2
+        assert status["applied_sequences"] == {"s": 2} and status["samples_trained"] == 8
+        turns.release()
+        assert futures[2].result(10).applied
+        assert worker.status()["samples_trained"] == 12  # idle: built at once after the last operation
+    finally:
+        for _ in range(3):
+            turns.release()
+        worker.stop(timeout=10)
+
+
 def test_stop_applies_what_was_queued_then_refuses(gated):
     worker, gate = gated
     futures = [worker.submit(op(k), 1) for k in (1, 2)]
