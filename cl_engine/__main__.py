@@ -23,7 +23,7 @@ def add_learner_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=f["weight_decay"].default)
     p.add_argument("--buffer-capacity", type=int, default=f["buffer_capacity"].default,
                    help=f["buffer_capacity"].description)
-    p.add_argument("--retention", choices=["reservoir", "ratio", "per-bucket"], default=None,
+    p.add_argument("--retention", choices=["reservoir", "reservoir-end", "ratio", "per-bucket"], default=None,
                    help=f["retention"].description)
     p.add_argument("--retain-ratio", type=float, default=None,
                    help=f"{f['retain_ratio'].description} (implies --retention ratio; default "

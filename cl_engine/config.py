@@ -19,10 +19,11 @@ class LearnerConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     # Replay memory. Capacity is a hard bound on samples held, whatever the retention.
     buffer_capacity: int = Field(1000, ge=0, description="samples the replay memory can hold")
-    retention: Literal["reservoir", "ratio", "per-bucket"] | None = Field(
-        None, description="reservoir (online, fixed capacity), ratio (a share of each bucket, chosen at its "
-                          "end), per-bucket (a fixed count of each bucket); default: reservoir for replay, "
-                          "per-bucket for GEM and A-GEM")
+    retention: Literal["reservoir", "reservoir-end", "ratio", "per-bucket"] | None = Field(
+        None, description="reservoir (online, fixed capacity), reservoir-end (the same reservoir, its writes "
+                          "applied at the end of each bucket: a bucket replays finished buckets only), ratio (a "
+                          "share of each bucket, chosen at its end), per-bucket (a fixed count of each bucket); "
+                          "default: reservoir for replay, per-bucket for GEM and A-GEM")
     retain_ratio: float = Field(0.05, gt=0, le=1, description="share of each bucket retained (ratio retention)")
     selection: Literal[SELECTIONS] = Field("random", description="which samples a bucket leaves behind")
     class_balanced: bool = Field(False, description="reservoir retention evicts from the largest class")
@@ -43,7 +44,10 @@ class LearnerConfig(BaseModel):
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.retention is None:
             self.retention = "reservoir" if self.strategy in ("naive", "replay") else "per-bucket"
-        if self.retention == "reservoir" and self.selection != "random":
+        if self.retention in ("reservoir", "reservoir-end") and self.selection != "random":
             raise ValueError(f"selection {self.selection!r} needs ratio or per-bucket retention; reservoir "
                              "retention is uniform random by definition")
+        if self.retention == "reservoir-end" and self.class_balanced:
+            raise ValueError("class_balanced evicts by the classes the memory holds now, so it needs the online "
+                             "'reservoir' retention, not 'reservoir-end'")
         return self

@@ -61,8 +61,9 @@ class Learner:
         strategy_cls = STRATEGIES[config.strategy]
         capacity = config.buffer_capacity if strategy_cls.uses_memory else 0
         self.buffer = ReplayBuffer(capacity, self.device)
-        if config.retention == "reservoir":
-            self.retention = ReservoirRetention(self.buffer, config.class_balanced)
+        if config.retention in ("reservoir", "reservoir-end"):
+            self.retention = ReservoirRetention(self.buffer, config.class_balanced,
+                                                deferred=config.retention == "reservoir-end")
         else:
             self.retention = BucketRetention(
                 self.buffer, config.candidate_pool,

@@ -3,6 +3,9 @@
 - `ReservoirRetention` (fixed total capacity): every observed sample has the same chance to be
   held (Vitter's reservoir). Class-balanced, a full memory makes room by dropping a random sample
   of its largest class, so rare classes are not crowded out (CBRS, Chrysakis & Moens 2020).
+  Deferred ("reservoir-end"), the same reservoir's writes wait until the end of their bucket, so a
+  bucket replays only finished buckets, as Avalanche's ReservoirSamplingBuffer does; once a bucket
+  ends the memory holds exactly what the online reservoir would.
 - `BucketRetention` (the seed study's way, and GEM's per-bucket memory): during a bucket, a
   bounded reservoir of candidates is kept; at the end of the bucket they are scored with the
   model as it stands and the k of highest priority are retained, k = ratio × bucket size or a
@@ -83,11 +86,17 @@ def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]
 
 
 class ReservoirRetention:
-    def __init__(self, buffer: ReplayBuffer, class_balanced: bool = False):
+    def __init__(self, buffer: ReplayBuffer, class_balanced: bool = False, deferred: bool = False):
+        if class_balanced and deferred:
+            raise ValueError("a class-balanced reservoir evicts by the memory's current classes, online only; "
+                             "it cannot be deferred to the end of the bucket")
         self.buffer = buffer
         self.class_balanced = class_balanced
+        self.deferred = deferred
         self.seen = 0
         self.seen_per_class: dict[int, int] = {}
+        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # deferred: slot -> (sample, label)
+        self.pending_size = 0  # deferred: the memory's size once the pending writes land
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator) -> None:
         buf = self.buffer
@@ -96,9 +105,15 @@ class ReservoirRetention:
         if self.class_balanced:
             slots = self._class_balanced_slots(y, generator)
         else:
-            slots = reservoir_slots(self.seen, len(y), buf.capacity, buf.size, generator)
+            size = max(buf.size, self.pending_size) if self.deferred else buf.size
+            slots = reservoir_slots(self.seen, len(y), buf.capacity, size, generator)
         self.seen += len(y)
-        store(buf, x, y, bucket, slots)
+        if not self.deferred:
+            store(buf, x, y, bucket, slots)
+            return
+        for i in last_writes(slots):
+            self.pending[slots[i]] = (x[i].clone(), y[i].clone())
+            self.pending_size = max(self.pending_size, slots[i] + 1)
 
     def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> list[int]:
         buf = self.buffer
@@ -128,14 +143,32 @@ class ReservoirRetention:
 
     def end_bucket(self, bucket: int, scorer: Scorer, selection: str, generator: torch.Generator,
                    bucket_size: int | None = None) -> None:
-        """Reservoir retention happens online; nothing to consolidate."""
+        """Online: nothing to consolidate. Deferred: the bucket's writes land now."""
+        if not self.pending:
+            return
+        slots = sorted(self.pending)
+        self.buffer.write(torch.tensor(slots), torch.stack([self.pending[s][0] for s in slots]),
+                          torch.stack([self.pending[s][1] for s in slots]), bucket)
+        self.pending.clear()
+        self.pending_size = 0
 
     def state_dict(self) -> dict:
-        return {"seen": self.seen, "seen_per_class": dict(self.seen_per_class)}
+        slots = sorted(self.pending)
+        pending = None if not slots else {
+            "slots": torch.tensor(slots), "x": torch.stack([self.pending[s][0] for s in slots]).cpu(),
+            "y": torch.stack([self.pending[s][1] for s in slots]).cpu()}
+        return {"seen": self.seen, "seen_per_class": dict(self.seen_per_class), "pending": pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.seen = state["seen"]
         self.seen_per_class = dict(state["seen_per_class"])
+        self.pending, self.pending_size = {}, 0
+        pending = state.get("pending")  # absent from checkpoints written before deferred reservoirs
+        if pending is not None:
+            device = self.buffer.device
+            for s, x, y in zip(pending["slots"].tolist(), pending["x"], pending["y"]):
+                self.pending[s] = (x.to(device), y.to(device))
+                self.pending_size = max(self.pending_size, s + 1)
 
 
 class BucketRetention:

@@ -34,6 +34,7 @@ CONFIGS = {
     "replay-reservoir": LearnerConfig(strategy="replay", buffer_capacity=60, momentum=0.9),
     "replay-ratio-el2n": LearnerConfig(strategy="replay", retention="ratio", retain_ratio=0.2, selection="el2n"),
     "replay-balanced": LearnerConfig(strategy="replay", buffer_capacity=40, class_balanced=True),
+    "replay-reservoir-end": LearnerConfig(strategy="replay", buffer_capacity=60, retention="reservoir-end"),
     "gem": LearnerConfig(strategy="gem", memory_per_bucket=20),
     "agem": LearnerConfig(strategy="agem", memory_per_bucket=20, agem_sample_size=16),
 }
@@ -72,6 +73,21 @@ def test_replay_and_gem_remember_what_naive_forgets():
     for name in ("replay", "gem"):
         assert results[name]["acc"] > results["naive"]["acc"] + 0.15
         assert results[name]["forgetting"] < results["naive"]["forgetting"] / 2
+
+
+def test_reservoir_end_replays_finished_buckets_only():
+    learner = Learner(LearnerConfig(strategy="replay", buffer_capacity=60, retention="reservoir-end"),
+                      STREAM.input_shape, STREAM.num_classes)
+    for b in range(3):
+        for x, y in batches(b, 0, 10):
+            learner.observe(x, y, b)
+            assert set(learner.buffer.buckets_held()) <= set(range(b))  # finished buckets only
+        learner.end_bucket(b, bucket_size=100)
+        assert b in learner.buffer.buckets_held() and len(learner.buffer) == 60
+    with pytest.raises(ValueError, match="needs the online 'reservoir'"):
+        LearnerConfig(strategy="replay", retention="reservoir-end", class_balanced=True)
+    with pytest.raises(ValueError, match="uniform random by definition"):
+        LearnerConfig(strategy="replay", retention="reservoir-end", selection="el2n")
 
 
 def test_bad_batches_are_refused_with_the_reason():

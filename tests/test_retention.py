@@ -72,6 +72,42 @@ def test_reservoir_is_algorithm_r_slot_for_slot():
     assert torch.equal(g_ours.get_state(), g_ref.get_state())
 
 
+def test_deferred_reservoir_lands_at_bucket_end_what_the_online_one_holds():
+    """Same arrivals, same generator: within a bucket the deferred memory does not change (training
+    replays finished buckets only); at the bucket's end it holds exactly the online reservoir's
+    contents, slot for slot, with the same bucket tags; a restored state continues the same."""
+    capacity = 25
+    online, deferred = ReplayBuffer(capacity), ReplayBuffer(capacity)
+    r_online, r_deferred = ReservoirRetention(online), ReservoirRetention(deferred, deferred=True)
+    g_online, g_deferred = gen(3), gen(3)
+    start = 0
+    for bucket, batches in enumerate((2, 6, 9)):  # the memory fills in bucket 1, mid-batch
+        before = deferred.x[: len(deferred)].clone() if deferred.x is not None else None
+        for _ in range(batches):
+            x, y = samples(7, start)
+            start += 7
+            r_online.observe(x, y, bucket, g_online)
+            r_deferred.observe(x, y, bucket, g_deferred)
+            assert len(deferred) == (0 if before is None else len(before))
+            if before is not None:
+                assert torch.equal(deferred.x[: len(deferred)], before)
+        if bucket == 2:  # a checkpoint mid-bucket keeps the pending writes
+            state = r_deferred.state_dict()
+            r_deferred = ReservoirRetention(deferred, deferred=True)
+            r_deferred.load_state_dict(state)
+        r_deferred.end_bucket(bucket, None, "random", g_deferred)
+        assert len(deferred) == len(online) == min(capacity, start)
+        for column in ("x", "y", "bucket"):
+            assert torch.equal(getattr(deferred, column)[: len(online)], getattr(online, column)[: len(online)])
+    assert set(deferred.bucket[:capacity].tolist()) == {0, 1, 2}
+    assert torch.equal(g_online.get_state(), g_deferred.get_state())
+
+
+def test_deferred_reservoir_refuses_class_balance():
+    with pytest.raises(ValueError, match="online only"):
+        ReservoirRetention(ReplayBuffer(5), class_balanced=True, deferred=True)
+
+
 def test_append_fills_the_next_free_slots_and_refuses_to_overflow():
     buf = ReplayBuffer(5)
     x, y = samples(3)
