@@ -1,7 +1,7 @@
 """Peer comparison: cl_engine against Avalanche (avalanche-lib), in one process, side by side.
 
-    .venv-bench/bin/python benchmarks/peer_avalanche.py            # default: 3 repetitions, ~5 min on 2 cores
-    .venv-bench/bin/python benchmarks/peer_avalanche.py --reps 7   # more repetitions
+    .venv-bench/bin/python benchmarks/peer_avalanche.py            # default: 5 repetitions, ~4 min on 2 cores
+    .venv-bench/bin/python benchmarks/peer_avalanche.py --reps 9   # more repetitions
 
 (set-up of .venv-bench: benchmarks/README.md). Writes benchmarks/results/peer_avalanche.json,
 prints a table and rewrites the `peer_avalanche` section of BENCHMARKS.md.
@@ -13,7 +13,9 @@ What is the same for both libraries
   seed; its state_dict is copied into the model handed to Avalanche.
 - Optimizer SGD (lr 0.1, no momentum, no weight decay), cross-entropy, batch 10, 1 epoch, CPU,
   the same torch in the same process, the same thread count.
-- Memory budgets: replay holds `--replay-capacity` samples in total; GEM and A-GEM keep
+- Memory budgets and policies: replay holds `--replay-capacity` samples in total, chosen by a
+  reservoir over the stream and written at the end of each bucket on both sides (ours
+  `reservoir-end`, the peer's ReservoirSamplingBuffer); GEM and A-GEM keep
   `--memory-per-bucket` samples of every finished bucket; A-GEM's reference gradient uses
   `--agem-sample-size` memories; GEM's margin 0.5 and ε = 1e-3 on the Gram matrix (both).
 - The accuracy matrix: after each bucket, accuracy on every bucket's test split, plus the row
@@ -290,9 +292,13 @@ def main(argv=None) -> int:
     p.add_argument("--peer-replay-storage", choices=("reservoir", "balanced"), default="reservoir",
                    help="Avalanche replay storage policy: ReservoirSamplingBuffer (closest to ours) or its "
                         "default ExperienceBalancedBuffer")
-    p.add_argument("--our-replay-retention", choices=("reservoir", "per-bucket"), default="reservoir",
-                   help="our replay memory: online reservoir (our default) or per-bucket, filled at the end "
-                        "of each bucket and split evenly over buckets (what Avalanche's default policy does)")
+    p.add_argument("--our-replay-retention", choices=("reservoir-end", "reservoir", "per-bucket"),
+                   default="reservoir-end",
+                   help="our replay memory: reservoir-end (a reservoir written at each bucket's end, so a bucket "
+                        "replays finished buckets only: the schedule of Avalanche's ReservoirSamplingBuffer; the "
+                        "default here), reservoir (online, our engine's default: a bucket also replays its own "
+                        "samples) or per-bucket (filled at each bucket's end and split evenly over buckets, what "
+                        "Avalanche's default ExperienceBalancedBuffer does)")
     p.add_argument("--peer-shuffle", action="store_true",
                    help="let Avalanche shuffle each experience (its default). Off: it trains on the stream's "
                         "own order, the batches our engine gets, so both see the same data in the same order")

@@ -28,6 +28,8 @@ MEMORY = {"buffer_capacity": 250, "memory_per_bucket": 50}
 RUNS = {
     "naive (fine-tune)": ("time", dict(strategy="naive")),
     "replay, reservoir 250": ("time", dict(strategy="replay", **MEMORY)),
+    "replay, reservoir 250, written at bucket ends": ("time", dict(strategy="replay", retention="reservoir-end",
+                                                                   **MEMORY)),
     "replay, 50/bucket at random": ("time", dict(strategy="replay", retention="per-bucket", **MEMORY)),
     "replay, 50/bucket by EL2N": ("time", dict(strategy="replay", retention="per-bucket", selection="el2n", **MEMORY)),
     "replay, 50/bucket by margin": ("time", dict(strategy="replay", retention="per-bucket", selection="margin",
