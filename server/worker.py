@@ -13,9 +13,9 @@ After each operation the worker publishes a serving snapshot, throttled by
 `snapshot_interval_seconds` but always when the queue runs empty or a bucket ends. The status (one
 consistent dict for GetStatus and the metrics) is built between operations too, but while batches
 keep coming only when someone asks for it (`status()` waits for the next operation boundary):
-building it after every batch cost about a tenth of a small model's step. Checkpoints are written at bucket ends, every N batches, every
-T seconds and at shutdown; they hold each stream's applied sequence together with the model,
-so both always agree.
+building it after every batch cost about a tenth of a small model's step. Checkpoints are written
+at bucket ends, every N batches, every T seconds and at shutdown; they hold each stream's applied
+sequence together with the model, so both always agree.
 """
 from __future__ import annotations
 
@@ -254,7 +254,8 @@ class TrainingWorker:
         last one built is returned)."""
         wanted = self._ops_done
         thread = self._thread
-        if self._status_ops >= wanted or thread is None or not thread.is_alive() or thread is threading.current_thread():
+        no_worker = thread is None or not thread.is_alive() or thread is threading.current_thread()  # none to wait for
+        if self._status_ops >= wanted or no_worker:
             return self._status
         with self._status_built:
             self._status_wanted.set()
