@@ -96,7 +96,6 @@ class ReservoirRetention:
         self.seen = 0
         self.seen_per_class: dict[int, int] = {}
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # deferred: slot -> (sample, label)
-        self.pending_size = 0  # deferred: the memory's size once the pending writes land
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator) -> None:
         buf = self.buffer
@@ -105,7 +104,8 @@ class ReservoirRetention:
         if self.class_balanced:
             slots = self._class_balanced_slots(y, generator)
         else:
-            size = max(buf.size, self.pending_size) if self.deferred else buf.size
+            # deferred: the size the memory will have once the pending writes land
+            size = max(buf.size, max(self.pending, default=-1) + 1)
             slots = reservoir_slots(self.seen, len(y), buf.capacity, size, generator)
         self.seen += len(y)
         if not self.deferred:
@@ -113,7 +113,6 @@ class ReservoirRetention:
             return
         for i in last_writes(slots):
             self.pending[slots[i]] = (x[i].clone(), y[i].clone())
-            self.pending_size = max(self.pending_size, slots[i] + 1)
 
     def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> list[int]:
         buf = self.buffer
@@ -144,31 +143,32 @@ class ReservoirRetention:
     def end_bucket(self, bucket: int, scorer: Scorer, selection: str, generator: torch.Generator,
                    bucket_size: int | None = None) -> None:
         """Online: nothing to consolidate. Deferred: the bucket's writes land now."""
-        if not self.pending:
-            return
+        if self.pending:
+            self.buffer.write(*self._pending_rows(), bucket)
+            self.pending.clear()
+
+    def _pending_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pending writes as (slots, x, y), slots ascending."""
         slots = sorted(self.pending)
-        self.buffer.write(torch.tensor(slots), torch.stack([self.pending[s][0] for s in slots]),
-                          torch.stack([self.pending[s][1] for s in slots]), bucket)
-        self.pending.clear()
-        self.pending_size = 0
+        return (torch.tensor(slots), torch.stack([self.pending[s][0] for s in slots]),
+                torch.stack([self.pending[s][1] for s in slots]))
 
     def state_dict(self) -> dict:
-        slots = sorted(self.pending)
-        pending = None if not slots else {
-            "slots": torch.tensor(slots), "x": torch.stack([self.pending[s][0] for s in slots]).cpu(),
-            "y": torch.stack([self.pending[s][1] for s in slots]).cpu()}
+        pending = None
+        if self.pending:
+            slots, x, y = self._pending_rows()
+            pending = {"slots": slots, "x": x.cpu(), "y": y.cpu()}
         return {"seen": self.seen, "seen_per_class": dict(self.seen_per_class), "pending": pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.seen = state["seen"]
         self.seen_per_class = dict(state["seen_per_class"])
-        self.pending, self.pending_size = {}, 0
+        self.pending = {}
         pending = state.get("pending")  # absent from checkpoints written before deferred reservoirs
         if pending is not None:
             device = self.buffer.device
             for s, x, y in zip(pending["slots"].tolist(), pending["x"], pending["y"]):
                 self.pending[s] = (x.to(device), y.to(device))
-                self.pending_size = max(self.pending_size, s + 1)
 
 
 class BucketRetention:
