@@ -4,12 +4,18 @@ that the message itself does not already pay for.
 Raw tensors must match the schema's shape and carry exactly prod(shape)·itemsize bytes; encoded
 images are opened lazily, their declared size checked against the pixel limit, and only then
 decoded (no decompression bombs). Every error is InvalidArgument naming the field.
+
+A message's images are decoded in parallel when an executor is given and they are large enough
+to pay for it (PARALLEL_MIN_IMAGE_BYTES on average): Pillow and torch let go of the GIL while they
+decode and resize, a thread hand-off costs more than a small image's whole decode. The first bad
+image in message order is the one reported, as when decoding in order.
 """
 from __future__ import annotations
 
 import functools
-import math
 import io
+import math
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +33,9 @@ WIRE_DTYPES = {  # wire enum → (numpy dtype, divisor to float32; uint8 as the 
 TORCH_TO_WIRE = {torch.uint8: pb.DTYPE_UINT8, torch.float16: pb.DTYPE_FLOAT16, torch.float32: pb.DTYPE_FLOAT32}
 IMAGE_FORMATS = ("JPEG", "PNG")
 IMAGE_MODES = {1: "L", 3: "RGB"}
+# Measured on 2 cores: 8- to 64-pixel PNGs (0.1-4 KB) decode 1.6x slower through a pool of two
+# threads than in order; 256-pixel PNGs (66 KB) 1.7x faster.
+PARALLEL_MIN_IMAGE_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,14 +53,15 @@ class DecodeLimits:
 
 
 def decode_samples(samples: pb.Samples, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
-                   train: bool = False) -> torch.Tensor:
+                   train: bool = False, pool: Executor | None = None) -> torch.Tensor:
     """A float32 tensor [n, *input_shape] with finite values, 1 <= n <= limits.max_samples.
-    `train` picks the training-time image transform where the transform has one."""
+    `train` picks the training-time image transform where the transform has one; `pool` may
+    decode large images in parallel."""
     kind = samples.WhichOneof("payload")
     if kind == "tensor":
         return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples)
     if kind == "images":
-        return decode_images(samples.images, f"{field}.images", input_shape, limits, train)
+        return decode_images(samples.images, f"{field}.images", input_shape, limits, train, pool)
     raise InvalidArgument(field, "not set; expected `tensor` (raw samples) or `images` (JPEG/PNG files)")
 
 
@@ -102,7 +112,7 @@ def _imagenet_transforms(size: int):
 
 
 def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
-                  train: bool = False) -> torch.Tensor:
+                  train: bool = False, pool: Executor | None = None) -> torch.Tensor:
     imagenet = limits.image_transform == "imagenet"
     if imagenet and (len(input_shape) != 3 or input_shape[0] != 3 or input_shape[1] != input_shape[2]):
         raise InvalidArgument(field, f"the model takes samples of shape {list(input_shape)}; the imagenet image "
@@ -114,12 +124,20 @@ def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, 
     if imagenet:
         evaluation, training = _imagenet_transforms(input_shape[1])
         transform = training if train else evaluation
-        x = torch.stack([transform(open_image(data, f"{field}.images[{i}]", limits, "RGB"))
-                         for i, data in enumerate(images.images)])
+
+        def decode(i: int, data: bytes) -> torch.Tensor:
+            return transform(open_image(data, f"{field}.images[{i}]", limits, "RGB"))
+    else:
+        def decode(i: int, data: bytes) -> torch.Tensor:
+            return decode_image(data, f"{field}.images[{i}]", input_shape, limits)
+    files = images.images
+    if pool is not None and len(files) > 1 and sum(map(len, files)) >= PARALLEL_MIN_IMAGE_BYTES * len(files):
+        x = torch.stack(list(pool.map(decode, range(len(files)), files)))  # raises the first failure in order
+    else:
+        x = torch.stack([decode(i, data) for i, data in enumerate(files)])
+    if imagenet:
         _finite(x, field)
         return x
-    x = torch.stack([decode_image(data, f"{field}.images[{i}]", input_shape, limits)
-                     for i, data in enumerate(images.images)])
     if limits.image_mean is not None:
         x -= torch.tensor(limits.image_mean, dtype=torch.float32).view(-1, 1, 1)
     if limits.image_std is not None:

@@ -76,6 +76,7 @@ class Service:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server: grpc.Server | None = None
+        self.servicer: ContinualLearnerServicer | None = None
         self.port = 0
         self.metrics_port = 0
         self._metrics_http = None
@@ -104,8 +105,8 @@ class Service:
                                   # a call beyond the handler threads is refused (RESOURCE_EXHAUSTED) at once
                                   # rather than left waiting behind long-lived streams
                                   maximum_concurrent_rpcs=s.worker_threads)
-        pb_grpc.add_ContinualLearnerServicer_to_server(
-            ContinualLearnerServicer(s, self.schemas, self.worker, self.snapshots, self.metrics), self.server)
+        self.servicer = ContinualLearnerServicer(s, self.schemas, self.worker, self.snapshots, self.metrics)
+        pb_grpc.add_ContinualLearnerServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         address = _address(s.host, s.port)
@@ -133,6 +134,7 @@ class Service:
         self.health.enter_graceful_shutdown()
         if self.server is not None:
             self.server.stop(grace).wait()
+            self.servicer.close()
         self.worker.stop(timeout=max(60.0, grace))
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Iterator
 
@@ -102,6 +103,13 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             image_std=tuple(settings.image_std) if settings.image_std else None,
             image_transform=settings.image_transform)
         self._inference_slots = threading.BoundedSemaphore(settings.max_concurrent_predictions)
+        self.decode_pool = (ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="clstream-decode")
+                            if settings.decode_threads > 1 else None)
+
+    def close(self) -> None:
+        """Let the image-decoding threads go (after the server has stopped taking calls)."""
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- shared validation --------------------------------------------------------------------------
 
@@ -122,7 +130,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         return bucket
 
     def _labelled(self, message, schema: Schema, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train)
+        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool)
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     @contextlib.contextmanager
@@ -280,7 +288,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             k = request.top_k or 1
             if k > schema.num_classes:
                 raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
-            x = decode_samples(request.samples, "samples", schema.input_shape, self.limits)
+            x = decode_samples(request.samples, "samples", schema.input_shape, self.limits, pool=self.decode_pool)
             truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
             probabilities = torch.softmax(snapshot.logits(x), dim=1)
             version = snapshot.version

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from clstream_proto import continual_learner_pb2 as pb
-from server.codec import DecodeLimits, decode_images, decode_labels, decode_samples, decode_tensor, encode_tensor
+from server.codec import (PARALLEL_MIN_IMAGE_BYTES, DecodeLimits, decode_images, decode_labels, decode_samples,
+                          decode_tensor, encode_tensor)
 from server.errors import InvalidArgument
 
 SHAPE = (1, 8, 8)
@@ -174,3 +176,50 @@ def test_the_imagenet_transform_is_the_engines():
     assert trained.shape == (1, 3, 32, 32) and torch.isfinite(trained).all()
     with pytest.raises(InvalidArgument, match="3, size, size"):
         decode_images(images, "samples.images", (1, 32, 32), limits)
+
+
+def noise_png(size: int, seed: int, channels: int = 1) -> bytes:
+    """A PNG of random pixels: it does not compress, so it is about size² · channels bytes."""
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    return png_bytes(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8),
+                     "L" if channels == 1 else "RGB")
+
+
+class CountingPool(ThreadPoolExecutor):
+    def __init__(self):
+        super().__init__(2)
+        self.submitted = 0
+
+    def submit(self, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+BIG = DecodeLimits(max_samples=64, max_image_bytes=1_000_000, max_image_pixels=512 * 512)
+
+
+def test_large_images_decode_in_parallel_to_the_same_tensor():
+    grey = pb.EncodedImages(images=[noise_png(160, seed) for seed in range(6)])
+    rgb = pb.EncodedImages(images=[noise_png(96, seed, channels=3) for seed in range(4)])
+    assert min(len(f) for f in [*grey.images, *rgb.images]) >= PARALLEL_MIN_IMAGE_BYTES
+    imagenet = DecodeLimits(max_image_bytes=1_000_000, image_transform="imagenet")
+    with CountingPool() as pool:
+        parallel = decode_images(grey, "samples.images", (1, 32, 32), BIG, pool=pool)
+        assert pool.submitted == 6
+        parallel_rgb = decode_images(rgb, "samples.images", (3, 32, 32), imagenet, pool=pool)
+        assert pool.submitted == 10
+        small = pb.EncodedImages(images=[png_bytes(np.zeros((8, 8), np.uint8))] * 6)
+        decode_images(small, "samples.images", SHAPE, BIG, pool=pool)
+        assert pool.submitted == 10  # small images are decoded in order, in the calling thread
+    assert torch.equal(parallel, decode_images(grey, "samples.images", (1, 32, 32), BIG))
+    assert torch.equal(parallel_rgb, decode_images(rgb, "samples.images", (3, 32, 32), imagenet))
+
+
+def test_in_parallel_the_first_bad_image_in_message_order_is_reported():
+    """Image 1 is truncated (fails late, while decoding), image 3 is garbage (fails at once): the
+    error names image 1, as decoding in order would."""
+    files = [noise_png(160, 0), noise_png(160, 1)[:20_000], noise_png(160, 2), b"not an image" * 3000]
+    with CountingPool() as pool, pytest.raises(InvalidArgument) as e:
+        decode_images(pb.EncodedImages(images=files), "samples.images", (1, 32, 32), BIG, pool=pool)
+    assert pool.submitted == 4
+    assert e.value.field == "samples.images.images[1]" and "could not be decoded" in e.value.message

@@ -202,3 +202,27 @@ def test_a_stream_of_png_images_trains_and_predicts(start, connect, stream):
     for a, b in zip(by_image.predictions, by_tensor.predictions):  # the same pixels either way
         assert list(a.top_labels) == list(b.top_labels)
         assert np.allclose(a.top_probabilities, b.top_probabilities, atol=1e-6)
+
+
+def test_large_images_are_decoded_by_the_decode_threads(start, connect, stream):
+    """Photo-sized PNGs (past the parallel threshold) go through the server's decode threads: a
+    Train stream of them is applied in order, and Predict answers exactly as for the same pixels
+    decoded in order and sent as a tensor."""
+    from server.codec import DecodeLimits, decode_images
+    from test_service_codec import noise_png
+
+    service = start(decode_threads=2)
+    stub = connect(service)
+    rng = np.random.default_rng(0)
+    batches = [pb.TrainBatch(stream_id="photos", sequence=k + 1, bucket=0, labels=rng.integers(0, 10, 4).tolist(),
+                             samples=pb.Samples(images=pb.EncodedImages(images=[noise_png(160, 4 * k + i)
+                                                                                for i in range(4)])),
+                             schema=schema_of(stream)) for k in range(3)]
+    assert [a.model_version for a in stub.Train(iter(batches))] == [1, 2, 3]
+    assert any(t.name.startswith("clstream-decode") for t in threading.enumerate())
+    files = pb.EncodedImages(images=[noise_png(160, 100 + i) for i in range(4)])
+    by_image = stub.Predict(pb.PredictRequest(samples=pb.Samples(images=files), top_k=10))
+    pixels = decode_images(files, "samples.images", (1, 8, 8), DecodeLimits())  # in order, here
+    by_tensor = stub.Predict(pb.PredictRequest(samples=encode_samples(pixels), top_k=10))
+    for a, b in zip(by_image.predictions, by_tensor.predictions, strict=True):
+        assert list(a.top_labels) == list(b.top_labels) and list(a.top_probabilities) == list(b.top_probabilities)
