@@ -411,6 +411,15 @@ def test_neurips2021_split_seed_picks_the_split_folder(tmp_path):
         clear(root, clear_mode="features", protocol="iid", split_seed=4)
 
 
+def test_a_split_seed_that_would_be_ignored_is_refused(current, neurips2021):
+    """Only the NeurIPS 2021 release's iid protocol has split files to pick from."""
+    with pytest.raises(ValueError, match=r"split seed 2 would be ignored.*current release.*leave it at 0"):
+        clear(current[0], protocol="iid", split_seed=2)
+    with pytest.raises(ValueError, match=r"split seed 1 would be ignored.*streaming protocol"):
+        clear(neurips2021[0], clear_mode="features", protocol="streaming", split_seed=1)
+    assert len(clear(current[0], clear_mode="features", split_seed=0)) == len(BUCKETS) - 1  # the default is fine (bucket 0 skipped)
+
+
 # -- what goes wrong, said once and clearly -------------------------------------------------------------------------
 
 

@@ -84,6 +84,12 @@ def clear_stream(path: str | Path, mode: str = "images", protocol: str = "stream
     if not root.is_dir():
         raise ClearLayoutError(root, "no such folder")
     loader = _neurips2021 if (root / "training_folder").is_dir() else _current_release
+    if split_seed != 0 and (loader is _current_release or protocol != "iid"):
+        where = ("this is the current release, whose iid protocol uses its one official train/ and test/ split"
+                 if loader is _current_release else "the streaming protocol trains and tests on whole buckets")
+        raise ValueError(f"split seed {split_seed} would be ignored: it picks one of the NeurIPS 2021 release's "
+                         f"70/30 splits (training_folder/testset_ratio_0.3/split_<seed>) for the iid protocol, and "
+                         f"{where}; leave it at 0")
     names, buckets, info = loader(root, mode, protocol, split_seed, feature_type)
 
     skipped: dict = {}
