@@ -33,8 +33,8 @@ WIRE_DTYPES = {  # wire enum → (numpy dtype, divisor to float32; uint8 as the 
 TORCH_TO_WIRE = {torch.uint8: pb.DTYPE_UINT8, torch.float16: pb.DTYPE_FLOAT16, torch.float32: pb.DTYPE_FLOAT32}
 IMAGE_FORMATS = ("JPEG", "PNG")
 IMAGE_MODES = {1: "L", 3: "RGB"}
-# Measured on 2 cores: 8- to 64-pixel PNGs (0.1-4 KB) decode 1.6x slower through a pool of two
-# threads than in order; 256-pixel PNGs (66 KB) 1.7x faster.
+# Below this mean size per image, a thread hand-off costs more than the decode (benchmarks/image_decode.py,
+# 2 cores: 8x8 PNGs 0.6x through two threads, 28 KiB photos 1.6-1.9x).
 PARALLEL_MIN_IMAGE_BYTES = 16 * 1024
 
 
