@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +76,22 @@ def digits(n: int) -> list[bytes]:
     return png_bytes(load_digits_split(0)[0][:n])
 
 
-def time_decode(images: pb.EncodedImages, shape, limits: DecodeLimits, train: bool, pool, threshold: int,
-                calls: int = 1) -> float:
-    """Seconds per decode_images call, over `calls` calls in a row."""
-    saved, codec.PARALLEL_MIN_IMAGE_BYTES = codec.PARALLEL_MIN_IMAGE_BYTES, threshold
+@contextmanager
+def parallel_threshold(min_bytes: int):
+    """The server's parallel-decode threshold set to `min_bytes` inside the block (0: every message)."""
+    saved, codec.PARALLEL_MIN_IMAGE_BYTES = codec.PARALLEL_MIN_IMAGE_BYTES, min_bytes
     try:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            decode_images(images, "samples.images", shape, limits, train, pool)
-        return (time.perf_counter() - t0) / calls
+        yield
     finally:
         codec.PARALLEL_MIN_IMAGE_BYTES = saved
+
+
+def time_decode(images: pb.EncodedImages, shape, limits: DecodeLimits, train: bool, pool, calls: int = 1) -> float:
+    """Seconds per decode_images call, over `calls` calls in a row."""
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        decode_images(images, "samples.images", shape, limits, train, pool)
+    return (time.perf_counter() - t0) / calls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,19 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         for name, source, shape, transform, train, forced in CASES:
             images = pb.EncodedImages(images=sources[source])
             limits = DecodeLimits(max_image_bytes=16 * 1024 * 1024, image_transform=transform)
-            threshold = 0 if forced else codec.PARALLEL_MIN_IMAGE_BYTES
-            warm = time_decode(images, shape, limits, train, pool, threshold)  # transforms built, threads started
-            calls = max(1, math.ceil(MIN_MEASURED_SECONDS / warm))  # small messages: several calls per measurement
-            times = {"in_order": [], "threads": []}
-            for rep in range(reps):
-                for way in (("in_order", "threads") if rep % 2 == 0 else ("threads", "in_order")):
-                    times[way].append(time_decode(images, shape, limits, train, pool if way == "threads" else None,
-                                                  threshold, calls))
+            with parallel_threshold(0 if forced else codec.PARALLEL_MIN_IMAGE_BYTES):
+                parallel = codec.decodes_in_parallel(images.images, pool)
+                warm = time_decode(images, shape, limits, train, pool)  # transforms built, threads started
+                calls = max(1, math.ceil(MIN_MEASURED_SECONDS / warm))  # small messages: several calls a measurement
+                times = {"in_order": [], "threads": []}
+                for rep in range(reps):
+                    for way in (("in_order", "threads") if rep % 2 == 0 else ("threads", "in_order")):
+                        times[way].append(time_decode(images, shape, limits, train,
+                                                      pool if way == "threads" else None, calls))
             n = len(images.images)
             mean_bytes = sum(map(len, images.images)) / n
             row = {"case": name, "images": n, "mean_bytes": mean_bytes, "input_shape": list(shape),
-                   "transform": transform, "train": train,
-                   "parallel": args.threads > 1 and n > 1 and mean_bytes >= threshold,
+                   "transform": transform, "train": train, "parallel": parallel,
                    "calls_per_measurement": calls, "seconds_per_call": times,
                    "in_order_images_per_second": n / median(times["in_order"]),
                    "threads_images_per_second": n / median(times["threads"])}

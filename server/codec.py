@@ -131,7 +131,7 @@ def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, 
         def decode(i: int, data: bytes) -> torch.Tensor:
             return decode_image(data, f"{field}.images[{i}]", input_shape, limits)
     files = images.images
-    if pool is not None and len(files) > 1 and sum(map(len, files)) >= PARALLEL_MIN_IMAGE_BYTES * len(files):
+    if decodes_in_parallel(files, pool):
         x = torch.stack(list(pool.map(decode, range(len(files)), files)))  # raises the first failure in order
     else:
         x = torch.stack([decode(i, data) for i, data in enumerate(files)])
@@ -144,6 +144,12 @@ def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, 
         x /= torch.tensor(limits.image_std, dtype=torch.float32).view(-1, 1, 1)
     _finite(x, field)
     return x
+
+
+def decodes_in_parallel(files, pool: Executor | None) -> bool:
+    """Whether `decode_images` hands these encoded files to `pool`: more than one, and large enough
+    on average (PARALLEL_MIN_IMAGE_BYTES) to pay for the hand-off."""
+    return pool is not None and len(files) > 1 and sum(map(len, files)) >= PARALLEL_MIN_IMAGE_BYTES * len(files)
 
 
 def open_image(data: bytes, field: str, limits: DecodeLimits, mode: str):
