@@ -15,6 +15,16 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __reduce__(self):  # picklable whatever a subclass's __init__ takes: it crosses to the learner process
+        return _rebuild, (type(self), self.message, self.__dict__)
+
+
+def _rebuild(cls: type[ServiceError], message: str, state: dict) -> ServiceError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class InvalidArgument(ServiceError):
     """Bad input: the message names the field and the value expected."""

@@ -21,6 +21,7 @@ from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
 from .auth import BearerTokenInterceptor
 from .checkpoint import CheckpointStore
+from .learner_process import LearnerProcess, WorkerOptions
 from .metrics import ServerMetrics, start_metrics_server
 from .schema import Schema, SchemaHolder
 from .servicer import ContinualLearnerServicer
@@ -55,14 +56,23 @@ class Service:
         self.snapshots = SnapshotHolder()
         self.checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
                             if settings.checkpoint_dir is not None else None)
-        self.worker = TrainingWorker(
-            settings.learner_config(), self.schemas, self.snapshots, self.metrics,
-            queue_size=settings.queue_size, snapshot_interval=settings.snapshot_interval_seconds,
-            max_streams=settings.max_streams, checkpoints=self.checkpoints,
-            checkpoint_every_batches=settings.checkpoint_every_batches,
-            checkpoint_every_seconds=settings.checkpoint_every_seconds,
-            drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
-                              settings.drift_alpha))
+        drift = PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
+                            settings.drift_alpha)
+        if settings.learner_process:
+            self.worker = LearnerProcess(WorkerOptions(
+                config=settings.learner_config(), schema=fixed, queue_size=settings.queue_size,
+                snapshot_interval=settings.snapshot_interval_seconds, max_streams=settings.max_streams,
+                checkpoint_dir=settings.checkpoint_dir, checkpoint_keep=settings.checkpoint_keep,
+                checkpoint_every_batches=settings.checkpoint_every_batches,
+                checkpoint_every_seconds=settings.checkpoint_every_seconds, drift=drift,
+                log_level=logging.getLevelName(settings.log_level.upper())), self.schemas, self.snapshots, self.metrics)
+        else:
+            self.worker = TrainingWorker(
+                settings.learner_config(), self.schemas, self.snapshots, self.metrics,
+                queue_size=settings.queue_size, snapshot_interval=settings.snapshot_interval_seconds,
+                max_streams=settings.max_streams, checkpoints=self.checkpoints,
+                checkpoint_every_batches=settings.checkpoint_every_batches,
+                checkpoint_every_seconds=settings.checkpoint_every_seconds, drift=drift)
         self.resumed_from = None
         if self.checkpoints is not None:
             loaded = self.checkpoints.load_latest()

@@ -45,6 +45,8 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                                                    "before RESOURCE_EXHAUSTED")
     snapshot_interval_seconds: float = Field(0.0, ge=0, description="least time between two serving snapshots "
                                                                     "while batches keep coming (0: after every batch)")
+    learner_process: bool = Field(False, description="train in a process of its own, so that training never holds "
+                                                     "the GIL the gRPC threads need (Predict, decoding, acks)")
     max_streams: int = Field(1024, ge=1, description="distinct training stream ids remembered, at most")
     max_buckets: int = Field(100, ge=1, description="buckets (trained or held-out) the server accepts, at most; "
                                                   "bounds the accuracy matrix metric to max_buckets² series")

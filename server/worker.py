@@ -19,6 +19,7 @@ sequence together with the model, so both always agree.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
@@ -27,6 +28,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,8 +50,11 @@ CHECKPOINT_FORMAT = 1
 class CallScope:
     """The operations one gRPC call submitted. Once failed (or its call ended), the rest are dropped."""
 
+    _keys = itertools.count(1)
+
     def __init__(self):
         self._failed = threading.Event()
+        self.key = next(self._keys)  # names the scope to a learner process
 
     @classmethod
     def of(cls, context) -> "CallScope":
@@ -131,12 +136,55 @@ _STOP = object()
 STATUS_WAIT_SECONDS = 5.0  # how long status() waits for the worker to build a current one
 
 
+def dropped() -> Cancelled:
+    """The error of an operation dropped unapplied (its call failed or ended before it was reached)."""
+    return Cancelled("dropped unapplied: an earlier operation of the same call failed, or the call ended")
+
+
+def check_checkpoint(state: dict, config: LearnerConfig, schemas: SchemaHolder, path: Path | None) -> None:
+    """Refuse a checkpoint this server cannot continue from (ValueError naming why); establish its schema."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint format {state.get('format')!r}; this server reads {CHECKPOINT_FORMAT}")
+    if state["schema"] is not None:
+        schema = Schema.validated(state["schema"]["class_names"], state["schema"]["input_shape"], "checkpoint")
+        try:
+            schemas.establish(schema)
+        except FailedPrecondition as e:
+            raise ValueError(f"checkpoint {path} does not fit the settings' schema: {e.message}") from None
+    if state["learner"] is not None:
+        saved = LearnerConfig(**state["learner"]["config"])
+        ours, theirs = config.model_dump(exclude={"device"}), saved.model_dump(exclude={"device"})
+        if ours != theirs:
+            diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+            raise ValueError(f"checkpoint {path} was trained with other learner settings "
+                             f"(setting: checkpoint → now): {diff}; start with the same settings, or with "
+                             "an empty checkpoint directory")
+
+
+def enqueue(ops: queue.Queue, op: "Op", timeout: float, accepting: Callable[[], bool]) -> Future:
+    """Put `op` on the bounded queue `ops`, waiting up to `timeout` seconds for room while its call is
+    alive: back-pressure for the sender, RESOURCE_EXHAUSTED past the wait."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not accepting():
+            raise Unavailable("the server is shutting down; send again after it restarts")
+        if not op.scope.live:
+            raise Cancelled("the call ended before its operation could be queued")
+        try:
+            ops.put(op, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            return op.future
+        except queue.Full:
+            if time.monotonic() >= deadline:
+                raise ResourceExhausted(f"the training queue is full ({ops.maxsize} operations) and stayed "
+                                        f"full for {timeout:g}s; send more slowly") from None
+
+
 class TrainingWorker:
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
                  max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
                  checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
-                 drift: PageHinkley | None = None):
+                 drift: PageHinkley | None = None, status_wanted: threading.Event | None = None):
         self.config = config
         self.schemas = schemas
         self.snapshots = snapshots
@@ -165,29 +213,15 @@ class TrainingWorker:
         self._status: dict = {}
         self._ops_done = 0  # operations finished by the worker (applied or refused)
         self._status_ops = 0  # _ops_done when _status was built
-        self._status_wanted = threading.Event()  # a reader waits for a current status
+        self._status_wanted = status_wanted or threading.Event()  # a reader waits for a current status
         self._status_built = threading.Condition()
 
     # -- life cycle (any thread, before start / after stop) -----------------------------------------
 
     def restore(self, state: dict, path: Path | None = None) -> None:
         """Continue from a checkpoint's state (before start)."""
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r}; this server reads {CHECKPOINT_FORMAT}")
-        if state["schema"] is not None:
-            schema = Schema.validated(state["schema"]["class_names"], state["schema"]["input_shape"], "checkpoint")
-            try:
-                self.schemas.establish(schema)
-            except FailedPrecondition as e:
-                raise ValueError(f"checkpoint {path} does not fit the settings' schema: {e.message}") from None
+        check_checkpoint(state, self.config, self.schemas, path)
         if state["learner"] is not None:
-            saved = LearnerConfig(**state["learner"]["config"])
-            ours, theirs = self.config.model_dump(exclude={"device"}), saved.model_dump(exclude={"device"})
-            if ours != theirs:
-                diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
-                raise ValueError(f"checkpoint {path} was trained with other learner settings "
-                                 f"(setting: checkpoint → now): {diff}; start with the same settings, or with "
-                                 "an empty checkpoint directory")
             self.learner = Learner.from_state_dict(state["learner"], device=self.config.device)
         self.applied = dict(state["applied_sequences"])
         configured = {k: getattr(self.drift, k) for k in ("delta", "threshold", "min_samples", "alpha")}
@@ -198,11 +232,21 @@ class TrainingWorker:
         self.last_checkpoint_time = state["written_at"]
 
     def start(self) -> None:
+        self.begin()
+        self._thread = threading.Thread(target=self._run, name="clstream-training-worker", daemon=True)
+        self._thread.start()
+
+    def begin(self) -> None:
+        """Build the model if the schema is known, publish the first snapshot and status."""
         if self.learner is None and self.schemas.schema is not None:
             self._ensure_learner(self.schemas.schema)
         self._publish(snapshot=True)
-        self._thread = threading.Thread(target=self._run, name="clstream-training-worker", daemon=True)
-        self._thread.start()
+
+    def finish(self) -> None:
+        """After the last operation: the final checkpoint and status."""
+        if self._dirty and self.checkpoints is not None:
+            self._checkpoint()
+        self._publish(snapshot=False)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop taking operations, apply those already queued, write a final checkpoint."""
@@ -221,31 +265,22 @@ class TrainingWorker:
                 break
             if late is not _STOP:
                 late.future.set_exception(Unavailable("the server is shutting down; send again after it restarts"))
-        if self._dirty and self.checkpoints is not None:
-            self._checkpoint()
-        self._publish(snapshot=False)
+        self.finish()
 
     # -- submitting (gRPC threads) ------------------------------------------------------------------
 
     def submit(self, op: Op, timeout: float) -> Future:
         """Queue `op`, waiting up to `timeout` seconds for room while its call is alive."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self._accepting:
-                raise Unavailable("the server is shutting down; send again after it restarts")
-            if not op.scope.live:
-                raise Cancelled("the call ended before its operation could be queued")
-            try:
-                self.queue.put(op, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-                return op.future
-            except queue.Full:
-                if time.monotonic() >= deadline:
-                    raise ResourceExhausted(f"the training queue is full ({self.queue_size} operations) and stayed "
-                                            f"full for {timeout:g}s; send more slowly") from None
+        return enqueue(self.queue, op, timeout, lambda: self._accepting)
 
     @property
     def queue_depth(self) -> int:
         return self.queue.qsize()
+
+    @property
+    def published_status(self) -> tuple[dict, int]:
+        """The last status built and how many operations it covers (the worker thread's view)."""
+        return self._status, self._status_ops
 
     def status(self) -> dict:
         """The status after the last operation the worker finished (a consistent view; never mutated
@@ -267,30 +302,42 @@ class TrainingWorker:
 
     def _run(self) -> None:
         while True:
+            if self.queue.empty():
+                self.settle()
             op = self.queue.get()
             if op is _STOP:
                 return
             if not op.scope.live:
-                op.future.set_exception(Cancelled("dropped unapplied: an earlier operation of the same call "
-                                                  "failed, or the call ended"))
+                op.future.set_exception(dropped())
                 continue
-            result, error = None, None
-            try:
-                result = self._apply(op)
-            except ServiceError as e:
-                error = e
-            except Exception as e:  # a bug: keep serving, tell the caller nothing internal
-                log.exception("training worker failed on %s", type(op).__name__)
-                error = e
-            try:
-                self._after(op)  # before the caller hears back: its next GetStatus sees this op
-            except Exception:  # a bug in publishing or checkpointing must not stop training
-                log.exception("training worker: publishing after %s failed", type(op).__name__)
+            result, error = self.process(op)
             if error is not None:
                 op.scope.fail()
                 op.future.set_exception(error)
             else:
                 op.future.set_result(result)
+
+    def settle(self) -> None:
+        """With nothing waiting: publish what a run of operations left unpublished, the throttled
+        snapshot and the status built only on request (the run may have ended in dropped operations,
+        which publish nothing)."""
+        self._publish(snapshot=True, status=self._status_ops < self._ops_done)
+
+    def process(self, op: Op) -> tuple[object, Exception | None]:
+        """Apply `op` whole or not at all, then publish: (result, None) or (None, the error)."""
+        result, error = None, None
+        try:
+            result = self._apply(op)
+        except ServiceError as e:
+            error = e
+        except Exception as e:  # a bug: keep serving, tell the caller nothing internal
+            log.exception("training worker failed on %s", type(op).__name__)
+            error = e
+        try:
+            self._after(op)  # before the caller hears back: its next GetStatus sees this op
+        except Exception:  # a bug in publishing or checkpointing must not stop training
+            log.exception("training worker: publishing after %s failed", type(op).__name__)
+        return result, error
 
     def _apply(self, op: Op):
         if isinstance(op, TrainOp):

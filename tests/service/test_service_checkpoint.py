@@ -87,10 +87,13 @@ def comparable(status: pb.Status) -> bytes:
     return s.SerializeToString(deterministic=True)
 
 
-def test_a_restarted_server_resumes_with_the_same_status_and_the_same_result(start, connect, stream, tmp_path):
+@pytest.mark.parametrize("learner_process", [False, True], ids=["learner-thread", "learner-process"])
+def test_a_restarted_server_resumes_with_the_same_status_and_the_same_result(start, connect, stream, tmp_path,
+                                                                             learner_process):
     """Stop mid-bucket, start again on the same directory, resend from the top: duplicates are
     acknowledged, the rest trains, and the matrix equals the uninterrupted in-process run."""
-    options = dict(strategy="replay", buffer_capacity=100, seed=5, device="cpu")
+    learner = dict(strategy="replay", buffer_capacity=100, seed=5, device="cpu")
+    options = dict(learner, learner_process=learner_process)
     first = start(checkpoint_dir=tmp_path, **options)
     stub = connect(first)
     register_all(stub, stream)
@@ -115,7 +118,7 @@ def test_a_restarted_server_resumes_with_the_same_status_and_the_same_result(sta
     list(stub.Train(train_batches(stream, 2, first_sequence=31, seed=5)))
     stub.EndBucket(pb.EndBucketRequest(bucket=2, bucket_size=150))
     R = np.array([r.accuracy for r in stub.GetStatus(pb.GetStatusRequest()).accuracy_matrix])
-    reference = run_stream(stream, LearnerConfig(**options), batch_size=10, progress=False)
+    reference = run_stream(stream, LearnerConfig(**learner), batch_size=10, progress=False)
     np.testing.assert_allclose(R, reference["accuracy_matrix"], rtol=0, atol=1e-9)
 
 

@@ -57,8 +57,9 @@ def value(families, name, suffix="", **labels) -> float:
     raise KeyError(f"{name}{suffix} {labels}")
 
 
-def test_metrics_serve_every_named_metric_with_sane_values(start, connect, stream, tmp_path):
-    service = start(checkpoint_dir=tmp_path, drift_threshold=3.0)
+@pytest.mark.parametrize("learner_process", [False, True], ids=["learner-thread", "learner-process"])
+def test_metrics_serve_every_named_metric_with_sane_values(start, connect, stream, tmp_path, learner_process):
+    service = start(checkpoint_dir=tmp_path, drift_threshold=3.0, learner_process=learner_process)
     stub = connect(service)
     register_all(stub, stream)
     train_buckets(stub, stream, 2)

@@ -47,12 +47,14 @@ def test_trains_bucket_by_bucket_with_acks(start, connect, stream):
     assert len(status.forgetting_per_bucket) == 2
 
 
-@pytest.mark.parametrize("strategy", ["replay", "gem"])
-def test_service_matches_the_in_process_run(start, connect, stream, strategy):
-    """Same seed, same batches (cl_engine.schedule), same config: the same accuracy matrix."""
+@pytest.mark.parametrize("strategy, learner_process", [("replay", False), ("gem", False), ("replay", True),
+                                                       ("gem", True)])
+def test_service_matches_the_in_process_run(start, connect, stream, strategy, learner_process):
+    """Same seed, same batches (cl_engine.schedule), same config: the same accuracy matrix, with the
+    learner in a thread of the server or in a process of its own."""
     options = dict(strategy=strategy, lr=0.1, buffer_capacity=200, memory_per_bucket=40, seed=3, device="cpu")
     reference = run_stream(stream, LearnerConfig(**options), batch_size=10, epochs=1, progress=False)
-    stub = connect(start(**options))
+    stub = connect(start(learner_process=learner_process, **options))
     register_all(stub, stream)
     sequence = 1
     for bucket in range(len(stream.buckets)):
@@ -69,8 +71,9 @@ def test_service_matches_the_in_process_run(start, connect, stream, strategy):
     assert status.metrics.clear_score == pytest.approx(reference["metrics"]["clear_score"], abs=1e-9)
 
 
-def test_predictions_during_training_carry_increasing_versions(start, connect, stream):
-    service = start()
+@pytest.mark.parametrize("learner_process", [False, True], ids=["learner-thread", "learner-process"])
+def test_predictions_during_training_carry_increasing_versions(start, connect, stream, learner_process):
+    service = start(learner_process=learner_process)
     stub = connect(service)
     probe = encode_samples(stream.buckets[0].test.batch(torch.arange(8))[0])
     list(stub.Train(train_batches(stream, 0, limit=1)))  # declares the schema, builds the model

@@ -19,10 +19,12 @@ INVALID, PRECONDITION, EXHAUSTED = (grpc.StatusCode.INVALID_ARGUMENT, grpc.Statu
                                     grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
-@pytest.fixture(scope="module")
-def live(stream):
-    """A server that trained bucket 0 (ended) and two batches of bucket 1 (open), sequence at 17."""
-    service = Service(base_settings(max_message_bytes=256 * 1024, max_buckets=50, max_batch_samples=100)).start()
+@pytest.fixture(scope="module", params=[False, True], ids=["learner-thread", "learner-process"])
+def live(stream, request):
+    """A server that trained bucket 0 (ended) and two batches of bucket 1 (open), sequence at 17; its
+    learner in a thread, or in a process of its own."""
+    service = Service(base_settings(max_message_bytes=256 * 1024, max_buckets=50, max_batch_samples=100,
+                                    learner_process=request.param)).start()
     channel = channel_to(service)
     stub = pb_grpc.ContinualLearnerStub(channel)
     stub.RegisterEvalSet(eval_chunks(stream, 0, chunk=100))
