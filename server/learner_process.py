@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import multiprocessing
+import os
 import queue
 import sys
 import threading
@@ -29,6 +30,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import torch
@@ -47,7 +49,7 @@ from .worker import (STATUS_WAIT_SECONDS, _STOP, EndBucketOp, Op, RegisterEvalOp
                      check_checkpoint, dropped, enqueue)
 
 log = logging.getLogger(__name__)
-PIPELINE = 3  # operations sent to the learner process and not yet answered, at most
+PIPELINE = 8  # operations sent to the learner process and not yet answered, at most
 SHARED_TENSOR_BYTES = 1 << 20  # a tensor this large crosses through shared memory, a smaller one through the pipe
 START_SECONDS = 120.0  # how long start() waits for the learner process to load its checkpoint and report ready
 OPS = {cls.__name__: cls for cls in (TrainOp, EndBucketOp, RegisterEvalOp)}
@@ -67,6 +69,7 @@ class WorkerOptions:
     checkpoint_every_seconds: float
     drift: PageHinkley
     log_level: int
+    nice: int  # added to the learner process's niceness: when cores are short, serving goes first
 
 
 def _pack(value):
@@ -84,8 +87,9 @@ class LearnerProcess:
     start, stop) for the service, with the worker itself in a child process."""
 
     def __init__(self, options: WorkerOptions, schemas: SchemaHolder, snapshots: SnapshotHolder,
-                 metrics: ServerMetrics):
+                 metrics: ServerMetrics, on_exit: Callable[[str], None] | None = None):
         self.options = options
+        self.on_exit = on_exit  # told why, once, if the learner process dies while the server runs
         self.schemas = schemas
         self.snapshots = snapshots
         self.metrics = metrics
@@ -219,6 +223,8 @@ class LearnerProcess:
             self._exited = f"the learner process exited (exit code {self._process.exitcode})"
             log.error("%s; training is off until the server restarts, Predict answers from the last snapshot",
                       self._exited)
+            if self.on_exit is not None:
+                self.on_exit(self._exited)
         finally:
             self._ready.set()
             if self._exited is not None:
@@ -366,6 +372,7 @@ class _PipeQueue:
 def learner_main(conn, options: WorkerOptions, restore, lock, version, status_wanted) -> None:
     logging.basicConfig(level=options.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [learner]: %(message)s")
+    os.nice(options.nice)
     news: list[tuple] = []  # for the server process, sent as one message per operation
     metrics = _RecordedMetrics()
     checkpoints = (CheckpointStore(options.checkpoint_dir, options.checkpoint_keep)

@@ -65,7 +65,9 @@ class Service:
                 checkpoint_dir=settings.checkpoint_dir, checkpoint_keep=settings.checkpoint_keep,
                 checkpoint_every_batches=settings.checkpoint_every_batches,
                 checkpoint_every_seconds=settings.checkpoint_every_seconds, drift=drift,
-                log_level=logging.getLevelName(settings.log_level.upper())), self.schemas, self.snapshots, self.metrics)
+                log_level=logging.getLevelName(settings.log_level.upper()), nice=settings.learner_nice),
+                self.schemas, self.snapshots, self.metrics,
+                on_exit=self._learner_gone)
         else:
             self.worker = TrainingWorker(
                 settings.learner_config(), self.schemas, self.snapshots, self.metrics,
@@ -96,6 +98,13 @@ class Service:
     def _live(self) -> dict:
         return {"serving_version": self.snapshots.version, "queue_depth": self.worker.queue_depth,
                 "queue_capacity": self.worker.queue_size, "serving": self._serving}
+
+    def _learner_gone(self, why: str) -> None:
+        """The learner process died: NOT_SERVING, so that an orchestrator restarts the server (it resumes
+        from the last checkpoint); until then Predict answers from the last snapshot."""
+        self._serving = False
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _count_rejection(self, method: str) -> None:
         name = method.rsplit("/", 1)[-1]

@@ -47,6 +47,8 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                                                     "while batches keep coming (0: after every batch)")
     learner_process: bool = Field(False, description="train in a process of its own, so that training never holds "
                                                      "the GIL the gRPC threads need (Predict, decoding, acks)")
+    learner_nice: int = Field(10, ge=0, le=19, description="with learner_process: added to the learner process's "
+                                                       "niceness, so that when cores are short Predict goes first")
     max_streams: int = Field(1024, ge=1, description="distinct training stream ids remembered, at most")
     max_buckets: int = Field(100, ge=1, description="buckets (trained or held-out) the server accepts, at most; "
                                                   "bounds the accuracy matrix metric to max_buckets² series")

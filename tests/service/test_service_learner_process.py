@@ -9,11 +9,12 @@ import signal
 import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
 from server.service import Service
-from service_helpers import base_settings, train_batches
+from service_helpers import base_settings, channel_to, train_batches
 
 
 @pytest.mark.parametrize("learner_process", [False, True], ids=["learner-thread", "learner-process"])
@@ -36,14 +37,15 @@ def test_a_batch_the_learner_refuses_ends_its_call_and_drops_the_rest_unapplied(
     assert [a.applied for a in again] == [True, True]
 
 
-def test_when_the_learner_process_dies_training_is_unavailable_and_predict_still_answers(start, connect, stream):
+def test_a_dead_learner_process_ends_training_and_health_while_predict_still_answers(start, connect, stream):
     service = start(learner_process=True)
     stub = connect(service)
     list(stub.Train(train_batches(stream, 0, limit=3)))
     probe = pb.PredictRequest(samples=encode_samples(stream.buckets[0].test.batch(torch.arange(4))[0]))
     before = stub.Predict(probe)
-    os.kill(service.worker._process.pid, signal.SIGKILL)
-    service.worker._process.join(10)
+    learner = service.worker._process.pid
+    assert os.getpriority(os.PRIO_PROCESS, learner) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)  # learner_nice
+    os.kill(learner, signal.SIGKILL)  # the server reaps it (joining here too would race it for the exit code)
     with pytest.raises(grpc.RpcError) as e:
         list(stub.Train(train_batches(stream, 0, first_sequence=4, limit=2)))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -53,6 +55,9 @@ def test_when_the_learner_process_dies_training_is_unavailable_and_predict_still
     assert [p.label for p in after.predictions] == [p.label for p in before.predictions]
     status = stub.GetStatus(pb.GetStatusRequest())
     assert status.batches_trained == 3 and status.applied_sequences == {"s": 3}
+    with channel_to(service) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING  # so that an orchestrator restarts it
     with pytest.raises(grpc.RpcError) as e:  # and again, at once: nothing waits for a learner that is gone
         stub.EndBucket(pb.EndBucketRequest(bucket=0), timeout=10)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
