@@ -10,7 +10,7 @@ The stream: digits-rotated (5 buckets), the MLP, replay (reservoir memory), SGD 
 seed per repetition, one torch thread on both sides (the server child gets OMP_NUM_THREADS=1 from
 client.local_server, the benchmark process sets torch.set_num_threads(1)).
 
-Three ways, back to back in every repetition (their order rotates):
+Four ways, back to back in every repetition (their order rotates):
 - inproc: cl_engine.run_stream; time = its train_seconds (the observe loop incl. fetching each
   batch, plus end-of-bucket consolidation; evaluation excluded).
 - service-tensor: a fresh `clstream-server` child process (client.local_server) per run; this process
@@ -19,7 +19,9 @@ Three ways, back to back in every repetition (their order rotates):
   stream, at most 16 batches unacknowledged (client.replay's default), then calls EndBucket.
   Time = wall time of the Train streams (first request built → last ack). EndBucket is left out: it
   evaluates the held-out sets (excluded on both sides) and consolidating a reservoir memory is a no-op.
-- service-png: the same, each sample sent as an 8-bit grayscale PNG that the server decodes with its
+- service-process: service-tensor with `--learner-process` (the training worker in a process of its
+  own, fed through a pipe; the weights reach the serving snapshots through shared memory).
+- service-png: the same as service-tensor, each sample sent as an 8-bit grayscale PNG that the server decodes with its
   image preprocessing (resize-crop, mode L, scaled to [0, 1]). The PNGs are encoded before the clock
   starts (a camera or an upload delivers files already encoded); the encoding time is reported apart.
 
@@ -56,7 +58,7 @@ from benchmarks.common import (  # noqa: E402
     command_line, entry_point, machine, machine_line, median, scrape, write_markdown, write_results)
 
 SECTION = "service_overhead"
-VARIANTS = ("inproc", "service-tensor", "service-png")
+VARIANTS = ("inproc", "service-tensor", "service-process", "service-png")
 MAX_IN_FLIGHT = 16
 
 
@@ -102,12 +104,16 @@ def png_bytes(x: torch.Tensor) -> list[bytes]:
 
 
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process, all its threads (from /proc; None where there is none)."""
+    """User + system CPU seconds of a process and its live children, all their threads (from /proc;
+    None where there is none)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (task / "children").read_text().split()]
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(process_cpu_seconds(c) or 0.0 for c in children)
 
 
 class TimedServer:
@@ -133,7 +139,7 @@ def run_service(stream, args, seed: int, batch_size: int, variant: str, timed_js
     from clstream_proto import continual_learner_pb2 as pb
     from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
-    sargs = server_args(stream, args, seed)
+    sargs = server_args(stream, args, seed) + (["--learner-process"] if variant == "service-process" else [])
     log_path = (log_dir / f"server-{variant}-{batch_size}-{seed}.log") if log_dir else None
     if timed_json:
         env = {**os.environ, "CLSTREAM_BENCH_CPROFILE": "1" if cprofile else "0"}
@@ -295,43 +301,55 @@ def summarise(runs: list[dict], batch_sizes) -> list[dict]:
         png = [r for r in runs if r["batch_size"] == bs and r["variant"] == "service-png"]
         ip = list(inproc.values())
         row["us_per_batch_inproc"] = median([1e6 * r["seconds"] / r["batches"] for r in ip])
-        row["us_per_batch_service"] = median([1e6 * r["seconds"] / r["batches"] for r in svc])
         row["us_per_batch_png"] = median([1e6 * r["seconds"] / r["batches"] for r in png])
-        row["us_observe_server"] = median([1e6 * r["train_step_seconds_sum"] / r["train_step_count"] for r in svc])
-        row["us_encode_client"] = median([1e6 * r["client_encode_seconds"] / r["batches"] for r in svc])
         row["us_png_encode_untimed"] = median([1e6 * r["png_encode_seconds_untimed"] / r["batches"] for r in png])
-        row["snapshots_per_batch"] = median([r["snapshots"] / r["batches"] for r in svc])
-        row["us_cpu_server"] = median([1e6 * r["server_cpu_seconds"] / r["batches"] for r in svc
-                                       if r.get("server_cpu_seconds") is not None])
-        row["us_cpu_client"] = median([1e6 * r["client_cpu_seconds"] / r["batches"] for r in svc
-                                       if r.get("client_cpu_seconds") is not None])
+        for v in ("service-tensor", "service-process"):
+            rs = [r for r in runs if r["batch_size"] == bs and r["variant"] == v]
+            row[f"us_per_batch_{v}"] = median([1e6 * r["seconds"] / r["batches"] for r in rs])
+            row[f"us_observe_{v}"] = median([1e6 * r["train_step_seconds_sum"] / r["train_step_count"] for r in rs])
+            row[f"us_encode_client_{v}"] = median([1e6 * r["client_encode_seconds"] / r["batches"] for r in rs])
+            row[f"snapshots_per_batch_{v}"] = median([r["snapshots"] / r["batches"] for r in rs])
+            row[f"us_cpu_server_{v}"] = median([1e6 * r["server_cpu_seconds"] / r["batches"] for r in rs
+                                                if r.get("server_cpu_seconds") is not None])
+            row[f"us_cpu_client_{v}"] = median([1e6 * r["client_cpu_seconds"] / r["batches"] for r in rs
+                                                if r.get("client_cpu_seconds") is not None])
         row["max_abs_diff_R_tensor"] = max_abs_diff_R(svc, inproc)
+        row["max_abs_diff_R_process"] = max_abs_diff_R(
+            [r for r in runs if r["batch_size"] == bs and r["variant"] == "service-process"], inproc)
         row["max_abs_diff_R_png"] = max_abs_diff_R(png, inproc)
         row["goal_met"] = row["ratio_service-tensor"] >= 0.9
+        row["goal_met_process"] = row["ratio_service-process"] >= 0.9
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| batch | in-process samples/s | service (tensors) samples/s | ratio | service (PNG) samples/s | ratio "
-             "| ≥ 0.9 (tensors) | max abs R diff tensors / PNG |", "|" + "---|" * 8]
+    yes = lambda met: "yes" if met else "no"  # noqa: E731
+    lines = ["| batch | in-process samples/s | service (tensors) samples/s | ratio | service (tensors, learner "
+             "process) samples/s | ratio | service (PNG) samples/s | ratio | ≥ 0.9 (tensors / learner process) "
+             "| max abs R diff tensors / learner process / PNG |", "|" + "---|" * 10]
     for r in rows:
         lines.append(f"| {r['batch_size']} | {r['sps_inproc']:.0f} | {r['sps_service-tensor']:.0f} "
-                     f"| **{r['ratio_service-tensor']:.2f}** | {r['sps_service-png']:.0f} | **{r['ratio_service-png']:.2f}** "
-                     f"| {'yes' if r['goal_met'] else 'no'} | {r['max_abs_diff_R_tensor']:.4f} / {r['max_abs_diff_R_png']:.3f} |")
+                     f"| **{r['ratio_service-tensor']:.2f}** | {r['sps_service-process']:.0f} "
+                     f"| **{r['ratio_service-process']:.2f}** | {r['sps_service-png']:.0f} "
+                     f"| **{r['ratio_service-png']:.2f}** | {yes(r['goal_met'])} / {yes(r['goal_met_process'])} "
+                     f"| {r['max_abs_diff_R_tensor']:.4f} / {r['max_abs_diff_R_process']:.4f} "
+                     f"/ {r['max_abs_diff_R_png']:.3f} |")
     return "\n".join(lines)
 
 
 def parts_table(rows: list[dict], timed: dict) -> str:
-    lines = ["| batch | per batch: in-process | service wall | server CPU (all threads) | client CPU (all threads) "
-             "| observe in server (histogram) | client encode | snapshots per batch | PNG encode (outside the clock) |",
-             "|" + "---|" * 9]
+    lines = ["| batch | learner | per batch: in-process | service wall | server CPU (all threads, both processes) "
+             "| client CPU (all threads) | observe in server (histogram) | client encode | snapshots per batch "
+             "| PNG encode (outside the clock) |", "|" + "---|" * 10]
     us = lambda v: "n/a" if v is None or v != v else f"{v:.0f} µs"  # noqa: E731 (NaN: not measured)
     for r in rows:
-        lines.append(f"| {r['batch_size']} | {r['us_per_batch_inproc']:.0f} µs | {r['us_per_batch_service']:.0f} µs "
-                     f"| {us(r.get('us_cpu_server'))} | {us(r.get('us_cpu_client'))} "
-                     f"| {r['us_observe_server']:.0f} µs | {r['us_encode_client']:.0f} µs | {r['snapshots_per_batch']:.2f} "
-                     f"| {r['us_png_encode_untimed']:.0f} µs |")
+        for v, learner in (("service-tensor", "thread"), ("service-process", "process")):
+            lines.append(f"| {r['batch_size']} | {learner} | {r['us_per_batch_inproc']:.0f} µs "
+                         f"| {r[f'us_per_batch_{v}']:.0f} µs | {us(r.get(f'us_cpu_server_{v}'))} "
+                         f"| {us(r.get(f'us_cpu_client_{v}'))} | {r[f'us_observe_{v}']:.0f} µs "
+                         f"| {r[f'us_encode_client_{v}']:.0f} µs | {r[f'snapshots_per_batch_{v}']:.2f} "
+                         f"| {r['us_png_encode_untimed']:.0f} µs |")
     if timed:
         lines += ["", "Instrumented server (timers around each part, tensors; µs per training batch; the worker "
                   "parts nest: apply op ⊃ observe, publish after op ⊃ snapshot copy + status build):", "",
@@ -416,7 +434,7 @@ def main(argv=None) -> int:
         for rep in range(args.reps):
             seed = args.seed + rep
             for bs in args.batch_sizes:
-                order = VARIANTS[k % 3:] + VARIANTS[:k % 3]
+                order = VARIANTS[k % len(VARIANTS):] + VARIANTS[:k % len(VARIANTS)]
                 k += 1
                 for v in order:
                     load = os.getloadavg()[0]

@@ -1,14 +1,16 @@
 """Serving while learning: Predict latency and throughput with the model idle and while a stream trains it.
 
-    python benchmarks/serving_latency.py            # default: 1, 4, 16 clients, 4 s per phase, 2 repetitions, ~3-5 min
+    python benchmarks/serving_latency.py            # default: 1, 4, 16 clients, 4 s per phase, 2 repetitions, ~5 min
     python benchmarks/serving_latency.py --quick    # a smoke test: 1.5 s per phase, 1 repetition
 
 Writes benchmarks/results/serving_latency.json, prints a table and rewrites the `serving_latency`
 section of BENCHMARKS.md.
 
-One clstream-server child process (client.local_server; MLP, replay, one torch thread, digits
-schema 1×8×8, 10 classes) serves the whole study. It is trained on a few batches first, so a
-snapshot exists.
+A clstream-server child process (client.local_server; MLP, replay, one torch thread, digits
+schema 1×8×8, 10 classes) serves each repetition of each learner mode: `thread` (the training worker
+is a thread of the server, the default) and `process` (`--learner-process`: the worker in a process
+of its own, weights shared with the serving snapshots). The two alternate which goes first. Each
+server is trained on a few batches first, so a snapshot exists.
 
 Predict clients are separate processes (multiprocessing, spawn), not threads: a Python gRPC client
 spends most of a call in the interpreter (building the request, parsing the reply), and 16 client
@@ -23,7 +25,7 @@ bucket 0 over and over (batch `--batch-size`, 16 batches in flight, as client.re
 second before the predict clients start until they stop; its samples/s are recorded too. In each
 repetition and concurrency level, both phases run back to back, alternating which goes first. The
 table pools the latencies of all repetitions: p50 / p99 per phase, and p99 training / p99 idle (goal
-≤ 2). The server's own view, clstream_predict_seconds (handler time, no network, no client), is
+≤ 2), per learner mode. The server's own view, clstream_predict_seconds (handler time, no network, no client), is
 scraped before and after each phase: its mean per call is reported beside the client's.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ from benchmarks.common import (  # noqa: E402
     command_line, entry_point, machine, machine_line, median, percentile, scrape, write_markdown, write_results)
 
 SECTION = "serving_latency"
+LEARNERS = ("thread", "process")
 INPUT_SHAPE = (1, 8, 8)
 CLASSES = [str(i) for i in range(10)]
 
@@ -170,34 +173,39 @@ def phase(ctx, server, args, clients: int, training: bool, start_sequence) -> di
 
 def summarise(runs: list[dict], levels) -> list[dict]:
     rows = []
-    for c in levels:
-        row = {"clients": c}
-        for ph in ("idle", "training"):
-            rs = [r for r in runs if r["clients"] == c and r["phase"] == ph]
-            lat = [v for r in rs for v in r["latencies"]]
-            row[f"p50_{ph}"] = percentile(lat, 50)
-            row[f"p99_{ph}"] = percentile(lat, 99)
-            row[f"calls_{ph}"] = len(lat)
-            row[f"throughput_{ph}"] = median([r["throughput_per_second"] for r in rs])
-            row[f"server_mean_{ph}"] = median([r["server_predict_mean_seconds"] for r in rs])
-            row[f"errors_{ph}"] = sum(sum(r["errors"].values()) for r in rs)
-            row[f"p99_{ph}_per_rep"] = [percentile(r["latencies"], 99) for r in rs]
-        row["train_samples_per_second"] = median([r["train_samples_per_second"] for r in runs
-                                                  if r["clients"] == c and r["phase"] == "training"])
-        row["p99_ratio"] = row["p99_training"] / row["p99_idle"]
-        row["p50_ratio"] = row["p50_training"] / row["p50_idle"]
-        row["goal_met"] = row["p99_ratio"] <= 2.0
-        rows.append(row)
+    for learner in LEARNERS:
+        for c in levels:
+            rows.append(summarise_level(runs, learner, c))
     return rows
+
+
+def summarise_level(runs: list[dict], learner: str, clients: int) -> dict:
+    runs = [r for r in runs if r["learner"] == learner and r["clients"] == clients]
+    row = {"learner": learner, "clients": clients}
+    for ph in ("idle", "training"):
+        rs = [r for r in runs if r["phase"] == ph]
+        lat = [v for r in rs for v in r["latencies"]]
+        row[f"p50_{ph}"] = percentile(lat, 50)
+        row[f"p99_{ph}"] = percentile(lat, 99)
+        row[f"calls_{ph}"] = len(lat)
+        row[f"throughput_{ph}"] = median([r["throughput_per_second"] for r in rs])
+        row[f"server_mean_{ph}"] = median([r["server_predict_mean_seconds"] for r in rs])
+        row[f"errors_{ph}"] = sum(sum(r["errors"].values()) for r in rs)
+        row[f"p99_{ph}_per_rep"] = [percentile(r["latencies"], 99) for r in rs]
+    row["train_samples_per_second"] = median([r["train_samples_per_second"] for r in runs if r["phase"] == "training"])
+    row["p99_ratio"] = row["p99_training"] / row["p99_idle"]
+    row["p50_ratio"] = row["p50_training"] / row["p50_idle"]
+    row["goal_met"] = row["p99_ratio"] <= 2.0
+    return row
 
 
 def table(rows: list[dict]) -> str:
     ms = lambda v: f"{1e3 * v:.2f}"  # noqa: E731
-    lines = ["| clients | p50 idle / training (ms) | p99 idle / training (ms) | p99 training ÷ idle | ≤ 2× "
+    lines = ["| learner | clients | p50 idle / training (ms) | p99 idle / training (ms) | p99 training ÷ idle | ≤ 2× "
              "| Predict/s idle / training | server handler mean idle / training (ms) | training samples/s meanwhile "
-             "| errors |", "|" + "---|" * 9]
+             "| errors |", "|" + "---|" * 10]
     for r in rows:
-        lines.append(f"| {r['clients']} | {ms(r['p50_idle'])} / {ms(r['p50_training'])} | {ms(r['p99_idle'])} / "
+        lines.append(f"| {r['learner']} | {r['clients']} | {ms(r['p50_idle'])} / {ms(r['p50_training'])} | {ms(r['p99_idle'])} / "
                      f"{ms(r['p99_training'])} | **{r['p99_ratio']:.2f}** | {'yes' if r['goal_met'] else 'no'} "
                      f"| {r['throughput_idle']:.0f} / {r['throughput_training']:.0f} "
                      f"| {ms(r['server_mean_idle'])} / {ms(r['server_mean_training'])} "
@@ -222,13 +230,14 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
     body = "\n".join([
         "### Serving while learning: Predict latency idle vs during training (`benchmarks/serving_latency.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, "; server: one process, one torch thread, "
+        "Machine: " + machine_line(out["machine"], loads, "; server: one torch thread, "
                      f"{st['server_worker_threads']} gRPC handler threads") + ".", "",
         f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
         f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
         f"Each client is a process with one call in flight; {st['predict_samples']} sample(s) per Predict; "
         f"{st['seconds']:g} s per phase, {st['reps']} repetition(s) per level, latencies pooled over repetitions. "
-        f"Training: one stream of batch {st['batch_size']} (digits, MLP, replay), 16 batches in flight.", "",
+        f"Training: one stream of batch {st['batch_size']} (digits, MLP, replay), 16 batches in flight. Learner "
+        "`thread`: the training worker is a thread of the server (the default); `process`: `--learner-process`.", "",
         md,
     ])
     write_markdown(markdown, body, SECTION)
@@ -264,24 +273,29 @@ def main(argv=None) -> int:
     runs = []
     import numpy as np
 
-    with LocalServer(server_args) as server:
-        rng = np.random.default_rng(0)
-        with Client(server.target) as c:  # a few batches, so the model and a snapshot exist
-            warm = [Batch("warm-up", k + 1, 0, rng.random((10, *INPUT_SHAPE), dtype=np.float32),
-                          rng.integers(0, 10, 10)) for k in range(20)]
-            list(c.train(warm, schema=Schema(tuple(CLASSES), INPUT_SHAPE)))
-        k = 0
-        for rep in range(args.reps):
-            for clients in args.clients:
-                order = (False, True) if k % 2 == 0 else (True, False)
-                k += 1
-                for training in order:
-                    r = phase(ctx, server, args, clients, training, start_sequence)
-                    runs.append({"rep": rep, **r})
-                    print(f"rep {rep + 1}/{args.reps} clients {clients:2d} {r['phase']:8s}: p50 "
-                          f"{1e3 * percentile(r['latencies'], 50):.2f} ms p99 {1e3 * percentile(r['latencies'], 99):.2f} ms "
-                          f"{r['throughput_per_second']:.0f}/s errors {r['errors']} load {r['loadavg_1min_before']:.1f}"
-                          + (f" train {r['train_samples_per_second']:.0f} samples/s" if training else ""), file=sys.stderr)
+    k = 0
+    for rep in range(args.reps):
+        for learner in (LEARNERS if rep % 2 == 0 else LEARNERS[::-1]):
+            flags = ["--learner-process"] if learner == "process" else []
+            with LocalServer(server_args + flags) as server:
+                rng = np.random.default_rng(0)
+                with Client(server.target) as c:  # a few batches, so the model and a snapshot exist
+                    warm = [Batch("warm-up", i + 1, 0, rng.random((10, *INPUT_SHAPE), dtype=np.float32),
+                                  rng.integers(0, 10, 10)) for i in range(20)]
+                    list(c.train(warm, schema=Schema(tuple(CLASSES), INPUT_SHAPE)))
+                start_sequence.value = 0  # a new server: the trainer's stream starts again
+                for clients in args.clients:
+                    order = (False, True) if k % 2 == 0 else (True, False)
+                    k += 1
+                    for training in order:
+                        r = phase(ctx, server, args, clients, training, start_sequence)
+                        runs.append({"rep": rep, "learner": learner, **r})
+                        print(f"rep {rep + 1}/{args.reps} {learner:7s} clients {clients:2d} {r['phase']:8s}: p50 "
+                              f"{1e3 * percentile(r['latencies'], 50):.2f} ms "
+                              f"p99 {1e3 * percentile(r['latencies'], 99):.2f} ms {r['throughput_per_second']:.0f}/s "
+                              f"errors {r['errors']} load {r['loadavg_1min_before']:.1f}"
+                              + (f" train {r['train_samples_per_second']:.0f} samples/s" if training else ""),
+                              file=sys.stderr)
     out = {"study": "serving while learning: Predict latency idle vs during training", "command": command_line(argv),
            "machine": info, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
            "client_kind": "processes (multiprocessing spawn), one call in flight each", "runs": runs,
