@@ -7,7 +7,8 @@ unchanged), the serving snapshots and the Prometheus metrics. The learner proces
 same TrainingWorker, with stand-ins for those three that relay to the server process:
 
     gRPC threads ─▶ queue ─▶ feeder thread ─▶ pipe ─▶ learner process: TrainingWorker.process(op)
-    futures, schema, metrics, status ◀─ receiver thread ◀─ pipe ◀─┘  weights ─▶ shared memory ─▶ snapshots
+    futures, schema, metrics, status ◀─ receiver thread ◀─ pipe ◀─┘   │
+    snapshots (Predict) ◀─ copied under the lock ◀─ shared memory ◀─ weights
 
 At most PIPELINE operations are in the pipe at once, so the learner always has the next one ready
 while a call's later operations still wait in the queue, where a failed or ended call drops them.
@@ -220,7 +221,8 @@ class LearnerProcess:
                         return
         except (EOFError, OSError):
             self._process.join(1.0)
-            self._exited = f"the learner process exited (exit code {self._process.exitcode})"
+            code = self._process.exitcode  # None if it closed the pipe and is not gone within the second
+            self._exited = f"the learner process exited ({'no exit code yet' if code is None else f'exit code {code}'})"
             log.error("%s; training is off until the server restarts, Predict answers from the last snapshot",
                       self._exited)
             if self.on_exit is not None:
