@@ -38,16 +38,13 @@ import torch
 import torch.multiprocessing  # noqa: F401  registers the reductions that send tensors through shared memory
 from torch import nn
 
-from cl_engine import LearnerConfig
-from cl_engine.drift import PageHinkley
-
 from .checkpoint import CheckpointStore
 from .errors import ServiceError, Unavailable
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
 from .snapshot import SnapshotHolder, state_tensors
 from .worker import (STATUS_WAIT_SECONDS, _STOP, EndBucketOp, Op, RegisterEvalOp, TrainingWorker, TrainOp,
-                     check_checkpoint, dropped, enqueue)
+                     WorkerOptions, check_checkpoint, dropped, enqueue)
 
 log = logging.getLogger(__name__)
 PIPELINE = 8  # operations sent to the learner process and not yet answered, at most
@@ -57,18 +54,10 @@ OPS = {cls.__name__: cls for cls in (TrainOp, EndBucketOp, RegisterEvalOp)}
 
 
 @dataclass
-class WorkerOptions:
-    """What the learner process needs to build its TrainingWorker (all picklable)."""
-    config: LearnerConfig
-    schema: Schema | None
-    queue_size: int
-    snapshot_interval: float
-    max_streams: int
-    checkpoint_dir: Path | None
-    checkpoint_keep: int
-    checkpoint_every_batches: int
-    checkpoint_every_seconds: float
-    drift: PageHinkley
+class ProcessOptions:
+    """What the learner process needs besides the worker's options (picklable)."""
+    worker: WorkerOptions
+    schema: Schema | None  # the server's, if known at start (fixed by the settings, or the checkpoint's)
     log_level: int
     nice: int  # added to the learner process's niceness: when cores are short, serving goes first
 
@@ -88,8 +77,10 @@ class LearnerProcess:
     start, stop) for the service, with the worker itself in a child process."""
 
     def __init__(self, options: WorkerOptions, schemas: SchemaHolder, snapshots: SnapshotHolder,
-                 metrics: ServerMetrics, on_exit: Callable[[str], None] | None = None):
+                 metrics: ServerMetrics, *, log_level: int = logging.INFO, nice: int = 0,
+                 on_exit: Callable[[str], None] | None = None):
         self.options = options
+        self.log_level, self.nice = log_level, nice
         self.on_exit = on_exit  # told why, once, if the learner process dies while the server runs
         self.schemas = schemas
         self.snapshots = snapshots
@@ -129,7 +120,8 @@ class LearnerProcess:
         parent, child = self._context.Pipe()
         self._process = self._context.Process(
             target=learner_main, name="clstream-learner", daemon=True,
-            args=(child, self.options, self._restore, self._weights_lock, self._weights_version, self._status_wanted))
+            args=(child, ProcessOptions(self.options, self.schemas.schema, self.log_level, self.nice), self._restore,
+                  self._weights_lock, self._weights_version, self._status_wanted))
         self._process.start()
         child.close()
         self._conn = parent
@@ -371,20 +363,16 @@ class _PipeQueue:
         return not self._conn.poll(0)
 
 
-def learner_main(conn, options: WorkerOptions, restore, lock, version, status_wanted) -> None:
+def learner_main(conn, options: ProcessOptions, restore, lock, version, status_wanted) -> None:
     logging.basicConfig(level=options.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s [learner]: %(message)s")
     os.nice(options.nice)
     news: list[tuple] = []  # for the server process, sent as one message per operation
     metrics = _RecordedMetrics()
-    checkpoints = (CheckpointStore(options.checkpoint_dir, options.checkpoint_keep)
-                   if options.checkpoint_dir is not None else None)
-    worker = TrainingWorker(
-        options.config, _RelayedSchemas(options.schema, news.append), _SharedWeights(news.append, lock, version),
-        metrics, queue_size=options.queue_size, snapshot_interval=options.snapshot_interval,
-        max_streams=options.max_streams, checkpoints=checkpoints,
-        checkpoint_every_batches=options.checkpoint_every_batches,
-        checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift, status_wanted=status_wanted)
+    w = options.worker
+    checkpoints = CheckpointStore(w.checkpoint_dir, w.checkpoint_keep) if w.checkpoint_dir is not None else None
+    worker = TrainingWorker.of(w, _RelayedSchemas(options.schema, news.append),
+                               _SharedWeights(news.append, lock, version), metrics, checkpoints, status_wanted)
     worker.queue = _PipeQueue(conn)
     sent_status = [None]
 

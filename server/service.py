@@ -21,13 +21,13 @@ from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
 from .auth import BearerTokenInterceptor
 from .checkpoint import CheckpointStore
-from .learner_process import LearnerProcess, WorkerOptions
+from .learner_process import LearnerProcess
 from .metrics import ServerMetrics, start_metrics_server
 from .schema import Schema, SchemaHolder
 from .servicer import ContinualLearnerServicer
 from .settings import ServerSettings
 from .snapshot import SnapshotHolder
-from .worker import TrainingWorker
+from .worker import TrainingWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ContinualLearner"].full_name
@@ -56,25 +56,20 @@ class Service:
         self.snapshots = SnapshotHolder()
         self.checkpoints = (CheckpointStore(settings.checkpoint_dir, settings.checkpoint_keep)
                             if settings.checkpoint_dir is not None else None)
-        drift = PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
-                            settings.drift_alpha)
+        options = WorkerOptions(
+            settings.learner_config(), queue_size=settings.queue_size,
+            snapshot_interval=settings.snapshot_interval_seconds, max_streams=settings.max_streams,
+            checkpoint_dir=settings.checkpoint_dir, checkpoint_keep=settings.checkpoint_keep,
+            checkpoint_every_batches=settings.checkpoint_every_batches,
+            checkpoint_every_seconds=settings.checkpoint_every_seconds,
+            drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
+                              settings.drift_alpha))
         if settings.learner_process:
-            self.worker = LearnerProcess(WorkerOptions(
-                config=settings.learner_config(), schema=fixed, queue_size=settings.queue_size,
-                snapshot_interval=settings.snapshot_interval_seconds, max_streams=settings.max_streams,
-                checkpoint_dir=settings.checkpoint_dir, checkpoint_keep=settings.checkpoint_keep,
-                checkpoint_every_batches=settings.checkpoint_every_batches,
-                checkpoint_every_seconds=settings.checkpoint_every_seconds, drift=drift,
-                log_level=logging.getLevelName(settings.log_level.upper()), nice=settings.learner_nice),
-                self.schemas, self.snapshots, self.metrics,
-                on_exit=self._learner_gone)
+            self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
+                                         log_level=logging.getLevelName(settings.log_level.upper()),
+                                         nice=settings.learner_nice, on_exit=self._learner_gone)
         else:
-            self.worker = TrainingWorker(
-                settings.learner_config(), self.schemas, self.snapshots, self.metrics,
-                queue_size=settings.queue_size, snapshot_interval=settings.snapshot_interval_seconds,
-                max_streams=settings.max_streams, checkpoints=self.checkpoints,
-                checkpoint_every_batches=settings.checkpoint_every_batches,
-                checkpoint_every_seconds=settings.checkpoint_every_seconds, drift=drift)
+            self.worker = TrainingWorker.of(options, self.schemas, self.snapshots, self.metrics, self.checkpoints)
         self.resumed_from = None
         if self.checkpoints is not None:
             loaded = self.checkpoints.load_latest()

@@ -179,7 +179,32 @@ def enqueue(ops: queue.Queue, op: "Op", timeout: float, accepting: Callable[[], 
                                         f"full for {timeout:g}s; send more slowly") from None
 
 
+@dataclass
+class WorkerOptions:
+    """How the training worker runs, from the server's settings (picklable: a learner process builds
+    its worker from them too)."""
+    config: LearnerConfig
+    queue_size: int = 64
+    snapshot_interval: float = 0.0
+    max_streams: int = 1024
+    checkpoint_dir: Path | None = None
+    checkpoint_keep: int = 3
+    checkpoint_every_batches: int = 0
+    checkpoint_every_seconds: float = 0.0
+    drift: PageHinkley = field(default_factory=PageHinkley)
+
+
 class TrainingWorker:
+    @classmethod
+    def of(cls, options: WorkerOptions, schemas: SchemaHolder, snapshots, metrics,
+           checkpoints: CheckpointStore | None = None, status_wanted: threading.Event | None = None
+           ) -> "TrainingWorker":
+        return cls(options.config, schemas, snapshots, metrics, queue_size=options.queue_size,
+                   snapshot_interval=options.snapshot_interval, max_streams=options.max_streams,
+                   checkpoints=checkpoints, checkpoint_every_batches=options.checkpoint_every_batches,
+                   checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
+                   status_wanted=status_wanted)
+
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
                  max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
