@@ -20,7 +20,6 @@ Predict goes on answering from the last snapshot.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import multiprocessing
 import os
@@ -42,7 +41,7 @@ from .checkpoint import CheckpointStore
 from .errors import ServiceError, Unavailable
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
-from .snapshot import SnapshotHolder, state_tensors
+from .snapshot import Snapshot, SnapshotHolder
 from .worker import (STATUS_WAIT_SECONDS, _STOP, EndBucketOp, Op, RegisterEvalOp, TrainingWorker, TrainOp,
                      WorkerOptions, check_checkpoint, dropped, enqueue)
 
@@ -319,38 +318,29 @@ class _RelayedSchemas(SchemaHolder):
 
 
 class _SharedWeights:
-    """Stands in for the SnapshotHolder: publishing copies the weights into a shared-memory module
-    that the server process makes its snapshots from."""
+    """Stands in for the SnapshotHolder: one snapshot on the CPU whose tensors live in shared memory,
+    refreshed in place under the lock; the server process makes its own snapshots from it."""
 
     def __init__(self, send, lock, version):
         self._send, self._lock, self._version = send, lock, version
-        self._source: nn.Module | None = None
-        self._source_tensors: list[torch.Tensor] = []
-        self._shared_tensors: list[torch.Tensor] = []
-        self._current = None
+        self._shared: Snapshot | None = None
 
-    def current(self):
-        return self._current
+    def current(self) -> Snapshot | None:
+        return self._shared
 
     def publish_model(self, model: nn.Module, version: int, device: torch.device) -> None:
-        tensors = state_tensors(model)
-        if model is not self._source or any(a is not b for a, b in zip(tensors, self._source_tensors)):
-            shared = copy.deepcopy(model).cpu()
-            for p in shared.parameters():
-                p.grad = None
-                p.requires_grad_(False)
-            shared.share_memory()
-            self._source, self._source_tensors, self._shared_tensors = model, tensors, state_tensors(shared)
-            with self._lock:
+        with self._lock:
+            refreshed = self._shared is not None and self._shared.refresh(model, version)
+            if refreshed:
                 self._version.value = version
-            self._send(("model", shared, str(device)))
-        else:
-            with self._lock, torch.no_grad():
-                for dst, src in zip(self._shared_tensors, tensors):
-                    dst.copy_(src)
-                self._version.value = version
+        if refreshed:
             self._send(("snapshot",))
-        self._current = SimpleNamespace(version=version)
+            return
+        shared = Snapshot.of(model, version, torch.device("cpu"))  # another model: it crosses once more
+        shared.model.share_memory()
+        with self._lock:
+            self._shared, self._version.value = shared, version
+        self._send(("model", shared.model, str(device)))
 
 
 class _PipeQueue:

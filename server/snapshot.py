@@ -21,7 +21,7 @@ from torch import nn
 EVAL_BATCH = 512
 
 
-def state_tensors(model: nn.Module) -> list[torch.Tensor]:
+def _tensors(model: nn.Module) -> list[torch.Tensor]:
     """What a snapshot copies of a module: its parameters, then its buffers."""
     return [*model.parameters(), *model.buffers()]
 
@@ -33,7 +33,7 @@ class Snapshot:
         self.device = device
         self.readers = 0  # calls answering from it now; changed only under the holder's lock
         self._source = source
-        self._source_tensors = state_tensors(source) if source is not None else []
+        self._source_tensors = _tensors(source) if source is not None else []
 
     @classmethod
     def of(cls, model: nn.Module, version: int, device: torch.device) -> "Snapshot":
@@ -50,11 +50,11 @@ class Snapshot:
         with the same tensors; False (nothing written) otherwise. Only for a snapshot nobody reads."""
         if model is not self._source:
             return False
-        current = state_tensors(model)
+        current = _tensors(model)
         if len(current) != len(self._source_tensors) or any(a is not b for a, b in zip(current, self._source_tensors)):
             return False
         with torch.no_grad():
-            for dst, src in zip(state_tensors(self.model), current):
+            for dst, src in zip(_tensors(self.model), current):
                 dst.copy_(src)
         self.version = version
         return True
