@@ -4,10 +4,9 @@ The projection works on the gradient blocks in place, with no flattened copies."
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from ..projection import agem_project_
-from .base import StepOutput, Strategy, ensure_training
+from .base import StepOutput, Strategy
 
 
 class AGEM(Strategy):
@@ -19,9 +18,7 @@ class AGEM(Strategy):
         g_ref = None
         if past:
             mx, my = ctx.buffer.sample(ctx.config.agem_sample_size, ctx.generator, torch.tensor(past))
-            ensure_training(ctx.model)
-            ref = torch.autograd.grad(F.cross_entropy(ctx.model(mx), my), self.params, allow_unused=True)
-            g_ref = self._dense(ref)
+            g_ref = self._dense(self._forward_backward(mx, my)[2])
         logits, losses, g = self._forward_backward(x, y)
         if g_ref is not None:
             full = self._dense(g)

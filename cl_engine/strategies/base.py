@@ -1,8 +1,9 @@
 """The contract every strategy keeps (after the GEM reference code's `observe`): one call per
 incoming batch does one update and returns the batch's logits from before that update.
 
-Gradients are taken with `torch.autograd.grad` and applied by `sgd_step`, never through the
-parameters' `.grad`: no accumulation to zero before each step, no optimizer.step() overhead."""
+Gradients are taken with `torch.autograd.grad`, or for a chain of linear layers by `LinearPass`,
+and applied by `sgd_step`, never through the parameters' `.grad`: no accumulation to zero before
+each step, no optimizer.step() overhead."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from torch.nn import functional as F
 
 from ..buffer import ReplayBuffer
 from ..sgd import sgd_step
+from .linear_pass import LinearPass, linear_only
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Strategy:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
+        self.linear = LinearPass(ctx.model) if linear_only(ctx.model) else None
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         raise NotImplementedError
@@ -57,6 +60,9 @@ class Strategy:
         per parameter of `self.params` (None where the loss does not reach it)."""
         model = self.ctx.model
         ensure_training(model)
+        if self.linear is not None:
+            _, grads, logits, losses = self.linear(x, y, torch.full((len(y),), 1.0 / len(y), dtype=x.dtype, device=x.device))
+            return logits, losses, grads
         logits = model(x)
         losses = F.cross_entropy(logits, y, reduction="none")
         grads = torch.autograd.grad(losses.mean(), self.params, allow_unused=True)
