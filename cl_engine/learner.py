@@ -95,8 +95,9 @@ class Learner:
             raise ValueError("samples contain NaN or Inf")
         if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"labels have dtype {y.dtype}; expected integers")
-        if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-            raise ValueError(f"labels span {int(y.min())}..{int(y.max())}; expected 0..{self.num_classes - 1}")
+        low, high = (int(v) for v in torch.aminmax(y))
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(f"labels span {low}..{high}; expected 0..{self.num_classes - 1}")
 
     def check_bucket(self, bucket: int) -> None:
         if bucket < self.open_bucket:
@@ -116,12 +117,12 @@ class Learner:
         out = self.strategy.observe(x, y, bucket)
         if self.strategy.uses_memory:
             self.retention.observe(x, y, bucket, self.generator)
-        correct = int((out.logits.argmax(dim=1) == y).sum())
-        self.prequential.add(correct, len(y))
-        self.counters["samples_trained"] += len(y)
+        correct, n = int((out.logits.argmax(dim=1) == y).sum()), y.shape[0]
+        self.prequential.add(correct, n)
+        self.counters["samples_trained"] += n
         self.counters["batches_trained"] += 1
         self.version += 1
-        return StepResult(correct, len(y), out.loss, self.version)
+        return StepResult(correct, n, out.loss, self.version)
 
     def end_bucket(self, bucket: int, bucket_size: int | None = None) -> dict[int, float]:
         """Consolidate the memory, measure every held-out set, and open the next bucket.

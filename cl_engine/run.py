@@ -31,11 +31,11 @@ def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epoc
         bar = tqdm(total=batches_per_bucket(n, batch_size, epochs), desc=f"bucket {i + 1}/{len(stream)}",
                    unit="batch", file=sys.stderr, disable=not progress, leave=False)
         t0 = time.perf_counter()
-        for index in bucket_batches(n, batch_size, epochs, config.seed, i):
+        for k, index in enumerate(bucket_batches(n, batch_size, epochs, config.seed, i), 1):
             x, y = bucket.train.batch(index, train=True)
             step = learner.observe(x, y, i)
             bar.update(1)
-            if bar.n % 20 == 0:
+            if progress and k % 20 == 0:  # a disabled bar's n stays 0: test the count, not the bar
                 bar.set_postfix(preq_acc=f"{learner.prequential.accuracy:.3f}", loss=f"{step.loss:.3f}")
         bar.close()
         t1 = time.perf_counter()

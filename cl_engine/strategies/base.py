@@ -61,7 +61,8 @@ class Strategy:
         model = self.ctx.model
         ensure_training(model)
         if self.linear is not None:
-            _, grads, logits, losses = self.linear(x, y, torch.full((len(y),), 1.0 / len(y), dtype=x.dtype, device=x.device))
+            n = y.shape[0]
+            _, grads, logits, losses = self.linear(x, y, torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device))
             return logits, losses, grads
         logits = model(x)
         losses = F.cross_entropy(logits, y, reduction="none")

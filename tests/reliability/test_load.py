@@ -206,8 +206,10 @@ def test_slow_and_dead_clients_block_no_one_and_deadlines_hold(server, small_str
         with pytest.raises(grpc.RpcError) as e:
             list(short)
         deadline_code = e.value.code()
-        with pytest.raises(grpc.RpcError) as e:  # a predict with a deadline too short to meet
-            raw_stub().Predict(pb.PredictRequest(samples=encode_samples(x)), timeout=1e-4)
+        # A predict with a deadline too short to meet: 4096 samples take milliseconds to send and
+        # score, far past 100 µs (16 did not always: gRPC shares the connection between channels).
+        with pytest.raises(grpc.RpcError) as e:
+            raw_stub().Predict(pb.PredictRequest(samples=encode_samples(x.repeat_interleave(256, dim=0))), timeout=1e-4)
         tiny_deadline_code = e.value.code()
         rss_during = rss_bytes(server.process.pid)
         released.set()
