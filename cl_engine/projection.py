@@ -93,8 +93,8 @@ def gem_project_(g: Blocks, G: Blocks, margin: float = 0.5, eps: float = 1e-3) -
     T = G[0].shape[0] if len(G) else 0
     if T == 0:
         return False, False
-    Gf = [Gi.reshape(T, -1) for Gi in G]
-    gf = [gi.reshape(-1) for gi in g]  # views of g where it is contiguous, as gradients are
+    Gf = [Gi if Gi.dim() == 2 else Gi.reshape(T, -1) for Gi in G]
+    gf = [gi if gi.dim() == 1 else gi.reshape(-1) for gi in g]  # views of g where it is contiguous, as gradients are
     Gg = _products(Gf, gf)
     if float(Gg.min()) >= 0:  # NaN compares false: a non-finite gradient goes on to the fallback
         return False, False
