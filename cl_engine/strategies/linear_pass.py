@@ -25,7 +25,7 @@ aten = torch.ops.aten
 # randomness), as (forward, backward). forward(module, x) -> y, never in place (the backward reads
 # x or y); backward(module, dy, x, y) -> dx.
 PER_SAMPLE_PASSES = {
-    nn.Flatten: (lambda m, x: m(x), lambda m, d, x, y: d.reshape(x.shape)),
+    nn.Flatten: (lambda m, x: x.flatten(m.start_dim, m.end_dim), lambda m, d, x, y: d.reshape(x.shape)),
     nn.Identity: (lambda m, x: x, lambda m, d, x, y: d),
     nn.ReLU: (lambda m, x: torch.relu(x), lambda m, d, x, y: aten.threshold_backward(d, y, 0)),
     nn.LeakyReLU: (lambda m, x: F.leaky_relu(x, m.negative_slope),
@@ -82,7 +82,7 @@ class LinearPass:
                                    if layer is not None and layer[2:] != (None, None)), len(self.chain))
         self._workspace: list[torch.Tensor | None] = [None] * len(self.params)  # per parameter (T_max, *shape)
         self._views: tuple[int, list[torch.Tensor]] | None = None  # (T, its blocks)
-        self._rows = torch.empty(0, dtype=torch.int64)  # 0, 1, 2, ...: the label gather's row index
+        self._rows = torch.empty(0, dtype=torch.int64)  # 0, 1, 2, ...: the rows of the labels' entries in d
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, T: int = 0, m: int = 0
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor | None], torch.Tensor, torch.Tensor]:
