@@ -34,7 +34,7 @@ class Snapshot:
         self.readers = 0  # calls answering from it now; changed only under the holder's lock
         self._source = source
         self._source_tensors = _tensors(source) if source is not None else []
-        self._tensors = _tensors(model)  # listed once: walking the modules costs about as much as the copy
+        self._own_tensors = _tensors(model)  # listed once: walking the modules costs about as much as the copy
 
     @classmethod
     def of(cls, model: nn.Module, version: int, device: torch.device) -> "Snapshot":
@@ -55,7 +55,7 @@ class Snapshot:
         if len(current) != len(self._source_tensors) or any(a is not b for a, b in zip(current, self._source_tensors)):
             return False
         with torch.no_grad():
-            for dst, src in zip(self._tensors, current):
+            for dst, src in zip(self._own_tensors, current):
                 dst.copy_(src)
         self.version = version
         return True

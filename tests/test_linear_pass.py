@@ -74,6 +74,11 @@ def test_frozen_layers_are_left_out_and_the_backward_stops_above_them():
     _, grads, _, _ = lp(x, y, w)
     for got, want in zip(grads, autograd_gradient(model, x, y, w)[2]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    blocks, _, _, _ = lp(x, y, w, 2, 3)  # grouped: every trained parameter's block is written, none left stale
+    for t in range(2):
+        rows = slice(3 * t, 3 * t + 3)
+        for block, want in zip(blocks, autograd_gradient(model, x[rows], y[rows], w[rows])[2]):
+            torch.testing.assert_close(block[t], want, rtol=1e-5, atol=1e-7)
 
 
 def test_a_model_that_is_not_a_chain_is_refused():

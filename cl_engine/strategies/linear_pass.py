@@ -96,7 +96,7 @@ class LinearPass:
         """
         n, rows = T * m, x.shape[0]
         blocks = self._blocks(T) if T else []
-        written = [False] * len(self.params)
+        written = [False] * len(self.params)  # every trained layer is reached, so all end True
         rest: list[torch.Tensor | None] = [None] * len(self.params)  # the gradient of rows n:
         with torch.no_grad():
             steps = []  # (its input, its output) per leaf
@@ -117,9 +117,6 @@ class LinearPass:
                 self._layer(layer, d, inp, n, T, blocks, written, rest)
                 if k > self.first_trained:
                     d = d @ layer[0]
-        for k in range(len(self.params) if T else 0):
-            if not written[k]:
-                blocks[k].zero_()
         if n:
             h, losses = h[n:], losses[n:]
         return blocks, rest, h, losses
