@@ -22,13 +22,15 @@ DASHBOARDS_DIR = GRAFANA / "dashboards"
 DASHBOARD = DASHBOARDS_DIR / "clstream.json"
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-INSTALL_HINT = ("Debian's `prometheus` package provides both (`apt-get install -y prometheus`); `make test` "
-                "installs it when run as root on a machine with apt-get")
+LOCAL_TOOLS = ROOT / ".tools" / "prometheus" / "usr" / "bin"  # unpacked there by `make test`
+INSTALL_HINT = ("`make test` unpacks Debian's `prometheus` package (promtool, prometheus) into .tools/ where "
+                "apt-get exists; elsewhere put both on PATH")
 
 
 def prometheus_tool(name: str) -> str:
     """Path of `promtool` or `prometheus`. Missing: a failure in CI (CI=true), a reported skip elsewhere."""
-    path = shutil.which(name)
+    local = LOCAL_TOOLS / name
+    path = str(local) if local.is_file() else shutil.which(name)
     if path is None:
         message = f"`{name}` is not installed: {INSTALL_HINT}"
         if IN_CI:
