@@ -1,11 +1,11 @@
-"""The README's results table: every strategy on the embedded streams, mean ± std over seeds.
+"""The results table of docs/engine.md: every strategy on the embedded streams, mean ± std over seeds.
 
     .venv/bin/python benchmarks/strategies.py [--seeds 3] [--datasets digits-rotated digits-permuted] [--readme]
     .venv/bin/python benchmarks/strategies.py --render --readme   # the table again from the JSON, no runs
 
 Every memory-based strategy gets the same budget: 50 samples per bucket, 250 in all. Writes
-benchmarks/results/strategies.json; with --readme, rewrites the table in README.md between its
-results markers, so the README shows what this code measured.
+benchmarks/results/strategies.json; with --readme, rewrites the table in docs/engine.md between its
+results markers, so the docs show what this code measured.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--datasets", nargs="+", default=["digits-rotated", "digits-permuted"])
-    p.add_argument("--readme", action="store_true", help="rewrite the results table in README.md")
+    p.add_argument("--readme", action="store_true", help="rewrite the results table in docs/engine.md")
     p.add_argument("--render", action="store_true", help="no runs: the table from benchmarks/results/strategies.json")
     args = p.parse_args()
     path = ROOT / "benchmarks" / "results" / "strategies.json"
@@ -79,12 +79,12 @@ def publish(results: list[dict], seeds: int, readme: bool) -> int:
     table = markdown(results, seeds)
     print(table)
     if readme:
-        readme = ROOT / "README.md"
+        readme = ROOT / "docs" / "engine.md"
         text = readme.read_text()
         new = re.sub(r"(<!-- results:start -->\n).*?(<!-- results:end -->)", lambda m: m.group(1) + table + m.group(2),
                      text, flags=re.S)
         if new == text and table not in text:
-            raise SystemExit("README.md has no <!-- results:start --> / <!-- results:end --> markers")
+            raise SystemExit("docs/engine.md has no <!-- results:start --> / <!-- results:end --> markers")
         readme.write_text(new)
     return 0
 

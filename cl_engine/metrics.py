@@ -8,6 +8,8 @@ GEM family (Lopez-Paz & Ranzato 2017), on the last row n-1:
 CLEAR family (Lin et al. 2021), absolute accuracies over regions of the matrix:
   in-domain = mean_i R[i][i]   next-domain = mean_i R[i][i+1]   Acc = mean_{i≥j}   BwT = mean_{i>j}
   FwT = mean_{i<j}             score = ¼(in-domain + next-domain + BwT + FwT)
+  (the five regions are the CLEAR paper's and Avalanche's CLEARMetric; the score is this project's
+  own summary, from the course study it grew from, not a metric of the paper)
 Forgetting of bucket j < n-1 (Chaudhry et al. 2018): max_{j≤l<n-1} R[l][j] − R[n-1][j].
 """
 from __future__ import annotations

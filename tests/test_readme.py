@@ -66,3 +66,17 @@ def test_every_relative_link_resolves(page):
         if not (page.parent / target.split("#")[0]).exists():
             broken.append(target)
     assert not broken, f"{page.name} links to files that do not exist: {broken}"
+
+
+def test_the_results_table_is_the_one_the_recorded_runs_give():
+    """docs/engine.md's results table is benchmarks/strategies.py's rendering of its recorded JSON."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import strategies
+
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "strategies.json").read_text())
+    table = strategies.markdown(recorded["results"], recorded["seeds"])
+    page = (ROOT / "docs" / "engine.md").read_text()
+    assert readme_demo.block(page, "results") == table, ("docs/engine.md's results table is not the recorded "
+                                                          "runs': run `benchmarks/strategies.py --render --readme`")

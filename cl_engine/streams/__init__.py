@@ -1,5 +1,5 @@
 """Datasets replayed as time-ordered streams, named by a spec string such as `digits-rotated`,
-`buckets-npz:/data/my.npz` or `clear:/data/clear10`. README.md's Datasets section says where each
+`buckets-npz:/data/my.npz` or `clear:/data/clear10`. docs/datasets.md says where each
 dataset is published and which file or folder PATH names."""
 from __future__ import annotations
 
