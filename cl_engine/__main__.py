@@ -3,24 +3,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 from pydantic import ValidationError
 
-from .config import LearnerConfig
+from .config import LearnerConfig, validation_message
+from .learner import resolve_device
 from .report import format_table, jsonable, write_json
 from .run import run_stream
 from .streams import BUILDERS, StreamOptions, build_stream
 
 
+class DefaultsFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default after its text, unless the text says it already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or not action.option_strings or "default" in text \
+                or isinstance(action, argparse._HelpAction):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def add_learner_flags(p: argparse.ArgumentParser) -> None:
     """The engine's options, shared by every command that builds a learner."""
     f = LearnerConfig.model_fields
-    p.add_argument("--strategy", choices=["naive", "replay", "gem", "agem"], default=f["strategy"].default)
+    p.add_argument("--strategy", choices=["naive", "replay", "gem", "agem"], default=f["strategy"].default,
+                   help=f["strategy"].description)
     p.add_argument("--model", default=f["model"].default, help=f["model"].description)
-    p.add_argument("--lr", type=float, default=f["lr"].default)
-    p.add_argument("--momentum", type=float, default=f["momentum"].default)
-    p.add_argument("--weight-decay", type=float, default=f["weight_decay"].default)
+    p.add_argument("--lr", type=float, default=f["lr"].default, help=f["lr"].description)
+    p.add_argument("--momentum", type=float, default=f["momentum"].default, help=f["momentum"].description)
+    p.add_argument("--weight-decay", type=float, default=f["weight_decay"].default, help=f["weight_decay"].description)
     p.add_argument("--buffer-capacity", type=int, default=f["buffer_capacity"].default,
                    help=f["buffer_capacity"].description)
     p.add_argument("--retention", choices=["reservoir", "reservoir-end", "ratio", "per-bucket"], default=None,
@@ -40,7 +55,7 @@ def add_learner_flags(p: argparse.ArgumentParser) -> None:
                    help=f["memory_strength"].description)
     p.add_argument("--agem-sample-size", type=int, default=f["agem_sample_size"].default,
                    help=f["agem_sample_size"].description)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=f["seed"].default, help=f["seed"].description)
     p.add_argument("--device", default="auto", help=f["device"].description)
 
 
@@ -97,28 +112,47 @@ def stream_options(args: argparse.Namespace) -> StreamOptions:
     )
 
 
+def check_run_flags(args: argparse.Namespace) -> None:
+    """The run's own flags, checked before anything is trained (ValueError naming the flag)."""
+    for flag in ("batch_size", "epochs", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.report is not None:
+        report = Path(args.report)
+        if report.is_dir():
+            raise ValueError(f"--report {report} is a folder; expected the path of the JSON file to write")
+        if report.parent.exists() and not report.parent.is_dir():
+            raise ValueError(f"--report {report}: {report.parent} is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cl_engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train a stream in-process and report the accuracy matrix and metrics")
+    run = sub.add_parser("run", help="train a stream in-process and report the accuracy matrix and metrics",
+                         formatter_class=DefaultsFormatter)
     add_stream_flags(run)
     add_learner_flags(run)
-    run.add_argument("--batch-size", type=int, default=10)
+    run.add_argument("--batch-size", type=int, default=10, help="samples per training step")
     run.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
     run.add_argument("--report", default=None, help="write the JSON report here")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--threads", type=int, default=None,
                      help="torch intra-op threads (default: torch's own choice); small models are fastest on 1")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     try:
+        check_run_flags(args)
         config = learner_config(args)
+        resolve_device(config.device)
         stream = build_stream(args.dataset, stream_options(args), args.order)
-    except (ValidationError, ValueError, FileNotFoundError) as e:
+    except ValidationError as e:
+        print(f"error: {validation_message(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.quiet:
         print(f"stream {stream.name}: {len(stream)} buckets, {sum(len(b.train) for b in stream.buckets)} training "
               f"samples; strategy {config.strategy}, model {config.model}", file=sys.stderr)

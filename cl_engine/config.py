@@ -1,9 +1,10 @@
 """The learner's configuration: one validated model that the CLI, the server and checkpoints share."""
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .models import MODELS
 from .selection import SELECTIONS
@@ -13,10 +14,11 @@ class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("mlp", description=f"network: one of {', '.join(MODELS)}")
-    strategy: Literal["naive", "replay", "gem", "agem"] = "replay"
+    strategy: Literal["naive", "replay", "gem", "agem"] = Field(
+        "replay", description="naive: plain SGD; replay: experience replay; gem, agem: gradient constraints")
     lr: float = Field(0.1, gt=0, description="SGD learning rate")
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (L2)")
     # Replay memory. Capacity is a hard bound on samples held, whatever the retention.
     buffer_capacity: int = Field(1000, ge=0, description="samples the replay memory can hold")
     retention: Literal["reservoir", "reservoir-end", "ratio", "per-bucket"] | None = Field(
@@ -35,19 +37,33 @@ class LearnerConfig(BaseModel):
     qp_eps: float = Field(1e-3, gt=0, description="GEM: ε added to the Gram matrix's diagonal")
     agem_sample_size: int = Field(256, ge=1, description="A-GEM: memories drawn for the reference gradient")
     prequential_window: int = Field(1000, ge=1, description="samples in the prequential accuracy window")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the model's initialisation, the batch order and the memory's draws")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
 
     @model_validator(mode="after")
     def _check(self) -> "LearnerConfig":
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.retention is None:
             self.retention = "reservoir" if self.strategy in ("naive", "replay") else "per-bucket"
         if self.retention in ("reservoir", "reservoir-end") and self.selection != "random":
-            raise ValueError(f"selection {self.selection!r} needs ratio or per-bucket retention; reservoir "
-                             "retention is uniform random by definition")
+            raise ValueError(f"selection {self.selection!r} needs ratio or per-bucket retention: add --retain-ratio "
+                             "R (e.g. 0.05) or --retention per-bucket; reservoir retention is uniform random by "
+                             "definition")
         if self.retention == "reservoir-end" and self.class_balanced:
             raise ValueError("class_balanced evicts by the classes the memory holds now, so it needs the online "
                              "'reservoir' retention, not 'reservoir-end'")
         return self
+
+
+def validation_message(error: ValidationError) -> str:
+    """A pydantic error as one line per field: the field and what is wrong with it, without the input echoed back
+    or the documentation URL."""
+    parts = []
+    for e in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "\n".join(parts)

@@ -14,10 +14,15 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+from functools import partial
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from cl_engine.__main__ import add_stream_flags, stream_options
+from cl_engine.config import validation_message
 from cl_engine.report import format_table, jsonable
 
 from .api import Client, RetryPolicy, ServiceError
@@ -58,7 +63,7 @@ def connect(args: argparse.Namespace) -> Client:
 
 def add_replay_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("replay")
-    g.add_argument("--batch-size", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=10, help="samples per training batch")
     g.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
     g.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")
     g.add_argument("--max-in-flight", type=int, default=16,
@@ -70,7 +75,8 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
                    help="the stream's name on the server (default: derived from dataset and schedule, so running "
                         "the same command again resumes where the server stands)")
     g.add_argument("--reconnect-timeout", type=float, default=120.0,
-                   help="how long to wait for a server that went away before giving up, seconds")
+                   help="how long to wait for a server that went away before giving up, seconds (a server that "
+                        "cannot be reached at the start fails the command at once)")
     g.add_argument("--report", default=None, metavar="DIR", help="write report.json and the PNG figures here")
     g.add_argument("--no-figures", action="store_true", help="with --report: the JSON only")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -122,14 +128,31 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_npy(path: Path):
+    """The array of a .npy file, or a ValueError that names the file and what was expected."""
+    import numpy as np
+
+    expected = "expected a .npy array [n, *input_shape] (numpy.save)"
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise ValueError(f"--npy {path} is not a .npy file; {expected}")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--npy {path} could not be read ({e}); {expected}") from None
+    if x.ndim < 2:
+        raise ValueError(f"--npy {path} holds an array of shape {x.shape}; {expected}")
+    return x
+
+
 def _predict_inputs(args: argparse.Namespace):
     """(x or None, images or None, labels or None, names) for the predict command."""
     if args.image:
         return None, [Path(p).read_bytes() for p in args.image], None, [str(p) for p in args.image]
     if args.npy:
-        import numpy as np
-
-        x = np.load(args.npy)
+        x = _load_npy(Path(args.npy))
+        if args.offset >= len(x):
+            raise ValueError(f"--offset {args.offset} is past the {len(x)} samples of {args.npy}")
         x = x[args.offset: args.offset + args.count] if args.count else x[args.offset:]
         return x, None, None, [f"{args.npy}[{args.offset + i}]" for i in range(len(x))]
     import torch
@@ -140,10 +163,13 @@ def _predict_inputs(args: argparse.Namespace):
     if not 0 <= args.bucket < len(stream):
         raise ValueError(f"--bucket must be in 0..{len(stream) - 1}, got {args.bucket}")
     samples = getattr(stream.buckets[args.bucket], args.split)
-    stop = min(len(samples), args.offset + (args.count or 8))
-    index = torch.arange(args.offset, stop)
-    if len(index) == 0:
-        raise ValueError(f"--offset {args.offset} is past the {len(samples)} samples of bucket {args.bucket}")
+    if args.offset >= len(samples):
+        raise ValueError(f"--offset {args.offset} is past the {len(samples)} samples of bucket {args.bucket}'s "
+                         f"{args.split} split")
+    # Spread over the rest of the split: a split sorted by label (digits' test sets) then shows every class.
+    count = min(args.count or 8, len(samples) - args.offset)
+    index = torch.linspace(args.offset, len(samples) - 1, count).round().long() if count > 1 else \
+        torch.tensor([args.offset])
     x, y = samples.batch(index)
     return x, None, y.tolist(), [f"bucket {args.bucket} {args.split}[{i}]" for i in index.tolist()]
 
@@ -212,8 +238,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     from .figures import draw_all
 
-    report = json.loads(Path(args.report_json).read_text())
-    for path in draw_all(report, args.out or Path(args.report_json).parent):
+    path = Path(args.report_json)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected the report.json of clstream-client stream or demo "
+                         f"(e.g. {path / 'report.json'})")
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not JSON ({e}); expected the report.json of clstream-client stream or demo") \
+            from None
+    for path in draw_all(report, args.out or path.parent, source=str(path)):
         print(path)
     return 0
 
@@ -227,11 +261,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- the parser --------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from cl_engine.__main__ import add_learner_flags
+    from cl_engine.__main__ import DefaultsFormatter, add_learner_flags
 
     parser = argparse.ArgumentParser(prog="clstream-client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True,  # every command's --help shows the defaults
+                                parser_class=partial(argparse.ArgumentParser, formatter_class=DefaultsFormatter))
 
     stream = sub.add_parser("stream", help="play a dataset to a server bucket by bucket, as live traffic")
     add_connection_flags(stream)
@@ -249,16 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--bucket", type=int, default=0, help="bucket to take samples from")
     source.add_argument("--split", choices=["test", "train"], default="test")
     source.add_argument("--offset", type=int, default=0, help="first sample")
-    source.add_argument("--count", type=int, default=None, help="samples (default 8; --npy: all)")
+    source.add_argument("--count", type=int, default=None,
+                        help="samples, spread evenly from --offset to the end of the split (default 8; --npy: "
+                             "all, in order)")
     source.add_argument("--npy", default=None, help="a .npy array [n, *input_shape] instead of a dataset")
     source.add_argument("--image", action="append", default=None, help="a JPEG or PNG file (repeatable)")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--top-k", type=int, default=3, help="most likely labels shown per sample")
+    predict.add_argument("--json", action="store_true", help="the answer as JSON")
     predict.set_defaults(func=cmd_predict)
 
     status = sub.add_parser("status", help="the server's accuracy matrix, metrics, memory, drift and streams")
     add_connection_flags(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="the status as JSON")
     status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="the main job: start a server, stream a dataset to it, report",
@@ -284,14 +321,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Ordinary mistakes, refused before anything starts or is written (ValueError naming the flag and what it
+    expects)."""
+    for flag in ("count", "top_k", "threads"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if getattr(args, "offset", 0) < 0:
+        raise ValueError(f"--offset must be 0 or more, got {args.offset}")
+    if getattr(args, "reconnect_timeout", 1) <= 0:
+        raise ValueError(f"--reconnect-timeout must be > 0 seconds, got {args.reconnect_timeout}")
+    if args.command in ("stream", "demo") and args.report is not None and Path(args.report).exists() \
+            and not Path(args.report).is_dir():
+        raise ValueError(f"--report {args.report} is a file; expected a folder (report.json and the figures go "
+                         "into it)")
+    if args.command == "figures" and args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; expected a folder for the figures")
+    if args.command == "demo":
+        from cl_engine.__main__ import learner_config
+        from cl_engine.learner import resolve_device
+
+        resolve_device(learner_config(args).device)  # the server would fail to start on a device not here
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        check_flags(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below, not at exit
+        return code
+    except BrokenPipeError:  # `clstream-client status --json | head`: the reader has gone, as with any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush is quiet
+        return 128 + signal.SIGPIPE
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_SERVICE
-    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as e:
+    except ValidationError as e:
+        print(f"error: {validation_message(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

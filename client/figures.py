@@ -6,7 +6,8 @@ the JSON report alone, so a recorded report.json can be drawn again later
 - accuracy_over_time.png: prequential accuracy (each batch, scored before the model learns it),
   served accuracy (predictions on data not trained yet) and the held-out accuracy after each
   bucket, against samples trained, with the bucket boundaries.
-- buffer_composition.png: what the replay memory holds after each bucket, by bucket of origin.
+- buffer_composition.png: what the replay (or GEM's episodic) memory holds after each bucket, by bucket of
+  origin.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 DPI = 110
 
@@ -36,7 +38,22 @@ def _title(report: dict) -> str:
     return f"{stream} · {report.get('strategy')} · {config.get('model', '')}".strip(" ·")
 
 
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _memory_name(report: dict) -> str:
+    """GEM and A-GEM keep an episodic memory per bucket (a constraint); replay a replay memory."""
+    return "episodic memory" if report.get("strategy") in ("gem", "agem") else "replay memory"
+
+
 def accuracy_matrix(report: dict, path: Path) -> Path:
+    return _save(matrix_figure(report), path)
+
+
+def matrix_figure(report: dict):
     R = [_nan(row) for row in report["accuracy_matrix"]]
     init = _nan(report["initial_accuracy"])
     n = max([len(init)] + [len(r) for r in R])
@@ -62,11 +79,10 @@ def accuracy_matrix(report: dict, path: Path) -> Path:
     parts = [f"{label} {100 * m[k]:.1f}" for k, label in (("acc", "ACC"), ("bwt", "BWT"), ("fwt", "FWT"))
              if m.get(k) is not None]
     ax.set_title(f"accuracy matrix (%) — {_title(report)}\n" + "  ".join(parts), fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="accuracy")
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="accuracy (%)")
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}"))  # percent, as the cells
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -81,6 +97,10 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def accuracy_over_time(report: dict, path: Path) -> Path:
+    return _save(over_time_figure(report), path)
+
+
+def over_time_figure(report: dict):
     timeline = report["timeline"]
     acks, queries = timeline["acks"], timeline["queries"]
     fig, ax = plt.subplots(figsize=(9.0, 4.8))
@@ -110,24 +130,28 @@ def accuracy_over_time(report: dict, path: Path) -> Path:
         ax.text((bounds[i] + bounds[i + 1]) / 2, 1.02, label, ha="center", va="bottom", fontsize=7, color="dimgrey",
                 transform=ax.get_xaxis_transform())
     ax.set_ylim(0, 1.0)
-    ax.set_xlim(left=0)
+    right = max([1.0, *x, *queries["position"], *(e["samples"] for e in ends)])
+    ax.set_xlim(-0.02 * right, 1.02 * right)  # a point at 0 samples (a query before training) off the y-axis
     ax.set_xlabel("samples trained")
     ax.set_ylabel("accuracy")
     ax.set_title(f"learning over time — {_title(report)}", fontsize=10, pad=16)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8, frameon=False)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.88, bottom=0.2)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def buffer_composition(report: dict, path: Path) -> Path:
+    return _save(buffer_figure(report), path)
+
+
+def buffer_figure(report: dict):
     ends = report["timeline"]["bucket_ends"]
     n = report["stream"]["buckets"]
+    memory = _memory_name(report)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(ends) + 4.5), 4.0))
     if not ends or not any(e["buffer_size"] for e in ends):
-        ax.text(0.5, 0.5, f"the replay memory stayed empty\n(strategy {report.get('strategy')})", ha="center",
+        ax.text(0.5, 0.5, f"the {memory} stayed empty\n(strategy {report.get('strategy')})", ha="center",
                 va="center", transform=ax.transAxes)
         ax.set_axis_off()
     else:
@@ -141,24 +165,38 @@ def buffer_composition(report: dict, path: Path) -> Path:
                 ax.bar(xs, heights, bottom=bottom, color=colors(origin % colors.N), label=f"from bucket {origin}")
                 bottom += heights
         capacity = report["buffer"].get("capacity")
-        if capacity:
+        if capacity and memory == "replay memory":  # GEM's memory is bounded per bucket, not by this
             ax.axhline(capacity, color="black", linestyle=":", linewidth=1.2, zorder=3, label=f"capacity {capacity}")
         ax.set_xticks(xs, [f"after {e['bucket']}" for e in ends], fontsize=8)
+        ax.set_xlabel("end of bucket (after training through it)")
         ax.set_ylabel("samples in memory")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2 if n > 12 else 1)
-    ax.set_title(f"replay memory by bucket of origin\n{_title(report)}", fontsize=10)
+    ax.set_title(f"{memory} by bucket of origin\n{_title(report)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return fig
 
 
 FIGURES = {"accuracy_matrix.png": accuracy_matrix, "accuracy_over_time.png": accuracy_over_time,
            "buffer_composition.png": buffer_composition}
 
 
-def draw_all(report: dict, directory: str | Path) -> list[Path]:
+def check_report(report, source: str = "the report") -> None:
+    """ValueError, before any figure is written, when `report` is not one the figures can be drawn from."""
+    expected = "expected the report.json of clstream-client stream or demo"
+    if not isinstance(report, dict):
+        raise ValueError(f"{source} holds a JSON {type(report).__name__}; {expected}")
+    if "timeline" not in report and "accuracy_matrix" in report:
+        raise ValueError(f"{source} has no timeline, as a report of `python -m cl_engine run` has not; {expected}")
+    missing = [k for k in ("stream", "strategy", "accuracy_matrix", "initial_accuracy", "metrics", "buffer",
+                           "timeline") if k not in report]
+    if missing or not isinstance(report["timeline"], dict) or \
+            any(k not in report["timeline"] for k in ("acks", "queries", "bucket_ends")):
+        raise ValueError(f"{source} lacks {', '.join(missing) or 'parts of its timeline'}; {expected}")
+
+
+def draw_all(report: dict, directory: str | Path, source: str = "the report") -> list[Path]:
     """Every figure of a JSON-ready report into `directory`; returns the paths."""
+    check_report(report, source)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     return [draw(report, directory / name) for name, draw in FIGURES.items()]

@@ -167,7 +167,7 @@ class Replay:
     def run(self) -> ReplayResult:
         o = self.options
         t_start = time.perf_counter()
-        status = self._wait_for_server()
+        status = self._first_contact()
         seed = o.seed if o.seed is not None else int(status.config.get("seed", 0))
         schedule = Schedule([len(b.train) for b in self.stream.buckets], o.batch_size, o.epochs, seed)
         stream_id = o.stream_id or default_stream_id(self.stream, o.batch_size, o.epochs, seed)
@@ -211,6 +211,17 @@ class Replay:
         r.final_status = self._wait_for_server()
         r.wall_seconds = time.perf_counter() - t_start
         return r
+
+    def _first_contact(self) -> ServerStatus:
+        """The server's status with the client's own retries (seconds): the reconnect budget is for a server
+        that was there, not for one that never answered."""
+        try:
+            return self.client.status()
+        except ServiceError as e:
+            if e.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+            raise ServiceError(e.code, f"no server answers at {self.client.target} ({e.details}); start one, or "
+                                       "check --target", e.method) from None
 
     def _wait_for_server(self) -> ServerStatus:
         patient = RetryPolicy(attempts=1_000_000, initial_backoff=0.2, max_backoff=2.0,

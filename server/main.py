@@ -17,6 +17,8 @@ import threading
 
 from pydantic import ValidationError
 
+from cl_engine.config import validation_message
+
 from .settings import load_settings
 
 
@@ -24,7 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         settings = load_settings(argv)
-    except (ValidationError, ValueError, OSError) as e:
+    except ValidationError as e:
+        print(f"clstream-server: invalid settings: {validation_message(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
         print(f"clstream-server: invalid settings: {e}", file=sys.stderr)
         return 2
     if "--print-config" in argv:

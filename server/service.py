@@ -133,8 +133,16 @@ class Service:
             raise RuntimeError(f"could not bind {address}: {e}") from None
         self.server.start()
         if s.metrics_enabled:
-            self._metrics_http, self.metrics_port = start_metrics_server(self.metrics.registry, s.metrics_host,
-                                                                         s.metrics_port)
+            try:
+                self._metrics_http, self.metrics_port = start_metrics_server(self.metrics.registry, s.metrics_host,
+                                                                             s.metrics_port)
+            except OSError as e:
+                self.server.stop(0).wait()
+                self.worker.stop()
+                raise RuntimeError(f"could not serve the Prometheus metrics endpoint (/metrics) on "
+                                   f"{_address(s.metrics_host, s.metrics_port)}: {e.strerror or e}; choose another "
+                                   "port with --metrics-port (0: a free one) or turn the endpoint off with "
+                                   "--no-metrics-enabled") from None
         self._serving = True
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

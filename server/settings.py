@@ -9,6 +9,7 @@ option of `python -m cl_engine run` is here under the same name: `--strategy gem
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import typing
@@ -17,10 +18,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import (BaseSettings, JsonConfigSettingsSource, PydanticBaseSettingsSource,
                                SettingsConfigDict, TomlConfigSettingsSource)
 
 from cl_engine.config import LearnerConfig
+
+try:
+    from tomllib import TOMLDecodeError
+except ImportError:  # Python 3.10: pydantic-settings reads TOML with tomli
+    from tomli import TOMLDecodeError
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("clstream_config_file", default=None)
 MiB = 1024 * 1024
@@ -178,8 +185,18 @@ def settings_from(config: str | Path | None = None, **values: Any) -> ServerSett
     token = _CONFIG_FILE.set(path)
     try:
         return ServerSettings(**values)
+    except (TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from None
     finally:
         _CONFIG_FILE.reset(token)
+
+
+def _with_default(text: str, default: Any) -> str:
+    """A flag's help with the setting's default, where it has a plain one (argparse's % escaped)."""
+    if default is None or default is PydanticUndefined or "default" in text:
+        return text
+    shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+    return f"{text} (default: {shown})".lstrip().replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         annotation = field.annotation
         args = typing.get_args(annotation)
-        kwargs: dict[str, Any] = {"help": field.description or ""}
+        kwargs: dict[str, Any] = {"help": _with_default(field.description or "", field.default)}
         if annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(annotation) is list or any(typing.get_origin(a) is list for a in args):

@@ -147,10 +147,12 @@ def check_checkpoint(state: dict, config: LearnerConfig, schemas: SchemaHolder, 
         raise ValueError(f"checkpoint format {state.get('format')!r}; this server reads {CHECKPOINT_FORMAT}")
     if state["schema"] is not None:
         schema = Schema.validated(state["schema"]["class_names"], state["schema"]["input_shape"], "checkpoint")
-        try:
-            schemas.establish(schema)
-        except FailedPrecondition as e:
-            raise ValueError(f"checkpoint {path} does not fit the settings' schema: {e.message}") from None
+        fixed = schemas.schema
+        if fixed is not None and fixed != schema:
+            raise ValueError(f"checkpoint {path} does not fit the settings' schema: the checkpoint's model has "
+                             f"{schema.describe()}, the settings (class_names, input_shape) declare "
+                             f"{fixed.describe()}")
+        schemas.establish(schema)
     if state["learner"] is not None:
         saved = LearnerConfig(**state["learner"]["config"])
         ours, theirs = config.model_dump(exclude={"device"}), saved.model_dump(exclude={"device"})

@@ -76,6 +76,11 @@ BUILDERS = {
 def build_stream(spec: str, options: StreamOptions | None = None, order: str = "time") -> Stream:
     """The stream named by `spec` ("NAME" or "NAME:PATH"), in `order` "time" or "iid"."""
     options = options or StreamOptions()
+    for flag, value in (("--buckets", options.num_buckets), ("--samples-per-bucket", options.samples_per_bucket),
+                        ("--test-samples-per-bucket", options.test_samples_per_bucket),
+                        ("--image-size", options.image_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
     name, _, path = spec.partition(":")
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(sorted(BUILDERS))}")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .base import Bucket, ScaledSet, Stream
+from .npz import load_npz
 
 SOURCE = ("the GEM project's data/raw/raw.py fetches it (Keras's MNIST, "
           "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz)")
@@ -33,11 +34,7 @@ def load_mnist_npz(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mnist: no file at {path}; expected mnist.npz with arrays {', '.join(KEYS)}; {SOURCE}")
-    try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"mnist: {path} is not a readable .npz file ({e}); {SOURCE}") from None
-    with arrays:
+    with load_npz(path, f"mnist.npz with arrays {', '.join(KEYS)}; {SOURCE}") as arrays:
         missing = [k for k in KEYS if k not in arrays.files]
         if missing:
             raise ValueError(f"mnist: {path} lacks {', '.join(missing)}; expected arrays {', '.join(KEYS)} "

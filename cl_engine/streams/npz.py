@@ -7,6 +7,7 @@ kept as they are. Labels are integers 0..K-1; K is the largest label seen plus o
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,18 @@ import torch
 from .base import Bucket, Stream, TensorSet
 
 LAYOUT = "arrays train_x_<t>, train_y_<t>, test_x_<t>, test_y_<t> for t = 0..n-1"
+
+
+def load_npz(path: Path, expected: str):
+    """np.load of an .npz archive, or a ValueError that names the file and what was expected (numpy's own
+    message for a file that is not a zip talks of pickled data)."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive of .npy arrays
+            raise ValueError(f"{path} is not an .npz archive (a zip of .npy arrays); expected {expected}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable .npz archive ({e}); expected {expected}") from None
 
 
 def _samples(arrays, key: str, path: Path) -> torch.Tensor:
@@ -47,7 +60,7 @@ def buckets_npz(path: str | Path) -> Stream:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"buckets-npz: no file at {path}; expected one .npz with {LAYOUT}")
-    with np.load(path, allow_pickle=False) as arrays:
+    with load_npz(path, f"one .npz with {LAYOUT}") as arrays:
         ids = sorted(int(m.group(1)) for k in arrays.files if (m := re.fullmatch(r"train_x_(\d+)", k)))
         if not ids:
             raise ValueError(f"{path}: no train_x_<t> arrays; expected {LAYOUT} (found {sorted(arrays.files)})")
@@ -62,6 +75,9 @@ def buckets_npz(path: str | Path) -> Stream:
             for part in ("train", "test"):
                 x = _samples(arrays, f"{part}_x_{t}", path)
                 y = _labels(arrays, f"{part}_y_{t}", x.shape[0], path)
+                if len(y) == 0:
+                    raise ValueError(f"{path}: bucket {t}'s {part}_x_{t} has no samples; expected at least one "
+                                     f"(every bucket is trained on and tested)")
                 if shape is None:
                     shape = tuple(x.shape[1:])
                 elif tuple(x.shape[1:]) != shape:

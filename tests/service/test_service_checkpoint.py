@@ -150,8 +150,13 @@ def test_a_checkpoint_of_another_schema_is_refused(start, connect, stream, tmp_p
     service = start(checkpoint_dir=tmp_path)
     list(connect(service).Train(train_batches(stream, 0, limit=1)))
     service.stop(grace=0.5)
-    with pytest.raises(ValueError, match="schema mismatch"):
+    with pytest.raises(ValueError) as refused:
         Service(base_settings(checkpoint_dir=tmp_path, input_shape=[64], class_names=list("abcdefghij")))
+    message = str(refused.value)  # each schema named by where it comes from, not the other way round
+    assert "does not fit the settings' schema" in message
+    checkpoint_part, settings_part = message.split("the checkpoint's model has ")[1].split(", the settings ")
+    assert "[1, 8, 8]" in checkpoint_part and "'a'" not in checkpoint_part
+    assert "[64]" in settings_part and "'a'" in settings_part
 
 
 def test_checkpoints_by_time(start, connect, stream, tmp_path):
