@@ -142,6 +142,7 @@ class TrainAck:
     model_version: int
     samples_trained: int
     applied_sequence: int
+    durable_sequence: int = 0  # the stream's mark in the server's last checkpoint (0: checkpoints off)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class BucketResult:
     open_bucket: int
     already_ended: bool
     checkpoint: str
+    durable: bool = False  # in an fsynced checkpoint; False only when the server has no checkpoint directory
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,9 @@ class ServerStatus:
     last_checkpoint: str
     last_checkpoint_time: float
     config: dict = field(default_factory=dict)
+    batches_since_checkpoint: int = 0
+    checkpoint_error: str = ""  # why the server's last checkpoint failed; "" when it succeeded
+    durable_sequences: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -226,7 +231,7 @@ class ServerStatus:
 
 def _ack(a: pb.TrainAck) -> TrainAck:
     return TrainAck(a.stream_id, a.sequence, a.applied, a.duplicate, a.accuracy, a.loss, a.model_version,
-                    a.samples_trained, a.applied_sequence)
+                    a.samples_trained, a.applied_sequence, a.durable_sequence)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -340,13 +345,17 @@ class Client:
             raise failure[0]
 
     def end_bucket(self, bucket: int, bucket_size: int = 0, timeout: float | None = _DEFAULT,
-                   retry: RetryPolicy | None = None) -> BucketResult:
-        """End `bucket` once every batch sent before is applied; not retried unless `retry` is given."""
-        request = pb.EndBucketRequest(bucket=bucket, bucket_size=bucket_size)
+                   retry: RetryPolicy | None = None, expected_sequences: dict[str, int] | None = None
+                   ) -> BucketResult:
+        """End `bucket` with the batches applied so far (it does not wait for batches in flight); with
+        `expected_sequences` (stream_id → last sequence) only once those are applied, else
+        FAILED_PRECONDITION naming the gap. OK means durable on a server with checkpoints (a failed
+        checkpoint is FAILED_PRECONDITION, "not durable: ..."). Not retried unless `retry` is given."""
+        request = pb.EndBucketRequest(bucket=bucket, bucket_size=bucket_size, expected_sequences=expected_sequences)
         r = self._run("EndBucket", lambda: self._stub.EndBucket(
             request, timeout=self._timeout(timeout), metadata=self._metadata), retry)
         return BucketResult(r.bucket, wire.row_list(r.row), wire.metrics_dict(r.metrics), r.model_version,
-                            r.open_bucket, r.already_ended, r.checkpoint)
+                            r.open_bucket, r.already_ended, r.checkpoint, r.durable)
 
     def register_eval_set(self, bucket: int, x=None, y=None, schema: Schema | None = None, chunk_size: int = 512,
                           timeout: float | None = _DEFAULT, retry: RetryPolicy | None = _DEFAULT, *,

@@ -77,6 +77,9 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reconnect-timeout", type=float, default=120.0,
                    help="how long to wait for a server that went away before giving up, seconds (a server that "
                         "cannot be reached at the start fails the command at once)")
+    g.add_argument("--durable-retries", type=int, default=4,
+                   help="how many more times to ask for a bucket's end while the server cannot write its checkpoint "
+                        "(1, 2, 4, ... s apart) before failing")
     g.add_argument("--report", default=None, metavar="DIR", help="write report.json and the PNG figures here")
     g.add_argument("--no-figures", action="store_true", help="with --report: the JSON only")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -93,7 +96,8 @@ def replay_options(args: argparse.Namespace, seed: int | None):
     return ReplayOptions(batch_size=args.batch_size, epochs=args.epochs, seed=seed, rate=args.rate,
                          max_in_flight=args.max_in_flight,
                          query_every=args.query_every, query_size=args.query_size, stream_id=args.stream_id,
-                         reconnect_timeout=args.reconnect_timeout, progress=not args.quiet)
+                         reconnect_timeout=args.reconnect_timeout, durable_retries=max(0, args.durable_retries),
+                         progress=not args.quiet)
 
 
 def print_results(report: dict, directory: str | None, figures: bool = True) -> None:

@@ -12,7 +12,17 @@ down, or shed load), the client waits for the server, reads the stream's applied
 open bucket from GetStatus, re-registers any held-out set the server lost, and continues from the
 next batch. The server drops anything at or below its applied mark, so nothing is trained twice,
 and nothing is skipped: a server that comes back from an older checkpoint simply gets the batches
-it lost again. EndBucket is called only when the status says every batch of the bucket is applied.
+it lost again. EndBucket is called only when every batch of the bucket is acknowledged, and it
+names the bucket's last sequence (expected_sequences): a server that restarted from an older
+checkpoint in between refuses it (FAILED_PRECONDITION) and the client resends from the server's mark.
+
+"Done" means durable: EndBucket's OK says the bucket is in an fsynced checkpoint, and the replay
+succeeds only after the last bucket's EndBucket said so (`ReplayResult.durable`; False only for a
+server without checkpoints). A server that cannot write its checkpoint gets `durable_retries` more
+EndBucket calls with back-off, then the replay fails with the server's "not durable" message. A
+server whose schema differs from the stream's, or that has ended buckets this stream has not
+trained (another dataset or schedule was sent to it), is refused at once (ReplayRefused): resuming
+there would train nothing and report the other stream's results.
 
 Every `query_every` batches, just before a batch goes out, the client asks the server to predict
 a sample of that batch and the ones after it (data the model has not trained on yet) and records
@@ -44,12 +54,16 @@ from tqdm import tqdm
 from cl_engine.schedule import batches_per_bucket, bucket_batches
 from cl_engine.streams import Stream
 
-from .api import Batch, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
+from .api import Batch, BucketResult, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
 
 # Failures after which the stream is resumed from the server's status rather than given up:
 # the server is away (restarting, shutting down) or its training queue stayed full. A message over
 # the size limit is RESOURCE_EXHAUSTED too, but sending it again cannot help.
 RESUMABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED})
+
+
+class ReplayRefused(RuntimeError):
+    """The server holds another stream's state: replaying this stream there would be a silent no-op."""
 
 
 def resumable(error: ServiceError) -> bool:
@@ -69,6 +83,7 @@ class ReplayOptions:
     eval_chunk: int = 512  # samples per held-out-set message, at most (and ~8 MiB)
     reconnect_timeout: float = 120.0  # how long to wait for a server that went away
     max_resumes: int = 100
+    durable_retries: int = 4  # further EndBucket calls (1, 2, 4, 8 s apart) while the server cannot checkpoint
     progress: bool = True
 
 
@@ -146,6 +161,8 @@ class ReplayResult:
     register_seconds: float = 0.0
     wall_seconds: float = 0.0
     final_status: ServerStatus | None = None
+    durable: bool = False  # the final state is in an fsynced checkpoint (False only without server checkpoints)
+    final_checkpoint: str = ""
 
 
 class Replay:
@@ -168,6 +185,7 @@ class Replay:
         o = self.options
         t_start = time.perf_counter()
         status = self._first_contact()
+        self._check_schema(status)
         seed = o.seed if o.seed is not None else int(status.config.get("seed", 0))
         schedule = Schedule([len(b.train) for b in self.stream.buckets], o.batch_size, o.epochs, seed)
         stream_id = o.stream_id or default_stream_id(self.stream, o.batch_size, o.epochs, seed)
@@ -205,6 +223,7 @@ class Replay:
                               f"{o.reconnect_timeout:g}s to resume")
                     status = self._wait_for_server()
                     bucket = None
+            self._confirm_durable()
         finally:
             for bar in self._bars.values():
                 bar.close()
@@ -238,6 +257,14 @@ class Replay:
                                               timeout=max(self.client.timeout, 600.0))
         r.register_seconds += time.perf_counter() - t0
         self._applied = status.applied_sequences.get(r.stream_id, 0)
+        ended = min(status.open_bucket, len(self.stream))
+        if ended and self._applied < r.schedule.last(ended - 1):
+            raise ReplayRefused(
+                f"the server at {r.target} has ended buckets 0..{ended - 1}, but applied only "
+                f"{self._applied} of this stream's batches (stream_id {r.stream_id}; bucket {ended - 1} ends at "
+                f"sequence {r.schedule.last(ended - 1)}): it was trained on another dataset, order or schedule, "
+                "so this stream cannot be replayed there. Use a server with an empty checkpoint directory, or "
+                "repeat the command that trained it")
         # Model versions count applied batches; with this stream the server's only trainer,
         # version - offset is the number of this stream's batches the model has learned from.
         self._version_offset = status.model_version - self._applied
@@ -248,6 +275,49 @@ class Replay:
         self._bars["buckets"].n = open_bucket
         self._bars["buckets"].refresh()
         return open_bucket
+
+    def _check_schema(self, status: ServerStatus) -> None:
+        theirs = Schema(tuple(status.schema["class_names"]), tuple(status.schema["input_shape"]))
+        if status.has_model and theirs != self.schema:
+            raise ReplayRefused(
+                f"the server at {self.client.target} holds a model of another schema: "
+                f"{len(theirs.class_names)} classes {list(theirs.class_names)}, input {list(theirs.input_shape)}; "
+                f"this stream has {len(self.schema.class_names)} classes {list(self.schema.class_names)}, input "
+                f"{list(self.schema.input_shape)}. Use a server with an empty checkpoint directory for it")
+
+    def _end_bucket(self, bucket: int) -> BucketResult:
+        """EndBucket naming the bucket's last sequence. A server that lost batches of it (restarted from
+        an older checkpoint) is resumed from its mark (ABORTED, resumable); one that cannot write its
+        checkpoint is asked again `durable_retries` times, then its "not durable" error is raised."""
+        r, o = self.result, self.options
+        last = r.schedule.last(bucket)
+        for attempt in range(o.durable_retries + 1):
+            try:
+                return self.client.end_bucket(bucket, bucket_size=len(self.stream.buckets[bucket].train),
+                                              timeout=max(self.client.timeout, 600.0), retry=None,
+                                              expected_sequences={r.stream_id: last})
+            except ServiceError as e:
+                if e.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                mark = self._wait_for_server().applied_sequences.get(r.stream_id, 0)
+                if mark < last:
+                    raise ServiceError(grpc.StatusCode.ABORTED, f"the server's applied mark is {mark}, below the "
+                                       f"bucket's last sequence {last} ({e.details})", "EndBucket") from None
+                if not e.details.startswith("not durable") or attempt == o.durable_retries:
+                    raise
+                self._say(f"bucket {bucket} is not durable on the server yet ({e.details[:200]}); asking again in "
+                          f"{2 ** attempt}s")
+                time.sleep(2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _confirm_durable(self) -> None:
+        """The last bucket's end is durable: said by its EndBucket, or asked again when it ended earlier."""
+        r, last = self.result, len(self.stream) - 1
+        end = next((e for e in r.bucket_ends if e["bucket"] == last), None)
+        if end is None:
+            result = self._end_bucket(last)
+            end = {"durable": result.durable, "checkpoint": result.checkpoint}
+        r.durable, r.final_checkpoint = end["durable"], end["checkpoint"]
 
     def _eval_chunks(self, test):
         """A held-out set in pieces of at most eval_chunk samples and ~8 MiB (decoded images are big)."""
@@ -266,13 +336,13 @@ class Replay:
         if start < schedule.counts[bucket]:
             self._train(bucket, start)
         t0 = time.perf_counter()
-        end = self.client.end_bucket(bucket, bucket_size=len(self.stream.buckets[bucket].train),
-                                     timeout=max(self.client.timeout, 600.0), retry=None)
+        end = self._end_bucket(bucket)
         seconds = time.perf_counter() - t0
         r.end_bucket_seconds += seconds
         buffer = self.client.status().buffer
         r.bucket_ends.append({"bucket": bucket, "row": end.row, "metrics": end.metrics,
                               "model_version": end.model_version, "already_ended": end.already_ended,
+                              "durable": end.durable, "checkpoint": end.checkpoint,
                               "samples": schedule.samples_before(bucket, 0) + o.epochs * schedule.sizes[bucket],
                               "seconds": seconds, "buffer_by_bucket": buffer["by_bucket"],
                               "buffer_by_class": buffer["by_class"], "buffer_size": buffer["size"]})

@@ -101,6 +101,8 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
                                           "lag_batches", "latency_seconds", "seconds"]),
             "bucket_ends": r.bucket_ends,
         },
+        "durable": r.durable,
+        "final_checkpoint": r.final_checkpoint,
         "resumes": r.resumes,
         "duplicate_acks": r.duplicates,
         "retrained_batches": r.retrained,
@@ -143,6 +145,8 @@ def summary_lines(report: dict) -> list[str]:
                      f"{report['model_versions']['served_first']}..{report['model_versions']['served_last']}, "
                      f"trailing the data sent by {served['mean_lag_batches']:.0f} batches on average"
                      + (f"; {served['failed_queries']} failed" if served["failed_queries"] else ""))
+    lines.append(f"durable: the final state is in checkpoint {report['final_checkpoint']}" if report.get("durable")
+                 else "NOT durable: the server has no checkpoint directory, so a restart loses this training")
     prequential = report["prequential_accuracy"]
     lines.append(f"prequential accuracy {'-' if prequential is None else f'{100 * prequential:.2f}%'}; "
                  f"final model version {report['model_versions']['final']}")

@@ -4,13 +4,17 @@ Each file is `checkpoint-<n>.ckpt`, n increasing: a magic line, the payload's le
 then the payload (torch.save of plain containers and tensors, loaded back with weights_only=True,
 so loading a checkpoint never runs code). On start the newest file that verifies is loaded; one
 that does not is reported, renamed `*.corrupt` (kept for a person to look at, never loaded) and
-skipped. Leftover temp files of an interrupted write are removed. The newest `keep` are kept.
+skipped. Leftover temp files of an interrupted write are removed. The newest `keep` are kept:
+before a write, the oldest beyond `keep - 1` are removed (never the only one), so that keeping
+3 needs room for 3, not 4; a write whose size does not fit the free space is refused before it
+starts, with the numbers.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import logging
+import errno
 import os
 import re
 import struct
@@ -98,18 +102,28 @@ class CheckpointStore:
         blob = encode(state)
         path = self.directory / f"checkpoint-{self._next_number():08d}.ckpt"
         tmp = self.directory / f".{path.name}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.directory)
-        self._prune()
+        self._prune(max(1, self.keep - 1))  # room for the new one first, but never the last one
+        vfs = os.statvfs(self.directory)
+        free = vfs.f_bavail * vfs.f_frsize
+        if len(blob) > free:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: a checkpoint of {len(blob)} bytes does not "
+                                        f"fit, {free} bytes are free", str(path))
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.directory)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a partial write must not hold the space the next try needs
+            raise
+        self._prune(self.keep)
         return path
 
-    def _prune(self) -> None:
+    def _prune(self, keep: int) -> None:
         numbered = self._numbered()
-        for _, old in numbered[: max(0, len(numbered) - self.keep)]:
+        for _, old in numbered[: max(0, len(numbered) - keep)]:
             old.unlink(missing_ok=True)
 
     def load_latest(self) -> tuple[dict, Path] | None:

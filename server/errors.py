@@ -42,6 +42,15 @@ class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class NotDurable(FailedPrecondition):
+    """Applied in memory, but the checkpoint that would make it survive a crash could not be written.
+    FAILED_PRECONDITION, not UNAVAILABLE: retrying cannot help until someone fixes the volume."""
+
+    def __init__(self, what: str, problem: str):
+        super().__init__(f"not durable: {what} is applied in memory but not on disk, so a crash or restart "
+                         f"now would lose it; {problem}")
+
+
 class ResourceExhausted(ServiceError):
     """Overload: a full queue past its wait, too many concurrent requests, too many streams."""
 

@@ -77,10 +77,13 @@ class LearnerProcess:
 
     def __init__(self, options: WorkerOptions, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, log_level: int = logging.INFO, nice: int = 0,
-                 on_exit: Callable[[str], None] | None = None):
+                 on_exit: Callable[[str], None] | None = None,
+                 on_durability: Callable[[bool, str], None] | None = None):
         self.options = options
         self.log_level, self.nice = log_level, nice
         self.on_exit = on_exit  # told why, once, if the learner process dies while the server runs
+        self.on_durability = on_durability  # told when the learner's state stops or starts being durable
+        self._final: dict | None = None  # the learner process's last word: is its final state durable
         self.schemas = schemas
         self.snapshots = snapshots
         self.metrics = metrics
@@ -134,12 +137,13 @@ class LearnerProcess:
         self._feeder = threading.Thread(target=self._feed, name="clstream-learner-feeder", daemon=True)
         self._feeder.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> dict:
         """Stop taking operations; the learner process applies those already queued, writes the final
-        checkpoint and exits."""
+        checkpoint and exits. Returns the final state's durability (as TrainingWorker.stop)."""
         self._accepting = False
         if self._feeder is None:
-            return
+            return {"durable": self.options.checkpoint_dir is None, "error": self._exited or "not started",
+                    "batches_lost": 0, "last_checkpoint": "", "checkpoints": self.options.checkpoint_dir is not None}
         self.queue.put(_STOP)
         for thread in (self._feeder, self._receiver):
             thread.join(timeout)
@@ -149,6 +153,13 @@ class LearnerProcess:
                       timeout or 0)
             self._process.kill()
         self._fail_queued(Unavailable("the server is shutting down; send again after it restarts"))
+        if self._final is not None:
+            return self._final
+        status = self._status or {}
+        return {"durable": self.options.checkpoint_dir is None, "checkpoints": self.options.checkpoint_dir is not None,
+                "error": self._exited or "the learner process did not report its final checkpoint",
+                "batches_lost": status.get("batches_since_checkpoint", 0),
+                "last_checkpoint": status.get("last_checkpoint", "")}
 
     # -- the service's side (gRPC threads) ----------------------------------------------------------
 
@@ -262,7 +273,11 @@ class LearnerProcess:
         elif kind == "failed":
             self._exited = message[1]
             return True
+        elif kind == "durability":
+            if self.on_durability is not None:
+                self.on_durability(message[1], message[2])
         elif kind == "stopped":
+            self._final = message[1]
             return True
         return False
 
@@ -362,7 +377,8 @@ def learner_main(conn, options: ProcessOptions, restore, lock, version, status_w
     w = options.worker
     checkpoints = CheckpointStore(w.checkpoint_dir, w.checkpoint_keep) if w.checkpoint_dir is not None else None
     worker = TrainingWorker.of(w, _RelayedSchemas(options.schema, news.append),
-                               _SharedWeights(news.append, lock, version), metrics, checkpoints, status_wanted)
+                               _SharedWeights(news.append, lock, version), metrics, checkpoints, status_wanted,
+                               on_durability=lambda ok, why: news.append(("durability", ok, why)))
     worker.queue = _PipeQueue(conn)
     sent_status = [None]
 
@@ -411,8 +427,8 @@ def learner_main(conn, options: ProcessOptions, restore, lock, version, status_w
             if not isinstance(error, ServiceError):  # a bug, logged above; the caller learns nothing internal
                 error = RuntimeError(f"{type(error).__name__} in the learner process")
         send(("done", op_id, result, error))
-    worker.finish()
-    send(("stopped",))
+    final = worker.finish()
+    send(("stopped", final))
 
 
 class _LocalScope:

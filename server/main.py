@@ -1,4 +1,6 @@
-"""`clstream-server`: run the service until SIGTERM or SIGINT, then shut down gracefully (exit 0).
+"""`clstream-server`: run the service until SIGTERM or SIGINT, then shut down gracefully: exit 0 once
+the final state is durable, 1 when the final checkpoint failed (the log says how many batches are
+lost), 2 when it cannot start (bad settings, an unusable checkpoint directory).
 
     clstream-server --input-shape 1 8 8 --class-names 0 1 2 3 4 5 6 7 8 9 --strategy replay \
         --checkpoint-dir ckpt --port 50051 --metrics-port 9464
@@ -61,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     while not stop.wait(0.5):
         pass
     log.info("%s: shutting down (grace %.0fs)", signal.Signals(received[0]).name, settings.shutdown_grace_seconds)
-    service.stop()
-    log.info("stopped cleanly")
+    final = service.stop()
+    if not final["durable"]:
+        log.error("stopped WITHOUT a durable final state: %s; %d batches applied since the last durable checkpoint "
+                  "(%s) are lost", final["error"], final["batches_lost"], final["last_checkpoint"] or "none")
+        return 1
+    log.info("stopped cleanly%s", f"; final checkpoint {final['last_checkpoint']}" if final["checkpoints"] else "")
     return 0
 
 

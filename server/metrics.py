@@ -104,6 +104,11 @@ class StatusCollector(Collector):
         if s["last_checkpoint_time"]:
             yield gauge("clstream_last_checkpoint_timestamp_seconds", "Unix time of the last checkpoint.",
                         s["last_checkpoint_time"])
+        if s.get("checkpoints"):
+            yield gauge("clstream_checkpoint_durable", "1 while the last checkpoint attempt succeeded, 0 while "
+                        "checkpoints fail (training state in memory only).", 0.0 if s["checkpoint_error"] else 1.0)
+            yield gauge("clstream_batches_since_checkpoint", "Batches applied since the last checkpoint: what a "
+                        "crash now would lose.", s["batches_since_checkpoint"])
         yield gauge("clstream_queue_depth", "Training operations waiting for the worker.", live["queue_depth"])
         yield gauge("clstream_queue_capacity", "Training operations the queue holds at most.", live["queue_capacity"])
         yield gauge("clstream_serving", "1 while the server is healthy and serving, 0 otherwise.",

@@ -2,9 +2,12 @@
 service, health, reflection; bearer-token auth and TLS when configured) → Prometheus endpoint.
 
 Health is NOT_SERVING until the checkpoint is loaded and the port is up, SERVING while running,
-and NOT_SERVING again from the first moment of shutdown. `stop` is the graceful path: refuse new
-calls, give in-flight ones `shutdown_grace_seconds`, let the worker apply what it already queued,
-write the final checkpoint.
+and NOT_SERVING again from the first moment of shutdown. Three names: "" (the server) and
+"clstream.v1.ContinualLearner" (Predict, Evaluate, GetStatus) stay SERVING while checkpoints fail;
+TRAINING_HEALTH, "clstream.v1.Training", is NOT_SERVING while the training state cannot be made
+durable (a checkpoint failed and no later one succeeded) or the learner process is gone. `stop` is
+the graceful path: refuse new calls, give in-flight ones `shutdown_grace_seconds`, let the worker
+apply what it already queued, write the final checkpoint, and say whether the final state is durable.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ from .worker import TrainingWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ContinualLearner"].full_name
+TRAINING_HEALTH = "clstream.v1.Training"
+HEALTH_NAMES = ("", SERVICE_NAME, TRAINING_HEALTH)
 METHODS = frozenset(m.name for m in pb.DESCRIPTOR.services_by_name["ContinualLearner"].methods)
 
 
@@ -67,9 +72,12 @@ class Service:
         if settings.learner_process:
             self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
                                          log_level=logging.getLevelName(settings.log_level.upper()),
-                                         nice=settings.learner_nice, on_exit=self._learner_gone)
+                                         nice=settings.learner_nice, on_exit=self._learner_gone,
+                                         on_durability=self._durability)
         else:
-            self.worker = TrainingWorker.of(options, self.schemas, self.snapshots, self.metrics, self.checkpoints)
+            self.worker = TrainingWorker.of(options, self.schemas, self.snapshots, self.metrics, self.checkpoints,
+                                            on_durability=self._durability)
+        self._durable = True  # whether the training state can be made durable (the last checkpoint attempt worked)
         self.resumed_from = None
         if self.checkpoints is not None:
             loaded = self.checkpoints.load_latest()
@@ -79,8 +87,16 @@ class Service:
                 self.worker.restore(state, path)
                 self.resumed_from = path
                 log.info("resumed from %s", path)
+            elif self.checkpoints.skipped and not settings.start_empty_on_corrupt:
+                raise ValueError(
+                    f"every checkpoint in {settings.checkpoint_dir} is corrupt ("
+                    + "; ".join(f"{s.path.name}: {s.reason}" for s in self.checkpoints.skipped)
+                    + "); they are kept as *.corrupt. Restore a good checkpoint into the directory, or start "
+                      "empty on purpose with --start-empty-on-corrupt")
+            elif self.checkpoints.skipped:
+                log.warning("every checkpoint was corrupt; starting empty, as --start-empty-on-corrupt asks")
         self.health = health.HealthServicer()
-        for name in ("", SERVICE_NAME):
+        for name in HEALTH_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.server: grpc.Server | None = None
         self.servicer: ContinualLearnerServicer | None = None
@@ -98,8 +114,15 @@ class Service:
         """The learner process died: NOT_SERVING, so that an orchestrator restarts the server (it resumes
         from the last checkpoint); until then Predict answers from the last snapshot."""
         self._serving = False
-        for name in ("", SERVICE_NAME):
+        for name in HEALTH_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _durability(self, durable: bool, why: str) -> None:
+        """The worker's checkpoints started failing (or work again): training health follows."""
+        self._durable = durable
+        if self._serving:
+            self.health.set(TRAINING_HEALTH, health_pb2.HealthCheckResponse.SERVING if durable
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _count_rejection(self, method: str) -> None:
         name = method.rsplit("/", 1)[-1]
@@ -146,22 +169,25 @@ class Service:
         self._serving = True
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._durability(self._durable, "")
         log.info("serving %s on %s%s", SERVICE_NAME, _address(s.host, self.port), " (TLS)" if credentials else "")
         return self
 
-    def stop(self, grace: float | None = None) -> None:
-        """Graceful shutdown: NOT_SERVING, refuse new calls, drain, final checkpoint."""
+    def stop(self, grace: float | None = None) -> dict:
+        """Graceful shutdown: NOT_SERVING, refuse new calls, drain, final checkpoint. Returns whether the
+        final state is durable: {"durable", "error", "batches_lost", "last_checkpoint", "checkpoints"}."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self._serving = False
         self.health.enter_graceful_shutdown()
         if self.server is not None:
             self.server.stop(grace).wait()
             self.servicer.close()
-        self.worker.stop(timeout=max(60.0, grace))
+        final = self.worker.stop(timeout=max(60.0, grace))
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
             self._metrics_http = None
+        return final
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.server.wait_for_termination(timeout)

@@ -232,7 +232,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
                 yield pb.TrainAck(stream_id=op.stream_id, sequence=op.sequence, applied=result.applied,
                                   duplicate=not result.applied, accuracy=result.accuracy, loss=result.loss,
                                   model_version=result.version, samples_trained=result.samples_trained,
-                                  applied_sequence=result.applied_sequence)
+                                  applied_sequence=result.applied_sequence,
+                                  durable_sequence=result.durable_sequence)
         finally:
             scope.fail()  # whatever this call still has queued is dropped unapplied
 
@@ -241,11 +242,16 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     @_handle("EndBucket")
     def EndBucket(self, request: pb.EndBucketRequest, context) -> pb.EndBucketResponse:
         bucket = self._bucket(request.bucket)
-        op = EndBucketOp(CallScope.of(context), bucket, request.bucket_size or None)
+        for stream_id in request.expected_sequences:
+            if not _valid_stream_id(stream_id):
+                raise InvalidArgument("expected_sequences", f"key {stream_id[:40]!r} is not a stream_id; expected "
+                                                            f"1..{MAX_STREAM_ID} printable ASCII characters")
+        op = EndBucketOp(CallScope.of(context), bucket, request.bucket_size or None, dict(request.expected_sequences))
         r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.EndBucketResponse(bucket=r.bucket, row=pb.AccuracyRow(accuracy=r.row),
                                     metrics=learning_metrics(r.metrics), model_version=r.version,
-                                    open_bucket=r.open_bucket, already_ended=r.already_ended, checkpoint=r.checkpoint)
+                                    open_bucket=r.open_bucket, already_ended=r.already_ended, checkpoint=r.checkpoint,
+                                    durable=r.durable)
 
     @_handle("RegisterEvalSet")
     def RegisterEvalSet(self, request_iterator, context) -> pb.RegisterEvalSetResponse:
@@ -351,5 +357,7 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
                              last_event_version=drift["last_event_version"]),
         last_checkpoint=s["last_checkpoint"], last_checkpoint_time=s["last_checkpoint_time"],
         config_json=json.dumps(config, sort_keys=True),
+        batches_since_checkpoint=s["batches_since_checkpoint"], checkpoint_error=s["checkpoint_error"],
+        durable_sequences=s["durable_sequences"],
     )
 

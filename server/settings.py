@@ -87,6 +87,9 @@ class ServerSettings(BaseSettings, LearnerConfig):
     checkpoint_every_seconds: float = Field(0.0, ge=0, description="checkpoint when this long has passed since "
                                                                    "the last one (0: off)")
     checkpoint_keep: int = Field(3, ge=1, description="newest checkpoints kept on disk")
+    start_empty_on_corrupt: bool = Field(False, description="when every checkpoint in checkpoint_dir is corrupt, "
+                                         "start with an empty model (the corrupt files are kept as *.corrupt) "
+                                         "instead of refusing to start (exit 2)")
     # Drift detection (Page-Hinkley on the prequential error, see cl_engine/drift.py).
     drift_delta: float = Field(0.01, ge=0, description="change in error rate tolerated")
     drift_threshold: float = Field(100.0, gt=0, description="alarm threshold, in samples × error")

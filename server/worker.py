@@ -16,6 +16,11 @@ keep coming only when someone asks for it (`status()` waits for the next operati
 building it after every batch cost about a tenth of a small model's step. Checkpoints are written
 at bucket ends, every N batches, every T seconds and at shutdown; they hold each stream's applied
 sequence together with the model, so both always agree.
+
+"Done" means durable: EndBucket answers only once a checkpoint holds the bucket's end (NotDurable
+otherwise). A periodic checkpoint that fails is logged once per streak of failures and retried
+with back-off (1 s doubling to a minute), never after every batch; `on_durability(ok, why)` is told
+each time the state becomes durable again or stops being so (the service's training health).
 """
 from __future__ import annotations
 
@@ -38,13 +43,17 @@ from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
 from cl_engine.streams.base import TensorSet
 
 from .checkpoint import CheckpointStore
-from .errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable, ResourceExhausted, ServiceError,
+                     Unavailable)
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_KEYS = frozenset({"format", "schema", "learner", "applied_sequences", "drift", "last_loss",
+                             "last_drift_version", "written_at"})
+CHECKPOINT_RETRY_SECONDS = (1.0, 60.0)  # back-off between periodic checkpoint attempts after a failure
 
 
 class CallScope:
@@ -93,6 +102,7 @@ class TrainOp(Op):
 class EndBucketOp(Op):
     bucket: int
     bucket_size: int | None
+    expected: dict[str, int] = field(default_factory=dict)  # stream_id → sequence the caller expects applied
 
 
 @dataclass
@@ -111,6 +121,7 @@ class TrainResult:
     version: int
     samples_trained: int
     applied_sequence: int
+    durable_sequence: int = 0
 
 
 @dataclass
@@ -122,6 +133,7 @@ class EndBucketResult:
     open_bucket: int
     already_ended: bool
     checkpoint: str
+    durable: bool = False
 
 
 @dataclass
@@ -143,8 +155,14 @@ def dropped() -> Cancelled:
 
 def check_checkpoint(state: dict, config: LearnerConfig, schemas: SchemaHolder, path: Path | None) -> None:
     """Refuse a checkpoint this server cannot continue from (ValueError naming why); establish its schema."""
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint format {state.get('format')!r}; this server reads {CHECKPOINT_FORMAT}")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint {path}: format {found!r}; this server reads {CHECKPOINT_FORMAT}")
+    missing, unknown = sorted(CHECKPOINT_KEYS - state.keys()), sorted(state.keys() - CHECKPOINT_KEYS)
+    if missing or unknown:
+        raise ValueError(f"checkpoint {path} verifies but is incomplete or foreign: "
+                         f"missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; move it aside "
+                         "(the next older checkpoint is then used) or start with another checkpoint directory")
     if state["schema"] is not None:
         schema = Schema.validated(state["schema"]["class_names"], state["schema"]["input_shape"], "checkpoint")
         fixed = schemas.schema
@@ -199,19 +217,20 @@ class WorkerOptions:
 class TrainingWorker:
     @classmethod
     def of(cls, options: WorkerOptions, schemas: SchemaHolder, snapshots, metrics,
-           checkpoints: CheckpointStore | None = None, status_wanted: threading.Event | None = None
-           ) -> "TrainingWorker":
+           checkpoints: CheckpointStore | None = None, status_wanted: threading.Event | None = None,
+           on_durability: Callable[[bool, str], None] | None = None) -> "TrainingWorker":
         return cls(options.config, schemas, snapshots, metrics, queue_size=options.queue_size,
                    snapshot_interval=options.snapshot_interval, max_streams=options.max_streams,
                    checkpoints=checkpoints, checkpoint_every_batches=options.checkpoint_every_batches,
                    checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
-                   status_wanted=status_wanted)
+                   status_wanted=status_wanted, on_durability=on_durability)
 
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
                  max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
                  checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
-                 drift: PageHinkley | None = None, status_wanted: threading.Event | None = None):
+                 drift: PageHinkley | None = None, status_wanted: threading.Event | None = None,
+                 on_durability: Callable[[bool, str], None] | None = None):
         self.config = config
         self.schemas = schemas
         self.snapshots = snapshots
@@ -233,6 +252,12 @@ class TrainingWorker:
         self.last_checkpoint_time = 0.0
         self._batches_since_checkpoint = 0
         self._dirty = False  # changed since the last checkpoint
+        self.on_durability = on_durability
+        self.durable_sequences: dict[str, int] = {}  # each stream's mark in the last checkpoint
+        self._durable_open_bucket = 0  # the open bucket in the last checkpoint: buckets before it ended durably
+        self.checkpoint_error = ""  # why the last checkpoint attempt failed; "" when it succeeded
+        self._checkpoint_failures = 0  # failed attempts in the current streak
+        self._checkpoint_retry_at = 0.0  # monotonic time before which no periodic attempt is made
         self._last_snapshot = 0.0
         self._matrix_cache: tuple | None = None  # (learner, its matrix version, derived status)
         self._accepting = True
@@ -249,8 +274,15 @@ class TrainingWorker:
         """Continue from a checkpoint's state (before start)."""
         check_checkpoint(state, self.config, self.schemas, path)
         if state["learner"] is not None:
-            self.learner = Learner.from_state_dict(state["learner"], device=self.config.device)
+            try:
+                self.learner = Learner.from_state_dict(state["learner"], device=self.config.device)
+            except (KeyError, TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"checkpoint {path}: the learner's state does not load "
+                                 f"({type(e).__name__}: {e}); move the file aside or start with another "
+                                 "checkpoint directory") from None
         self.applied = dict(state["applied_sequences"])
+        self.durable_sequences = dict(self.applied)
+        self._durable_open_bucket = 0 if self.learner is None else self.learner.open_bucket
         configured = {k: getattr(self.drift, k) for k in ("delta", "threshold", "min_samples", "alpha")}
         self.drift.load_state_dict({**state["drift"], **configured})  # the running test, today's parameters
         self.last_loss = state["last_loss"]
@@ -269,22 +301,31 @@ class TrainingWorker:
             self._ensure_learner(self.schemas.schema)
         self._publish(snapshot=True)
 
-    def finish(self) -> None:
-        """After the last operation: the final checkpoint and status."""
+    def finish(self) -> dict:
+        """After the last operation: the final checkpoint and status. Returns whether the final state
+        is durable, and if not why and how many applied batches a restart loses."""
         if self._dirty and self.checkpoints is not None:
             self._checkpoint()
         self._publish(snapshot=False)
+        return self.final_state()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop taking operations, apply those already queued, write a final checkpoint."""
+    def final_state(self) -> dict:
+        durable = self.checkpoints is None or not self._dirty
+        return {"durable": durable, "checkpoints": self.checkpoints is not None,
+                "batches_lost": 0 if durable else self._batches_since_checkpoint,
+                "error": "" if durable else self.checkpoint_error, "last_checkpoint": self.last_checkpoint}
+
+    def stop(self, timeout: float | None = None) -> dict:
+        """Stop taking operations, apply those already queued, write a final checkpoint; the final
+        state's durability, as `finish`."""
         self._accepting = False
         if self._thread is None:
-            return
+            return self.final_state()
         self.queue.put(_STOP)  # after everything already queued
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("training worker did not finish within %.0fs; no final checkpoint", timeout or 0)
-            return
+            return {**self.final_state(), "durable": False, "error": "the training worker did not finish"}
         while True:  # anything a sender slipped in after the stop marker is answered, not left hanging
             try:
                 late = self.queue.get_nowait()
@@ -292,7 +333,7 @@ class TrainingWorker:
                 break
             if late is not _STOP:
                 late.future.set_exception(Unavailable("the server is shutting down; send again after it restarts"))
-        self.finish()
+        return self.finish()
 
     # -- submitting (gRPC threads) ------------------------------------------------------------------
 
@@ -380,7 +421,7 @@ class TrainingWorker:
         idle = self.queue.empty()
         train = isinstance(op, TrainOp)
         snapshot = not train or idle or now - self._last_snapshot >= self.snapshot_interval
-        if self.checkpoints is not None and self._dirty and train and (
+        if self.checkpoints is not None and self._dirty and train and now >= self._checkpoint_retry_at and (
                 (self.checkpoint_every_batches and self._batches_since_checkpoint >= self.checkpoint_every_batches)
                 or (self.checkpoint_every_seconds and time.time() - self.last_checkpoint_time
                     >= self.checkpoint_every_seconds)):
@@ -415,7 +456,7 @@ class TrainingWorker:
             self.schemas.check(op.schema)
             self.metrics.duplicate_batches.inc()
             return TrainResult(False, math.nan, math.nan, self.learner.version,
-                               self.learner.counters["samples_trained"], mark)
+                               self.learner.counters["samples_trained"], mark, self.durable_sequences.get(op.stream_id, 0))
         learner = self._candidate(op.schema)
         try:
             learner.check_bucket(op.bucket)
@@ -440,28 +481,39 @@ class TrainingWorker:
         self._batches_since_checkpoint += 1
         self._dirty = True
         return TrainResult(True, step.accuracy, step.loss, step.version, learner.counters["samples_trained"],
-                           op.sequence)
+                           op.sequence, self.durable_sequences.get(op.stream_id, 0))
 
     def _end_bucket(self, op: EndBucketOp) -> EndBucketResult:
         learner = self.learner
         if learner is None:
             raise FailedPrecondition("no model yet: train a batch (declaring the schema) before ending a bucket")
-        if op.bucket < learner.open_bucket:
-            R = learner.matrix.matrix()
-            return EndBucketResult(op.bucket, R[op.bucket].tolist(), learner.metrics(), learner.version,
-                                   learner.open_bucket, True, self.last_checkpoint)
-        try:
-            learner.check_bucket(op.bucket)
-        except ValueError as e:
-            raise FailedPrecondition(f"bucket: {e}") from None
+        already = op.bucket < learner.open_bucket
+        if not already:
+            try:
+                learner.check_bucket(op.bucket)
+            except ValueError as e:
+                raise FailedPrecondition(f"bucket: {e}") from None
+        for stream_id, expected in sorted(op.expected.items()):
+            mark = self.applied.get(stream_id, 0)
+            if mark < expected:
+                raise FailedPrecondition(
+                    f"expected_sequences[{stream_id!r}]: expected sequence {expected} applied before bucket "
+                    f"{op.bucket} ends, the server's applied mark is {mark}; send from sequence {mark + 1} again "
+                    f"(the bucket {'has ended' if already else 'stays open'})")
         t0 = time.perf_counter()
-        learner.end_bucket(op.bucket, bucket_size=op.bucket_size)  # the weights do not change: no new snapshot
-        self._dirty = True
-        path = self._checkpoint() if self.checkpoints is not None else None
-        self.metrics.end_bucket_seconds.observe(time.perf_counter() - t0)
+        if not already:
+            learner.end_bucket(op.bucket, bucket_size=op.bucket_size)  # the weights do not change: no new snapshot
+            self._dirty = True
+        if self.checkpoints is not None and op.bucket >= self._durable_open_bucket:
+            if self._checkpoint() is None:
+                raise NotDurable(f"the end of bucket {op.bucket}", f"the checkpoint failed: {self.checkpoint_error}; "
+                                 "free space on or repair the checkpoint volume, then call EndBucket for this bucket "
+                                 "again (it retries the checkpoint)")
+        if not already:
+            self.metrics.end_bucket_seconds.observe(time.perf_counter() - t0)
         R = learner.matrix.matrix()
         return EndBucketResult(op.bucket, R[op.bucket].tolist(), learner.metrics(), learner.version,
-                               learner.open_bucket, False, str(path or ""))
+                               learner.open_bucket, already, self.last_checkpoint, self.checkpoints is not None)
 
     def _register(self, op: RegisterEvalOp) -> RegisterResult:
         learner = self._candidate(op.schema)
@@ -480,17 +532,41 @@ class TrainingWorker:
         return RegisterResult(op.bucket, len(op.y), False, sorted(learner.eval_sets))
 
     def _checkpoint(self) -> Path | None:
+        """Write a checkpoint now: its path, or None when it failed (then `checkpoint_error` says why;
+        the first failure of a streak is logged, the next periodic attempt waits out a back-off)."""
         t0 = time.perf_counter()
+        state = self.checkpoint_state()
         try:
-            path = self.checkpoints.save(self.checkpoint_state())
-        except Exception:
-            log.exception("checkpoint write failed; training goes on, the previous checkpoint stays")
+            path = self.checkpoints.save(state)
+        except Exception as e:
             self.metrics.checkpoint_failures.inc()
+            self._checkpoint_failures += 1
+            first, most = CHECKPOINT_RETRY_SECONDS
+            backoff = min(most, first * 2 ** (self._checkpoint_failures - 1))
+            self._checkpoint_retry_at = time.monotonic() + backoff
+            was_ok = not self.checkpoint_error
+            self.checkpoint_error = (f"{e.strerror} ({e.filename or self.checkpoints.directory})"
+                                     if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}")
+            if was_ok:
+                log.error("checkpoint write failed in %s: %s; training goes on in memory only (the last durable "
+                          "checkpoint is %s), retrying with back-off; further failures of this streak are not "
+                          "logged", self.checkpoints.directory, self.checkpoint_error, self.last_checkpoint or "none",
+                          exc_info=not isinstance(e, OSError))  # a disk fault needs no traceback; a bug does
+                if self.on_durability is not None:
+                    self.on_durability(False, self.checkpoint_error)
             return None
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self.metrics.checkpoints.inc()
+        if self.checkpoint_error:
+            log.warning("checkpoint %s written after %d failed attempts; the state is durable again", path,
+                        self._checkpoint_failures)
+            if self.on_durability is not None:
+                self.on_durability(True, "")
+        self.checkpoint_error, self._checkpoint_failures, self._checkpoint_retry_at = "", 0, 0.0
         self.last_checkpoint = str(path)
-        self.last_checkpoint_time = time.time()
+        self.last_checkpoint_time = state["written_at"]
+        self.durable_sequences = state["applied_sequences"]
+        self._durable_open_bucket = 0 if self.learner is None else self.learner.open_bucket
         self._batches_since_checkpoint = 0
         self._dirty = False
         return path
@@ -534,6 +610,10 @@ class TrainingWorker:
                       "events": self.drift.events, "last_event_version": self.last_drift_version},
             "last_checkpoint": self.last_checkpoint,
             "last_checkpoint_time": self.last_checkpoint_time,
+            "checkpoints": self.checkpoints is not None,
+            "batches_since_checkpoint": self._batches_since_checkpoint,
+            "checkpoint_error": self.checkpoint_error,
+            "durable_sequences": dict(self.durable_sequences),
         }
         if learner is None:
             return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,

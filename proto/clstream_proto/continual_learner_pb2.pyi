@@ -67,7 +67,7 @@ class TrainBatch(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., bucket: _Optional[int] = ..., samples: _Optional[_Union[Samples, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ...) -> None: ...
 
 class TrainAck(_message.Message):
-    __slots__ = ("stream_id", "sequence", "applied", "duplicate", "accuracy", "loss", "model_version", "samples_trained", "applied_sequence")
+    __slots__ = ("stream_id", "sequence", "applied", "duplicate", "accuracy", "loss", "model_version", "samples_trained", "applied_sequence", "durable_sequence")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class TrainAck(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_TRAINED_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sequence: int
     applied: bool
@@ -86,15 +87,25 @@ class TrainAck(_message.Message):
     model_version: int
     samples_trained: int
     applied_sequence: int
-    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., applied: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., samples_trained: _Optional[int] = ..., applied_sequence: _Optional[int] = ...) -> None: ...
+    durable_sequence: int
+    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., applied: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., samples_trained: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., durable_sequence: _Optional[int] = ...) -> None: ...
 
 class EndBucketRequest(_message.Message):
-    __slots__ = ("bucket", "bucket_size")
+    __slots__ = ("bucket", "bucket_size", "expected_sequences")
+    class ExpectedSequencesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     BUCKET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     bucket: int
     bucket_size: int
-    def __init__(self, bucket: _Optional[int] = ..., bucket_size: _Optional[int] = ...) -> None: ...
+    expected_sequences: _containers.ScalarMap[str, int]
+    def __init__(self, bucket: _Optional[int] = ..., bucket_size: _Optional[int] = ..., expected_sequences: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class AccuracyRow(_message.Message):
     __slots__ = ("accuracy",)
@@ -127,7 +138,7 @@ class LearningMetrics(_message.Message):
     def __init__(self, acc: _Optional[float] = ..., bwt: _Optional[float] = ..., fwt: _Optional[float] = ..., forgetting: _Optional[float] = ..., in_domain: _Optional[float] = ..., next_domain: _Optional[float] = ..., clear_acc: _Optional[float] = ..., clear_bwt: _Optional[float] = ..., clear_fwt: _Optional[float] = ..., clear_score: _Optional[float] = ...) -> None: ...
 
 class EndBucketResponse(_message.Message):
-    __slots__ = ("bucket", "row", "metrics", "model_version", "open_bucket", "already_ended", "checkpoint")
+    __slots__ = ("bucket", "row", "metrics", "model_version", "open_bucket", "already_ended", "checkpoint", "durable")
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +146,7 @@ class EndBucketResponse(_message.Message):
     OPEN_BUCKET_FIELD_NUMBER: _ClassVar[int]
     ALREADY_ENDED_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
     bucket: int
     row: AccuracyRow
     metrics: LearningMetrics
@@ -142,7 +154,8 @@ class EndBucketResponse(_message.Message):
     open_bucket: int
     already_ended: bool
     checkpoint: str
-    def __init__(self, bucket: _Optional[int] = ..., row: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., model_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., already_ended: _Optional[bool] = ..., checkpoint: _Optional[str] = ...) -> None: ...
+    durable: bool
+    def __init__(self, bucket: _Optional[int] = ..., row: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., model_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., already_ended: _Optional[bool] = ..., checkpoint: _Optional[str] = ..., durable: _Optional[bool] = ...) -> None: ...
 
 class EvalSetChunk(_message.Message):
     __slots__ = ("bucket", "samples", "labels", "schema")
@@ -265,8 +278,15 @@ class DriftStatus(_message.Message):
     def __init__(self, statistic: _Optional[float] = ..., threshold: _Optional[float] = ..., events: _Optional[int] = ..., last_event_version: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("has_model", "schema", "model_version", "serving_version", "open_bucket", "samples_trained", "batches_trained", "prequential_accuracy", "prequential_accuracy_overall", "accuracy_matrix", "initial_accuracy", "metrics", "forgetting_per_bucket", "buffer", "gem_projections", "qp_fallbacks", "applied_sequences", "eval_buckets", "queue_depth", "queue_capacity", "drift", "last_checkpoint", "last_checkpoint_time", "config_json")
+    __slots__ = ("has_model", "schema", "model_version", "serving_version", "open_bucket", "samples_trained", "batches_trained", "prequential_accuracy", "prequential_accuracy_overall", "accuracy_matrix", "initial_accuracy", "metrics", "forgetting_per_bucket", "buffer", "gem_projections", "qp_fallbacks", "applied_sequences", "eval_buckets", "queue_depth", "queue_capacity", "drift", "last_checkpoint", "last_checkpoint_time", "config_json", "batches_since_checkpoint", "checkpoint_error", "durable_sequences")
     class AppliedSequencesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class DurableSequencesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +317,9 @@ class Status(_message.Message):
     LAST_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     LAST_CHECKPOINT_TIME_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_SINCE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     has_model: bool
     schema: Schema
     model_version: int
@@ -321,4 +344,7 @@ class Status(_message.Message):
     last_checkpoint: str
     last_checkpoint_time: float
     config_json: str
-    def __init__(self, has_model: _Optional[bool] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model_version: _Optional[int] = ..., serving_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., samples_trained: _Optional[int] = ..., batches_trained: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_accuracy_overall: _Optional[float] = ..., accuracy_matrix: _Optional[_Iterable[_Union[AccuracyRow, _Mapping]]] = ..., initial_accuracy: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., forgetting_per_bucket: _Optional[_Iterable[float]] = ..., buffer: _Optional[_Union[BufferStatus, _Mapping]] = ..., gem_projections: _Optional[int] = ..., qp_fallbacks: _Optional[int] = ..., applied_sequences: _Optional[_Mapping[str, int]] = ..., eval_buckets: _Optional[_Iterable[int]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., config_json: _Optional[str] = ...) -> None: ...
+    batches_since_checkpoint: int
+    checkpoint_error: str
+    durable_sequences: _containers.ScalarMap[str, int]
+    def __init__(self, has_model: _Optional[bool] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model_version: _Optional[int] = ..., serving_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., samples_trained: _Optional[int] = ..., batches_trained: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_accuracy_overall: _Optional[float] = ..., accuracy_matrix: _Optional[_Iterable[_Union[AccuracyRow, _Mapping]]] = ..., initial_accuracy: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., forgetting_per_bucket: _Optional[_Iterable[float]] = ..., buffer: _Optional[_Union[BufferStatus, _Mapping]] = ..., gem_projections: _Optional[int] = ..., qp_fallbacks: _Optional[int] = ..., applied_sequences: _Optional[_Mapping[str, int]] = ..., eval_buckets: _Optional[_Iterable[int]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., config_json: _Optional[str] = ..., batches_since_checkpoint: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., durable_sequences: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -83,11 +83,28 @@ class ContinualLearnerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EndBucket(self, request, context):
-        """Ends the open bucket once every batch sent before it is applied: consolidates the memory
-        (replay retention or GEM episodic memory), evaluates every registered held-out set, adds the
-        row to the accuracy matrix, writes a checkpoint, and opens the next bucket. Ending a bucket
-        that has already ended is answered with its row again (already_ended = true), so a client that
-        lost the answer can safely ask again.
+        """Ends the open bucket: consolidates the memory (replay retention or GEM episodic memory),
+        evaluates every registered held-out set, adds the row to the accuracy matrix, writes a
+        checkpoint, and opens the next bucket. Ending a bucket that has already ended is answered with
+        its row again (already_ended = true), so a client that lost the answer can safely ask again.
+
+        What is ended: the batches applied when the request reaches the head of the training queue.
+        EndBucket does not wait for batches still in flight on a Train stream (sent, not yet
+        acknowledged); those arriving after the bucket ended are refused (FAILED_PRECONDITION). A
+        caller that must not lose them waits for their acks, or names them in expected_sequences: then
+        the bucket ends only when every listed stream's applied mark has reached its expected sequence,
+        and otherwise the call is FAILED_PRECONDITION ("expected_sequences[...]: ..."), naming the
+        stream, the expected sequence and the server's applied mark, and nothing changes (send again
+        from the mark + 1, then call EndBucket again). This also catches a server that restarted from
+        an older checkpoint between the bucket's last ack and its EndBucket.
+
+        OK means durable: with checkpoints on, the bucket's end and every batch applied before it are
+        in an fsynced checkpoint before the answer (also for already_ended). When the checkpoint cannot
+        be written (full disk, read-only or failing volume), the call is FAILED_PRECONDITION with a
+        message starting "not durable:": the bucket is applied in memory but a crash would lose it; the
+        message names the path and the OS error. Retrying without fixing the volume cannot help, which
+        is why it is neither UNAVAILABLE (retry soon) nor INTERNAL (a bug); once the volume is fixed,
+        EndBucket for the same bucket writes the checkpoint and answers OK (already_ended = true).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
