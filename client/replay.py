@@ -155,7 +155,7 @@ class Replay:
         self.stream = stream
         self.options = options or ReplayOptions()
         self.on_ack = on_ack
-        self.schema = Schema(tuple(stream.class_names), tuple(stream.input_shape))
+        self.schema = Schema(tuple(stream.class_names), tuple(stream.input_shape), stream.value_range)
         self._applied = 0
         self._version_offset = 0
         self._recent = deque(maxlen=50)  # prequential accuracies of the last acks, for the progress bar
