@@ -31,6 +31,11 @@ class StepResult:
     total: int
     loss: float
     version: int
+    skipped: str | None = None  # why the batch was consumed but not learned (guard.REASONS); None: learned
+
+    @property
+    def learned(self) -> bool:
+        return self.skipped is None
 
     @property
     def accuracy(self) -> float:
@@ -110,14 +115,23 @@ class Learner:
                              f"order, so end bucket {self.open_bucket} first")
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepResult:
-        """Score the batch with the current model, then take one update step on it."""
+        """Score the batch with the current model, then take one update step on it.
+
+        A step the guard refuses (non-finite loss, gradient or resulting weights) changes nothing:
+        no weights, no memory, no counters but its skip count; the result says why (`skipped`)."""
         self.check_bucket(bucket)
         self.check_batch(x, y)
         if self.version == 0 and not self.matrix.initial and self.eval_sets:
             self.matrix.set_initial(self.evaluate_all())
         x = x.to(self.device, torch.float32)
         y = y.to(self.device, torch.int64)
+        saved = [b.clone() for b in self.model.buffers()]  # batch-norm statistics move in the forward pass
         out = self.strategy.observe(x, y, bucket)
+        if out.skipped is not None:
+            with torch.no_grad():
+                for b, old in zip(self.model.buffers(), saved):
+                    b.copy_(old)
+            return StepResult(0, y.shape[0], out.loss, self.version, out.skipped)
         if self.strategy.uses_memory:
             self.retention.observe(x, y, bucket, self.generator)
         correct, n = int((out.logits.argmax(dim=1) == y).sum()), y.shape[0]

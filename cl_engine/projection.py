@@ -14,12 +14,15 @@ same falls back to the A-GEM projection on the mean past gradient, and the calle
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import quadprog
 import torch
+
+from .guard import NonFinite
 
 
 @dataclass
@@ -37,11 +40,15 @@ def _dot(a: Blocks, b: Blocks) -> torch.Tensor:
 
 
 def agem_project_(g: Blocks, g_ref: Blocks) -> bool:
-    """A-GEM in place on gradient blocks (one tensor per parameter); returns whether g changed."""
-    dot, norm2 = _dot(g, g_ref), _dot(g_ref, g_ref)
+    """A-GEM in place on gradient blocks (one tensor per parameter); returns whether g changed.
+    Raises NonFinite, changing nothing, when g or g_ref is not finite."""
+    both = torch.stack([_dot(g, g_ref), _dot(g_ref, g_ref)])
+    dot, norm2 = both.tolist()
+    if not (math.isfinite(dot) and math.isfinite(norm2)):
+        raise NonFinite("non-finite gradient: A-GEM projection not applied")
     if dot >= 0 or norm2 <= 0:
         return False
-    scale = dot / norm2
+    scale = both[0] / both[1]
     for x, r in zip(g, g_ref):
         x.sub_(scale * r)
     return True
@@ -84,7 +91,8 @@ def _products(G: list[torch.Tensor], g: list[torch.Tensor]) -> torch.Tensor:
 def gem_project_(g: Blocks, G: Blocks, margin: float = 0.5, eps: float = 1e-3) -> tuple[bool, bool]:
     """GEM in place on gradient blocks: g[i] has a parameter's shape, G[i] is (T, *that shape).
 
-    Returns (projected, fallback). Solves the QP only when a constraint is violated. The products
+    Returns (projected, fallback); raises NonFinite, changing nothing, when G or g holds a
+    non-finite value (the caller must not apply the step). Solves the QP only when a constraint is violated. The products
     Gg (T) and GGᵀ (T×T) are formed in the gradients' own dtype, where they live, without a
     flattened copy of G; only the T×T problem is solved in float64 on the CPU. Should quadprog
     refuse a Gram matrix formed in float32 (rounding can make a nearly singular one indefinite),
@@ -96,7 +104,10 @@ def gem_project_(g: Blocks, G: Blocks, margin: float = 0.5, eps: float = 1e-3) -
     Gf = [Gi if Gi.dim() == 2 else Gi.reshape(T, -1) for Gi in G]
     gf = [gi if gi.dim() == 1 else gi.reshape(-1) for gi in g]  # views of g where it is contiguous, as gradients are
     Gg = _products(Gf, gf)
-    if float(Gg.min()) >= 0:  # NaN compares false: a non-finite gradient goes on to the fallback
+    low, total = torch.stack([Gg.min(), Gg.sum()]).tolist()
+    if not math.isfinite(total):  # a non-finite entry anywhere in G or g makes Gg non-finite
+        raise NonFinite("non-finite gradient: GEM projection not applied")
+    if low >= 0:
         return False, False
     try:
         try:

@@ -111,13 +111,15 @@ _DEFAULT = object()
 
 @dataclass(frozen=True)
 class Schema:
-    """What the model maps from and to: class names in label order, one sample's shape."""
+    """What the model maps from and to: class names in label order, one sample's shape, and
+    optionally the closed range of sample values (the server refuses samples outside it)."""
 
     class_names: tuple[str, ...]
     input_shape: tuple[int, ...]
+    value_range: tuple[float, float] | None = None
 
     def message(self) -> pb.Schema:
-        return wire.schema_message(self.class_names, self.input_shape)
+        return wire.schema_message(self.class_names, self.input_shape, self.value_range)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ class TrainAck:
     samples_trained: int
     applied_sequence: int
     durable_sequence: int = 0  # the stream's mark in the server's last checkpoint (0: checkpoints off)
+    learned: bool = True  # False: a duplicate, or consumed but refused by the step guard (skip_reason)
+    skip_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,7 @@ class ServerStatus:
 
 def _ack(a: pb.TrainAck) -> TrainAck:
     return TrainAck(a.stream_id, a.sequence, a.applied, a.duplicate, a.accuracy, a.loss, a.model_version,
-                    a.samples_trained, a.applied_sequence, a.durable_sequence)
+                    a.samples_trained, a.applied_sequence, a.durable_sequence, a.learned, a.skip_reason)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:

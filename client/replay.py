@@ -172,7 +172,7 @@ class Replay:
         self.stream = stream
         self.options = options or ReplayOptions()
         self.on_ack = on_ack
-        self.schema = Schema(tuple(stream.class_names), tuple(stream.input_shape))
+        self.schema = Schema(tuple(stream.class_names), tuple(stream.input_shape), stream.value_range)
         self._applied = 0
         self._version_offset = 0
         self._recent = deque(maxlen=50)  # prequential accuracies of the last acks, for the progress bar
@@ -278,7 +278,8 @@ class Replay:
 
     def _check_schema(self, status: ServerStatus) -> None:
         theirs = Schema(tuple(status.schema["class_names"]), tuple(status.schema["input_shape"]))
-        if status.has_model and theirs != self.schema:
+        ours = Schema(self.schema.class_names, self.schema.input_shape)  # the value range is the server's to check
+        if status.has_model and theirs != ours:
             raise ReplayRefused(
                 f"the server at {self.client.target} holds a model of another schema: "
                 f"{len(theirs.class_names)} classes {list(theirs.class_names)}, input {list(theirs.input_shape)}; "

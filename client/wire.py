@@ -59,8 +59,11 @@ def row_list(row: pb.AccuracyRow) -> list[float]:
     return list(row.accuracy)
 
 
-def schema_message(class_names: Sequence[str], input_shape: Sequence[int]) -> pb.Schema:
-    return pb.Schema(class_names=list(class_names), input_shape=[int(d) for d in input_shape])
+def schema_message(class_names: Sequence[str], input_shape: Sequence[int],
+                   value_range: tuple[float, float] | None = None) -> pb.Schema:
+    low, high = value_range if value_range is not None else (None, None)
+    return pb.Schema(class_names=list(class_names), input_shape=[int(d) for d in input_shape], value_min=low,
+                     value_max=high)
 
 
 def status_dict(s: pb.Status) -> dict:

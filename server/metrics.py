@@ -62,6 +62,11 @@ class StatusCollector(Collector):
         yield counter("clstream_gem_projections", "GEM/A-GEM gradient projections applied.", s["projections"])
         yield counter("clstream_gem_qp_fallbacks", "GEM QP solves that fell back to a safe answer.",
                       s["qp_fallbacks"])
+        skipped = CounterMetricFamily("clstream_skipped_steps", "Training steps the step guard refused (batch "
+                                      "consumed, not learned), by reason.", labels=["reason"])
+        for reason, n in s["skipped_steps"].items():
+            skipped.add_metric([reason], n)
+        yield skipped
         yield counter("clstream_drift_events", "Drifts detected in the prequential error stream.",
                       s["drift"]["events"])
         yield gauge("clstream_model_version", "Model version: one per applied update.", s["version"])

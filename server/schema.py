@@ -7,7 +7,10 @@ both schemas in the message.
 from __future__ import annotations
 
 import threading
+import math
 from dataclasses import dataclass
+
+import torch
 
 from clstream_proto import continual_learner_pb2 as pb
 
@@ -17,31 +20,90 @@ MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 256
 MAX_DIMS = 4
 MAX_SAMPLE_ELEMENTS = 3 * 1024 * 1024  # one sample of at most 3×1024×1024 values
+# The value bound of a schema that declares no range (docs/safety.md): wide enough for raw 8- and
+# 12-bit pixels (0..4095) and standardised features, narrow enough that no product of inputs and
+# weights comes near float32's range; a constant 1e8, 1e20 or 3e38 batch is refused.
+DEFAULT_VALUE_BOUND = 1e4
 
 
 @dataclass(frozen=True)
 class Schema:
     class_names: tuple[str, ...]
     input_shape: tuple[int, ...]
+    value_min: float | None = None  # the declared value range; None: the default bound
+    value_max: float | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def declares_range(self) -> bool:
+        return self.value_min is not None or self.value_max is not None
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """The closed range every sample value must lie in."""
+        low = -DEFAULT_VALUE_BOUND if self.value_min is None else self.value_min
+        high = DEFAULT_VALUE_BOUND if self.value_max is None else self.value_max
+        return low, high
+
+    def matches(self, other: "Schema") -> bool:
+        """Same classes and shape; the value ranges agree where both declare one (a declaration
+        without a range takes the established one)."""
+        if (self.class_names, self.input_shape) != (other.class_names, other.input_shape):
+            return False
+        return not (self.declares_range and other.declares_range) or self.value_range == other.value_range
+
+    def check_values(self, x: torch.Tensor, field: str) -> None:
+        """INVALID_ARGUMENT naming the first sample with a value outside `value_range`."""
+        low, high = self.value_range
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if low <= lo and hi <= high:
+            return
+        flat = x.reshape(len(x), -1)
+        bad = ((flat < low) | (flat > high)).any(dim=1).nonzero()[0, 0]
+        row = flat[bad]
+        value = float(row[(row < low) | (row > high)][0])
+        origin = "the schema's value range" if self.declares_range else "the default range for a schema that declares none"
+        raise InvalidArgument(field, f"sample {int(bad)} holds the value {value:g}; expected values in "
+                                     f"[{low:g}, {high:g}] ({origin})")
+
     def describe(self) -> str:
         names = list(self.class_names)
         shown = names if len(names) <= 12 else names[:10] + ["…"] + names[-1:]
-        return f"{{input_shape: {list(self.input_shape)}, classes: {len(names)} {shown}}}"
+        declared = f", values: [{self.value_range[0]:g}, {self.value_range[1]:g}]" if self.declares_range else ""
+        return f"{{input_shape: {list(self.input_shape)}, classes: {len(names)} {shown}{declared}}}"
 
     def to_proto(self) -> pb.Schema:
-        return pb.Schema(class_names=self.class_names, input_shape=self.input_shape)
+        return pb.Schema(class_names=self.class_names, input_shape=self.input_shape, value_min=self.value_min,
+                         value_max=self.value_max)
+
+    def to_dict(self) -> dict:
+        return {"class_names": list(self.class_names), "input_shape": list(self.input_shape),
+                "value_min": self.value_min, "value_max": self.value_max}
 
     @classmethod
     def from_proto(cls, message: pb.Schema, field: str = "schema") -> "Schema":
-        return cls.validated(list(message.class_names), list(message.input_shape), field)
+        return cls.validated(list(message.class_names), list(message.input_shape), field,
+                             message.value_min if message.HasField("value_min") else None,
+                             message.value_max if message.HasField("value_max") else None)
 
     @classmethod
-    def validated(cls, class_names: list[str], input_shape: list[int], field: str = "schema") -> "Schema":
+    def from_dict(cls, d: dict, field: str = "checkpoint") -> "Schema":
+        return cls.validated(d["class_names"], d["input_shape"], field, d.get("value_min"), d.get("value_max"))
+
+    @classmethod
+    def validated(cls, class_names: list[str], input_shape: list[int], field: str = "schema",
+                  value_min: float | None = None, value_max: float | None = None) -> "Schema":
+        for name, v in (("value_min", value_min), ("value_max", value_max)):
+            if v is not None and not math.isfinite(v):
+                raise InvalidArgument(f"{field}.{name}", f"got {v}; expected a finite number")
+        low, high = (-DEFAULT_VALUE_BOUND if value_min is None else value_min,
+                     DEFAULT_VALUE_BOUND if value_max is None else value_max)
+        if (value_min is not None or value_max is not None) and not low < high:
+            raise InvalidArgument(f"{field}.value_min", f"got the range [{low:g}, {high:g}]; expected value_min < "
+                                                        "value_max")
         if not 2 <= len(class_names) <= MAX_CLASSES:
             raise InvalidArgument(f"{field}.class_names", f"got {len(class_names)} names; expected 2..{MAX_CLASSES}")
         if len(set(class_names)) != len(class_names):
@@ -57,7 +119,8 @@ class Schema:
         if elements > MAX_SAMPLE_ELEMENTS:
             raise InvalidArgument(f"{field}.input_shape", f"got {list(input_shape)} = {elements} values per sample; "
                                                           f"expected at most {MAX_SAMPLE_ELEMENTS}")
-        return cls(tuple(class_names), tuple(int(d) for d in input_shape))
+        return cls(tuple(class_names), tuple(int(d) for d in input_shape),
+                   None if value_min is None else float(value_min), None if value_max is None else float(value_max))
 
 
 class SchemaHolder:
@@ -82,7 +145,7 @@ class SchemaHolder:
                 raise FailedPrecondition("the server has no schema yet: declare one (schema.class_names and "
                                          "schema.input_shape) with the first TrainBatch or EvalSetChunk")
             return declared
-        if declared is not None and declared != established:
+        if declared is not None and not declared.matches(established):
             raise FailedPrecondition(f"schema mismatch: the request declares {declared.describe()}, the "
                                      f"server's model has {established.describe()}")
         return established

@@ -119,7 +119,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         declared = Schema.from_proto(message.schema) if message.HasField("schema") else None
         if within is None:
             return self.schemas.check(declared)
-        if declared is not None and declared != within:
+        if declared is not None and not declared.matches(within):
             raise FailedPrecondition(f"schema mismatch: this message declares {declared.describe()}, an earlier "
                                      f"one of the same call {within.describe()}")
         return within
@@ -131,6 +131,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     def _labelled(self, message, schema: Schema, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool)
+        schema.check_values(x, "samples")
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     @contextlib.contextmanager
@@ -233,7 +234,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
                                   duplicate=not result.applied, accuracy=result.accuracy, loss=result.loss,
                                   model_version=result.version, samples_trained=result.samples_trained,
                                   applied_sequence=result.applied_sequence,
-                                  durable_sequence=result.durable_sequence)
+                                  durable_sequence=result.durable_sequence, learned=result.learned,
+                                  skip_reason=result.skip_reason)
         finally:
             scope.fail()  # whatever this call still has queued is dropped unapplied
 
@@ -295,9 +297,15 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             if k > schema.num_classes:
                 raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
             x = decode_samples(request.samples, "samples", schema.input_shape, self.limits, pool=self.decode_pool)
+            schema.check_values(x, "samples")
             truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
-            probabilities = torch.softmax(snapshot.logits(x), dim=1)
+            logits = snapshot.logits(x)
             version = snapshot.version
+        finite = torch.isfinite(logits).all(dim=1)
+        if not bool(finite.all()):  # never a NaN answer
+            raise FailedPrecondition(f"samples: sample {int((~finite).nonzero()[0, 0])}: the serving model (version "
+                                     f"{version}) gives non-finite scores for it; no answer rather than a NaN")
+        probabilities = torch.softmax(logits, dim=1)
         top_p, top_i = probabilities.topk(k, dim=1)
         if truth is not None:  # scored only, never trained on
             correct = int((top_i[:, 0] == truth).sum())
@@ -359,5 +367,6 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
         config_json=json.dumps(config, sort_keys=True),
         batches_since_checkpoint=s["batches_since_checkpoint"], checkpoint_error=s["checkpoint_error"],
         durable_sequences=s["durable_sequences"],
+        skipped_steps=s["skipped_steps"],
     )
 

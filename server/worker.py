@@ -39,6 +39,8 @@ import torch
 
 from cl_engine import Learner, LearnerConfig
 from cl_engine.drift import PageHinkley
+from cl_engine.guard import REASONS as SKIP_REASONS
+from cl_engine.guard import all_finite
 from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
 from cl_engine.streams.base import TensorSet
 
@@ -122,6 +124,11 @@ class TrainResult:
     samples_trained: int
     applied_sequence: int
     durable_sequence: int = 0
+    skip_reason: str = ""  # the step guard's reason when the batch was consumed but not learned
+
+    @property
+    def learned(self) -> bool:
+        return self.applied and not self.skip_reason
 
 
 @dataclass
@@ -164,9 +171,9 @@ def check_checkpoint(state: dict, config: LearnerConfig, schemas: SchemaHolder, 
                          f"missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; move it aside "
                          "(the next older checkpoint is then used) or start with another checkpoint directory")
     if state["schema"] is not None:
-        schema = Schema.validated(state["schema"]["class_names"], state["schema"]["input_shape"], "checkpoint")
+        schema = Schema.from_dict(state["schema"])
         fixed = schemas.schema
-        if fixed is not None and fixed != schema:
+        if fixed is not None and not fixed.matches(schema):
             raise ValueError(f"checkpoint {path} does not fit the settings' schema: the checkpoint's model has "
                              f"{schema.describe()}, the settings (class_names, input_shape) declare "
                              f"{fixed.describe()}")
@@ -259,6 +266,7 @@ class TrainingWorker:
         self._checkpoint_failures = 0  # failed attempts in the current streak
         self._checkpoint_retry_at = 0.0  # monotonic time before which no periodic attempt is made
         self._last_snapshot = 0.0
+        self._unservable_version = -1  # the last version refused publication as non-finite (logged once)
         self._matrix_cache: tuple | None = None  # (learner, its matrix version, derived status)
         self._accepting = True
         self._thread: threading.Thread | None = None
@@ -473,13 +481,16 @@ class TrainingWorker:
         step = learner.observe(op.x, op.y, op.bucket)
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
         self._adopt(learner, op.schema)
-        self.applied[op.stream_id] = op.sequence
+        self.applied[op.stream_id] = op.sequence  # a skipped step's batch is consumed too: exactly-once holds
+        self._batches_since_checkpoint += 1
+        self._dirty = True
+        if not step.learned:
+            return TrainResult(True, step.accuracy, step.loss, step.version, learner.counters["samples_trained"],
+                               op.sequence, step.skipped)
         self.last_loss = step.loss
         if self.drift.update(1.0 - step.accuracy, step.total):
             self.last_drift_version = step.version
             log.info("drift detected at model version %d (bucket %d)", step.version, op.bucket)
-        self._batches_since_checkpoint += 1
-        self._dirty = True
         return TrainResult(True, step.accuracy, step.loss, step.version, learner.counters["samples_trained"],
                            op.sequence, self.durable_sequences.get(op.stream_id, 0))
 
@@ -575,8 +586,7 @@ class TrainingWorker:
         schema = self.schemas.schema
         return {
             "format": CHECKPOINT_FORMAT,
-            "schema": None if schema is None else {"class_names": list(schema.class_names),
-                                                   "input_shape": list(schema.input_shape)},
+            "schema": None if schema is None else schema.to_dict(),
             "learner": None if self.learner is None else self.learner.state_dict(),
             "applied_sequences": dict(self.applied),
             "drift": self.drift.state_dict(),
@@ -588,7 +598,8 @@ class TrainingWorker:
     def _publish(self, snapshot: bool, status: bool = True) -> None:
         learner = self.learner
         current = self.snapshots.current()
-        if snapshot and learner is not None and (current is None or current.version != learner.version):
+        if (snapshot and learner is not None and (current is None or current.version != learner.version)
+                and self._servable(learner)):
             self.snapshots.publish_model(learner.model, learner.version, learner.device)
             self.metrics.snapshots.inc()
             self._last_snapshot = time.monotonic()
@@ -598,6 +609,17 @@ class TrainingWorker:
                 self._status, self._status_ops = built, self._ops_done
                 self._status_wanted.clear()
                 self._status_built.notify_all()
+
+    def _servable(self, learner: Learner) -> bool:
+        """A model with a non-finite weight or statistic never reaches serving (the step guard keeps
+        one from arising; this is the last line, e.g. for a checkpoint written before it)."""
+        if all_finite(learner.model.state_dict().values()):
+            return True
+        if self._unservable_version != learner.version:
+            self._unservable_version = learner.version
+            log.error("model version %d holds non-finite weights: not published; serving stays on version %d",
+                      learner.version, self.snapshots.version)
+        return False
 
     def _build_status(self) -> dict:
         learner = self.learner
@@ -617,7 +639,8 @@ class TrainingWorker:
         }
         if learner is None:
             return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,
-                    "projections": 0, "qp_fallbacks": 0, "prequential_accuracy": math.nan,
+                    "projections": 0, "qp_fallbacks": 0, "skipped_steps": dict.fromkeys(SKIP_REASONS, 0),
+                    "prequential_accuracy": math.nan,
                     "prequential_accuracy_overall": math.nan, "matrix": [], "initial": [],
                     "metrics": {k: math.nan for k in METRIC_KEYS}, "forgetting_per_bucket": [],
                     "buffer": {"size": 0, "capacity": 0, "bytes": 0, "bytes_per_sample": 0, "by_bucket": {},
@@ -629,6 +652,7 @@ class TrainingWorker:
             "version": learner.version,
             "open_bucket": learner.open_bucket,
             **{k: learner.counters[k] for k in ("samples_trained", "batches_trained", "projections", "qp_fallbacks")},
+            "skipped_steps": {r: learner.counters.get(f"skipped_{r}", 0) for r in SKIP_REASONS},
             "prequential_accuracy": s["prequential_accuracy"],
             "prequential_accuracy_overall": s["prequential_accuracy_overall"],
             **self._matrix_status(learner),

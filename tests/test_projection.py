@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cl_engine import projection
+from cl_engine.guard import NonFinite
 from cl_engine.projection import agem_project, gem_project
 
 
@@ -98,10 +99,18 @@ def test_failed_qp_falls_back_to_agem_projection(monkeypatch):
     torch.testing.assert_close(out.gradient, agem_project(g, G.mean(dim=0)).gradient)
 
 
-def test_non_finite_gradient_falls_back_instead_of_crashing():
-    G = torch.tensor([[1.0, 0.0], [float("nan"), 1.0]], dtype=torch.float64)
-    out = gem_project(torch.tensor([-1.0, 0.5], dtype=torch.float64), G)
-    assert out.fallback
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_is_refused_and_nothing_changes(bad):
+    """A non-finite memory gradient once fell back to A-GEM, which returned NaN that was applied."""
+    G = torch.tensor([[1.0, 0.0], [bad, 1.0]], dtype=torch.float64)
+    g = torch.tensor([-1.0, 0.5], dtype=torch.float64)
+    with pytest.raises(NonFinite):
+        gem_project(g, G)
+    with pytest.raises(NonFinite):
+        agem_project(g, G[1])
+    with pytest.raises(NonFinite):
+        agem_project(torch.tensor([bad, 0.0], dtype=torch.float64), G[0])
+    assert g.tolist() == [-1.0, 0.5]
 
 
 def test_agem_matches_closed_form():

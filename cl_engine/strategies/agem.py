@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..guard import NonFinite
 from ..projection import agem_project_
 from .base import StepOutput, Strategy
 
@@ -22,8 +23,11 @@ class AGEM(Strategy):
         logits, losses, g = self._forward_backward(x, y)
         if g_ref is not None:
             full = self._dense(g)
-            if agem_project_(full, g_ref):
+            try:
+                projected = agem_project_(full, g_ref)
+            except NonFinite:
+                return StepOutput(logits, float(losses.mean()), self._refuse(losses))
+            if projected:
                 g = full
                 ctx.counters["projections"] = ctx.counters.get("projections", 0) + 1
-        self._update(g)
-        return StepOutput(logits, float(losses.mean()))
+        return StepOutput(logits, float(losses.mean()), self._update(g, losses))

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..buffer import ReplayBuffer
-from ..sgd import sgd_step
+from ..guard import NonFinite, StepGuard
 from .linear_pass import LinearPass, linear_only
 
 
@@ -21,6 +21,7 @@ from .linear_pass import LinearPass, linear_only
 class StepOutput:
     logits: torch.Tensor  # the incoming batch, scored by the model before this update
     loss: float  # cross-entropy of the incoming batch before this update
+    skipped: str | None = None  # why the update was not applied (guard.REASONS); None: applied
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Strategy:
         self.ctx = ctx
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         self.linear = LinearPass(ctx.model) if linear_only(ctx.model) else None
+        self.guard = StepGuard(ctx.optimizer, self.params, ctx.counters, getattr(ctx.config, "clip_grad_norm", 0.0))
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         raise NotImplementedError
@@ -73,5 +75,10 @@ class Strategy:
         """`grads` with zeros for the parameters a loss did not reach, as a projection needs them."""
         return [g if g is not None else torch.zeros_like(p) for p, g in zip(self.params, grads)]
 
-    def _update(self, grads: list[torch.Tensor | None]) -> None:
-        sgd_step(self.ctx.optimizer, self.params, grads)
+    def _update(self, grads: list[torch.Tensor | None], losses: torch.Tensor) -> str | None:
+        """One guarded SGD step (guard.py); None when applied, else the reason it was not."""
+        return self.guard.step(grads, losses)
+
+    def _refuse(self, losses: torch.Tensor) -> str:
+        """Skip a step whose gradients proved non-finite before they reached the update (NonFinite)."""
+        return self.guard.skip("non_finite_gradient" if bool(torch.isfinite(losses).all()) else "non_finite_loss")

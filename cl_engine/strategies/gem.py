@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..guard import NonFinite
 from ..projection import gem_project_
 from .base import StepOutput, Strategy
 from .gradients import MemoryGradients
@@ -31,11 +32,13 @@ class GEM(Strategy):
             logits, losses, g = self._forward_backward(x, y)
         if G is not None:
             full = self._dense(g)
-            projected, fallback = gem_project_(full, G, ctx.config.memory_strength, ctx.config.qp_eps)
+            try:
+                projected, fallback = gem_project_(full, G, ctx.config.memory_strength, ctx.config.qp_eps)
+            except NonFinite:  # a memory's gradient or the batch's: nothing is applied
+                return StepOutput(logits, float(losses.mean()), self._refuse(losses))
             if projected:
                 g = full
                 ctx.counters["projections"] = ctx.counters.get("projections", 0) + 1
             if fallback:
                 ctx.counters["qp_fallbacks"] = ctx.counters.get("qp_fallbacks", 0) + 1
-        self._update(g)
-        return StepOutput(logits, float(losses.mean()))
+        return StepOutput(logits, float(losses.mean()), self._update(g, losses))

@@ -12,5 +12,5 @@ class Naive(Strategy):
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         logits, losses, grads = self._forward_backward(x, y)
-        self._update(grads)
-        return StepOutput(logits, float(losses.mean()))
+        skipped = self._update(grads, losses)
+        return StepOutput(logits, float(losses.mean()), skipped)

@@ -18,5 +18,5 @@ class Replay(Strategy):
             mx, my = ctx.buffer.sample(ctx.config.replay_batch_size or n, ctx.generator)
             inputs, targets = torch.cat([x, mx]), torch.cat([y, my])
         logits, losses, grads = self._forward_backward(inputs, targets)
-        self._update(grads)
-        return StepOutput(logits[:n], float(losses[:n].mean()))
+        skipped = self._update(grads, losses)
+        return StepOutput(logits[:n], float(losses[:n].mean()), skipped)

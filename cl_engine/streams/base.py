@@ -85,6 +85,7 @@ class Stream:
     num_classes: int
     class_names: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    value_range: tuple[float, float] | None = None  # every sample value lies in it (None: not declared)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -104,6 +105,7 @@ class Stream:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "class_names": self.class_names,
+            **({"value_range": list(self.value_range)} if self.value_range else {}),
             "train_sizes": [len(b.train) for b in self.buckets],
             "test_sizes": [len(b.test) for b in self.buckets],
             **self.info,
@@ -162,5 +164,5 @@ def iid_buckets(stream: Stream, generator: torch.Generator) -> Stream:
     buckets = [Bucket(SubsetSet(everything, c), b.test, b.name) for c, b in zip(chunks, stream.buckets)]
     return Stream(
         f"{stream.name} (iid)", buckets, stream.input_shape, stream.num_classes, stream.class_names,
-        {**stream.info, "order": "iid"},
+        {**stream.info, "order": "iid"}, stream.value_range,
     )

@@ -109,4 +109,4 @@ def cifar100_split(path: str | Path, num_buckets: int = 20, class_order: str = "
         buckets.append(Bucket(train, test, "classes " + ",".join(str(c) for c in classes.tolist())))
     info = {"source": str(folder), "class_order": class_order, "seed": seed,
             "bucket_classes": [c.tolist() for c in order.split(per)]}
-    return Stream("cifar100-split", buckets, (3, 32, 32), NUM_CLASSES, names, info)
+    return Stream("cifar100-split", buckets, (3, 32, 32), NUM_CLASSES, names, info, value_range=(0.0, 1.0))

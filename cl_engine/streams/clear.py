@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from .base import Bucket, SampleSet, Stream, TensorSet
-from .images import ImageSet, record_skip, skipped_total, usable_images
+from .images import ImageSet, normalised_range, record_skip, skipped_total, usable_images
 
 PUBLISHED = "https://clear-benchmark.github.io"
 EXPECTED = (
@@ -122,7 +122,9 @@ def clear_stream(path: str | Path, mode: str = "images", protocol: str = "stream
                   if protocol == "streaming" else "iid protocol: every bucket's test split is held out"),
         skipped=skipped,  # the same dict the image sets count decode failures in, so it stays current
     )
-    return Stream(stream_name(names), stream_buckets, shape, len(names), names, info)
+    # images: [0, 1] pixels after ImageNet normalisation; features: not declared (the default bound)
+    value_range = normalised_range() if mode == "images" else None
+    return Stream(stream_name(names), stream_buckets, shape, len(names), names, info, value_range)
 
 
 def stream_name(class_names: list[str]) -> str:

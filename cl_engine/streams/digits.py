@@ -55,7 +55,7 @@ def digits_rotated(num_buckets: int = 5, max_angle: float = 180.0, samples_per_b
         bx, by = _subsample(xtr, ytr, samples_per_bucket, g)
         rotate = lambda im: TF.rotate(im, angle, interpolation=TF.InterpolationMode.BILINEAR)  # noqa: E731
         buckets.append(Bucket(TensorSet(rotate(bx), by), TensorSet(rotate(xte), yte), f"rotated {angle:g}°"))
-    return Stream("digits-rotated", buckets, (1, 8, 8), 10, info={"angles": angles, "seed": seed})
+    return Stream("digits-rotated", buckets, (1, 8, 8), 10, info={"angles": angles, "seed": seed}, value_range=(0.0, 1.0))
 
 
 def digits_permuted(num_buckets: int = 5, samples_per_bucket: int | None = None, seed: int = 0) -> Stream:
@@ -67,7 +67,7 @@ def digits_permuted(num_buckets: int = 5, samples_per_bucket: int | None = None,
         bx, by = _subsample(xtr, ytr, samples_per_bucket, g)
         permute = lambda im: im.reshape(-1, 64)[:, perm].reshape(-1, 1, 8, 8)  # noqa: E731
         buckets.append(Bucket(TensorSet(permute(bx), by), TensorSet(permute(xte), yte), f"permutation {t}"))
-    return Stream("digits-permuted", buckets, (1, 8, 8), 10, info={"seed": seed})
+    return Stream("digits-permuted", buckets, (1, 8, 8), 10, info={"seed": seed}, value_range=(0.0, 1.0))
 
 
 def digits_split(num_buckets: int = 5, samples_per_bucket: int | None = None, seed: int = 0) -> Stream:
@@ -83,4 +83,4 @@ def digits_split(num_buckets: int = 5, samples_per_bucket: int | None = None, se
         te = torch.isin(yte, torch.tensor(classes))
         bx, by = _subsample(xtr[tr], ytr[tr], samples_per_bucket, g)
         buckets.append(Bucket(TensorSet(bx, by), TensorSet(xte[te], yte[te]), "classes " + ",".join(map(str, classes))))
-    return Stream("digits-split", buckets, (1, 8, 8), 10, info={"seed": seed})
+    return Stream("digits-split", buckets, (1, 8, 8), 10, info={"seed": seed}, value_range=(0.0, 1.0))

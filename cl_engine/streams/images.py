@@ -24,6 +24,11 @@ from tqdm import tqdm
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalised_range(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[float, float]:
+    """The closed range of [0, 1] pixels after normalisation by `mean` and `std` (channel-wise)."""
+    return min((0 - m) / s for m, s in zip(mean, std)), max((1 - m) / s for m, s in zip(mean, std))
 EXAMPLES_KEPT = 20
 
 

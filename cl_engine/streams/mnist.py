@@ -86,7 +86,7 @@ def _tasks(path, kind: str, num_tasks: int, samples_per_task: int | None, test_s
     info = {"source": str(path), "seed": seed, "samples_per_task": n, "test_samples_per_task": len(yte)}
     if kind == "rotated":
         info["angles"] = params
-    return Stream(f"mnist-{kind}", buckets, (1, 28, 28), 10, info=info)
+    return Stream(f"mnist-{kind}", buckets, (1, 28, 28), 10, info=info, value_range=(0.0, 1.0))
 
 
 def mnist_permuted(path: str | Path, num_tasks: int = 20, samples_per_task: int | None = 1000,

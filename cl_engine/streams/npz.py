@@ -30,7 +30,8 @@ def load_npz(path: Path, expected: str):
         raise ValueError(f"{path} is not a readable .npz archive ({e}); expected {expected}") from None
 
 
-def _samples(arrays, key: str, path: Path) -> torch.Tensor:
+def _samples(arrays, key: str, path: Path) -> tuple[torch.Tensor, bool]:
+    """The samples as float32 (uint8 scaled to [0, 1]) and whether they were uint8."""
     a = arrays[key]
     if a.ndim not in (2, 3, 4):
         raise ValueError(f"{path}: {key} has shape {a.shape}; expected N×D, N×H×W or N×C×H×W")
@@ -42,7 +43,7 @@ def _samples(arrays, key: str, path: Path) -> torch.Tensor:
         raise ValueError(f"{path}: {key} has dtype {a.dtype}; expected uint8 or a float type")
     if not torch.isfinite(x).all():
         raise ValueError(f"{path}: {key} contains NaN or Inf")
-    return x.unsqueeze(1) if x.ndim == 3 else x
+    return (x.unsqueeze(1) if x.ndim == 3 else x), a.dtype == np.uint8
 
 
 def _labels(arrays, key: str, n: int, path: Path) -> torch.Tensor:
@@ -67,13 +68,15 @@ def buckets_npz(path: str | Path) -> Stream:
         if ids != list(range(len(ids))):
             raise ValueError(f"{path}: buckets {ids} are not numbered 0..{len(ids) - 1}")
         buckets, shape = [], None
+        uint8 = True  # every sample array: then the values lie in [0, 1], which the stream declares
         for t in ids:
             missing = [k for k in (f"train_x_{t}", f"train_y_{t}", f"test_x_{t}", f"test_y_{t}") if k not in arrays.files]
             if missing:
                 raise ValueError(f"{path}: bucket {t} lacks {', '.join(missing)}; expected {LAYOUT}")
             split = {}
             for part in ("train", "test"):
-                x = _samples(arrays, f"{part}_x_{t}", path)
+                x, was_uint8 = _samples(arrays, f"{part}_x_{t}", path)
+                uint8 = uint8 and was_uint8
                 y = _labels(arrays, f"{part}_y_{t}", x.shape[0], path)
                 if len(y) == 0:
                     raise ValueError(f"{path}: bucket {t}'s {part}_x_{t} has no samples; expected at least one "
@@ -86,4 +89,4 @@ def buckets_npz(path: str | Path) -> Stream:
                 split[part] = TensorSet(x, y)
             buckets.append(Bucket(split["train"], split["test"], f"bucket {t}"))
     num_classes = int(max(int(s.labels.max()) for b in buckets for s in (b.train, b.test) if len(s))) + 1
-    return Stream(f"buckets-npz:{path}", buckets, shape, num_classes)
+    return Stream(f"buckets-npz:{path}", buckets, shape, num_classes, value_range=(0.0, 1.0) if uint8 else None)

@@ -19,12 +19,16 @@ DTYPE_FLOAT16: DType
 DTYPE_FLOAT32: DType
 
 class Schema(_message.Message):
-    __slots__ = ("class_names", "input_shape")
+    __slots__ = ("class_names", "input_shape", "value_min", "value_max")
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MIN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MAX_FIELD_NUMBER: _ClassVar[int]
     class_names: _containers.RepeatedScalarFieldContainer[str]
     input_shape: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+    value_min: float
+    value_max: float
+    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., value_min: _Optional[float] = ..., value_max: _Optional[float] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
@@ -67,7 +71,7 @@ class TrainBatch(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., bucket: _Optional[int] = ..., samples: _Optional[_Union[Samples, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ...) -> None: ...
 
 class TrainAck(_message.Message):
-    __slots__ = ("stream_id", "sequence", "applied", "duplicate", "accuracy", "loss", "model_version", "samples_trained", "applied_sequence", "durable_sequence")
+    __slots__ = ("stream_id", "sequence", "applied", "duplicate", "accuracy", "loss", "model_version", "samples_trained", "applied_sequence", "durable_sequence", "learned", "skip_reason")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +82,8 @@ class TrainAck(_message.Message):
     SAMPLES_TRAINED_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DURABLE_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_FIELD_NUMBER: _ClassVar[int]
+    SKIP_REASON_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sequence: int
     applied: bool
@@ -88,7 +94,9 @@ class TrainAck(_message.Message):
     samples_trained: int
     applied_sequence: int
     durable_sequence: int
-    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., applied: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., samples_trained: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., durable_sequence: _Optional[int] = ...) -> None: ...
+    learned: bool
+    skip_reason: str
+    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., applied: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., model_version: _Optional[int] = ..., samples_trained: _Optional[int] = ..., applied_sequence: _Optional[int] = ..., durable_sequence: _Optional[int] = ..., learned: _Optional[bool] = ..., skip_reason: _Optional[str] = ...) -> None: ...
 
 class EndBucketRequest(_message.Message):
     __slots__ = ("bucket", "bucket_size", "expected_sequences")
@@ -278,7 +286,7 @@ class DriftStatus(_message.Message):
     def __init__(self, statistic: _Optional[float] = ..., threshold: _Optional[float] = ..., events: _Optional[int] = ..., last_event_version: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("has_model", "schema", "model_version", "serving_version", "open_bucket", "samples_trained", "batches_trained", "prequential_accuracy", "prequential_accuracy_overall", "accuracy_matrix", "initial_accuracy", "metrics", "forgetting_per_bucket", "buffer", "gem_projections", "qp_fallbacks", "applied_sequences", "eval_buckets", "queue_depth", "queue_capacity", "drift", "last_checkpoint", "last_checkpoint_time", "config_json", "batches_since_checkpoint", "checkpoint_error", "durable_sequences")
+    __slots__ = ("has_model", "schema", "model_version", "serving_version", "open_bucket", "samples_trained", "batches_trained", "prequential_accuracy", "prequential_accuracy_overall", "accuracy_matrix", "initial_accuracy", "metrics", "forgetting_per_bucket", "buffer", "gem_projections", "qp_fallbacks", "applied_sequences", "eval_buckets", "queue_depth", "queue_capacity", "drift", "last_checkpoint", "last_checkpoint_time", "config_json", "batches_since_checkpoint", "checkpoint_error", "durable_sequences", "skipped_steps")
     class AppliedSequencesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +295,13 @@ class Status(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     class DurableSequencesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class SkippedStepsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +335,7 @@ class Status(_message.Message):
     BATCHES_SINCE_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
     DURABLE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
     has_model: bool
     schema: Schema
     model_version: int
@@ -347,4 +363,5 @@ class Status(_message.Message):
     batches_since_checkpoint: int
     checkpoint_error: str
     durable_sequences: _containers.ScalarMap[str, int]
-    def __init__(self, has_model: _Optional[bool] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model_version: _Optional[int] = ..., serving_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., samples_trained: _Optional[int] = ..., batches_trained: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_accuracy_overall: _Optional[float] = ..., accuracy_matrix: _Optional[_Iterable[_Union[AccuracyRow, _Mapping]]] = ..., initial_accuracy: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., forgetting_per_bucket: _Optional[_Iterable[float]] = ..., buffer: _Optional[_Union[BufferStatus, _Mapping]] = ..., gem_projections: _Optional[int] = ..., qp_fallbacks: _Optional[int] = ..., applied_sequences: _Optional[_Mapping[str, int]] = ..., eval_buckets: _Optional[_Iterable[int]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., config_json: _Optional[str] = ..., batches_since_checkpoint: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., durable_sequences: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    skipped_steps: _containers.ScalarMap[str, int]
+    def __init__(self, has_model: _Optional[bool] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model_version: _Optional[int] = ..., serving_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., samples_trained: _Optional[int] = ..., batches_trained: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_accuracy_overall: _Optional[float] = ..., accuracy_matrix: _Optional[_Iterable[_Union[AccuracyRow, _Mapping]]] = ..., initial_accuracy: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., forgetting_per_bucket: _Optional[_Iterable[float]] = ..., buffer: _Optional[_Union[BufferStatus, _Mapping]] = ..., gem_projections: _Optional[int] = ..., qp_fallbacks: _Optional[int] = ..., applied_sequences: _Optional[_Mapping[str, int]] = ..., eval_buckets: _Optional[_Iterable[int]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., config_json: _Optional[str] = ..., batches_since_checkpoint: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., durable_sequences: _Optional[_Mapping[str, int]] = ..., skipped_steps: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -1,0 +1,107 @@
+"""The step guard (cl_engine/guard.py): a non-finite step is never applied, a finite one exactly as before."""
+import pytest
+import torch
+
+from cl_engine import Learner, LearnerConfig, build_stream
+from cl_engine.guard import StepGuard
+from cl_engine.sgd import sgd_step
+
+STREAM = build_stream("digits-rotated", order="time")
+STRATEGIES = {
+    "naive": dict(strategy="naive", momentum=0.9),
+    "replay": dict(strategy="replay", buffer_capacity=60, momentum=0.9),
+    "gem": dict(strategy="gem", memory_per_bucket=20),
+    "agem": dict(strategy="agem", memory_per_bucket=20, agem_sample_size=16),
+}
+
+
+def batches(bucket, count, size=10):
+    train = STREAM.buckets[bucket].train
+    for i in range(count):
+        yield train.batch(torch.arange(i * size, (i + 1) * size))
+
+
+def learner_after_one_bucket(model="mlp", **config):
+    learner = Learner(LearnerConfig(model=model, **config), STREAM.input_shape, STREAM.num_classes)
+    for x, y in batches(0, 12):
+        learner.observe(x, y, 0)
+    learner.end_bucket(0, bucket_size=120)
+    for x, y in batches(1, 2):
+        learner.observe(x, y, 1)
+    return learner
+
+
+def weights(learner):
+    return [t.clone() for t in learner.model.state_dict().values()]
+
+
+def assert_unchanged(learner, before, counters):
+    for a, b in zip(weights(learner), before):
+        assert torch.equal(a, b)
+    unchanged = {k: v for k, v in learner.counters.items() if not k.startswith("skipped_")}
+    assert unchanged == {k: v for k, v in counters.items() if not k.startswith("skipped_")}
+
+
+@pytest.mark.parametrize("model", ["mlp", "reduced-resnet18"])
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_batch_with_a_non_finite_loss_changes_nothing(name, model):
+    learner = learner_after_one_bucket(model, **STRATEGIES[name])
+    before, counters, held = weights(learner), dict(learner.counters), len(learner.buffer)
+    x, y = next(batches(1, 1))
+    step = learner.observe(torch.full_like(x, 3e38), y, 1)
+    assert step.skipped in ("non_finite_loss", "non_finite_gradient") and not step.learned
+    assert_unchanged(learner, before, counters)
+    assert len(learner.buffer) == held  # the batch's samples do not enter the memory
+    assert learner.counters[f"skipped_{step.skipped}"] == 1
+    x, y = next(batches(1, 1))  # and the model goes on learning from good batches
+    assert learner.observe(x, y, 1).learned
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_step_that_would_overflow_the_weights_is_undone(name):
+    learner = learner_after_one_bucket(**STRATEGIES[name])
+    before, counters = weights(learner), dict(learner.counters)
+    momentum = {id(p): s["momentum_buffer"].clone() for p, s in learner.optimizer.state.items()
+                if s.get("momentum_buffer") is not None}
+    learner.optimizer.param_groups[0]["lr"] = 3e38  # an exploding learning rate: lr·g overflows float32
+    x, y = next(batches(1, 1))
+    step = learner.observe(torch.full_like(x, 100.0), y, 1)
+    assert step.skipped == "non_finite_weights"
+    assert_unchanged(learner, before, counters)
+    for p, s in learner.optimizer.state.items():
+        if id(p) in momentum:
+            assert torch.equal(s["momentum_buffer"], momentum[id(p)])
+
+
+@pytest.mark.parametrize("name", ["gem", "agem"])
+@pytest.mark.parametrize("model", ["mlp", "reduced-resnet18"])
+def test_gem_with_a_non_finite_memory_gradient_applies_nothing(name, model):
+    learner = learner_after_one_bucket(model, **STRATEGIES[name])
+    learner.buffer.x[: len(learner.buffer)] = 3e38  # every memory of bucket 0: its gradient is not finite
+    learner.buffer.version += 1  # written behind the buffer's back: drop what it derived
+    before, counters = weights(learner), dict(learner.counters)
+    x, y = next(batches(1, 1))
+    step = learner.observe(x, y, 1)
+    assert step.skipped == "non_finite_gradient"
+    assert_unchanged(learner, before, counters)
+    assert learner.counters["qp_fallbacks"] == counters["qp_fallbacks"]
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_finite_steps_are_bit_for_bit_those_of_the_unguarded_update(name, monkeypatch):
+    guarded = learner_after_one_bucket(**STRATEGIES[name])
+    monkeypatch.setattr(StepGuard, "step", lambda self, grads, losses: sgd_step(self.optimizer, self.params, grads))
+    plain = learner_after_one_bucket(**STRATEGIES[name])
+    for a, b in zip(weights(guarded), weights(plain)):
+        assert torch.equal(a, b)
+    assert guarded.matrix.rows == plain.matrix.rows
+
+
+def test_clipping_bounds_the_update_of_one_batch():
+    learner = learner_after_one_bucket(strategy="naive", clip_grad_norm=0.5, lr=0.1)
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    x, y = next(batches(1, 1))
+    learner.observe(x * 0 + 1.0, (y + 1) % 10, 1)  # a batch far from anything learned: a large gradient
+    moved = torch.linalg.vector_norm(torch.cat([(p.detach() - b).reshape(-1)
+                                                for p, b in zip(learner.model.parameters(), before)]))
+    assert 0 < float(moved) <= 0.1 * 0.5 * (1 + 1e-4)
