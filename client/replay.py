@@ -239,12 +239,6 @@ class Replay:
     def _resume_point(self, status: ServerStatus) -> int:
         """Re-register lost held-out sets; return the bucket to continue with, and note the applied mark."""
         r = self.result
-        t0 = time.perf_counter()
-        for j, bucket in enumerate(self.stream.buckets):
-            if j not in status.eval_buckets:
-                self.client.register_eval_set(j, schema=self.schema, chunks=self._eval_chunks(bucket.test),
-                                              timeout=max(self.client.timeout, 600.0))
-        r.register_seconds += time.perf_counter() - t0
         self._applied = status.applied_sequences.get(r.stream_id, 0)
         ended = min(status.open_bucket, len(self.stream))
         if ended and self._applied < r.schedule.last(ended - 1):
@@ -254,6 +248,12 @@ class Replay:
                 f"sequence {r.schedule.last(ended - 1)}): it was trained on another dataset, order or schedule, "
                 "so this stream cannot be replayed there. Use a server with an empty checkpoint directory, or "
                 "repeat the command that trained it")
+        t0 = time.perf_counter()
+        for j, bucket in enumerate(self.stream.buckets):
+            if j not in status.eval_buckets:
+                self.client.register_eval_set(j, schema=self.schema, chunks=self._eval_chunks(bucket.test),
+                                              timeout=max(self.client.timeout, 600.0))
+        r.register_seconds += time.perf_counter() - t0
         # Model versions count applied batches; with this stream the server's only trainer,
         # version - offset is the number of this stream's batches the model has learned from.
         self._version_offset = status.model_version - self._applied
