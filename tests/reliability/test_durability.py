@@ -10,7 +10,8 @@ uninterrupted in-process run.
 
 The checkpoint folder lies on a Volume: a small tmpfs when the tests run as root (CI does), which
 is filled up or remounted read-only for real; otherwise a plain folder whose server fails its
-checkpoint writes with the same OS errors (ENOSPC, EROFS) while a fault file says so.
+checkpoint writes with the same OS errors (ENOSPC, EROFS) while a fault file says so
+(DURABILITY_TEST_NO_TMPFS=1 chooses that as root too).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -39,8 +39,10 @@ from client_helpers import STREAM_FLAGS, clean_environment, learner
 from server.checkpoint import decode, encode
 
 TOTAL = 60  # 3 buckets × 20 batches of 10
-FAULTY_SERVER = """
-import errno, os, sys
+FAULT_HOOK = """
+# sitecustomize for a FaultyServer: every process of it (the learner process too) fails its
+# checkpoint writes with the errno named in the fault file, while that file exists.
+import errno, os
 from pathlib import Path
 from server import checkpoint
 save = checkpoint.CheckpointStore.save
@@ -51,8 +53,6 @@ def save_unless_faulty(self, state):
         raise OSError(code, os.strerror(code), str(self.directory))
     return save(self, state)
 checkpoint.CheckpointStore.save = save_unless_faulty
-from server.main import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -62,12 +62,14 @@ class FaultyServer(LocalServer):
     def __init__(self, *args, fault_file: Path, **kwargs):
         super().__init__(*args, **kwargs)
         self.fault_file = fault_file
-
-    def command(self) -> list[str]:
-        return [self.python, "-c", FAULTY_SERVER, *super().command()[3:]]
+        self.hook = fault_file.parent / "fault-hook"
+        self.hook.mkdir(exist_ok=True)
+        (self.hook / "sitecustomize.py").write_text(FAULT_HOOK)
 
     def environment(self) -> dict[str, str]:
-        return {**super().environment(), "DURABILITY_TEST_FAULT_FILE": str(self.fault_file)}
+        env = super().environment()
+        return {**env, "PYTHONPATH": os.pathsep.join([str(self.hook), env["PYTHONPATH"]]),
+                "DURABILITY_TEST_FAULT_FILE": str(self.fault_file)}
 
 
 class Volume:
@@ -78,7 +80,7 @@ class Volume:
         self.mount.mkdir()
         self.path = self.mount / "ckpt"
         self.fault_file = root / "fault"
-        self.tmpfs = os.geteuid() == 0 and subprocess.run(
+        self.tmpfs = os.geteuid() == 0 and not os.environ.get("DURABILITY_TEST_NO_TMPFS") and subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.mount)], capture_output=True).returncode == 0
         self.path.mkdir()
 
