@@ -80,8 +80,9 @@ class Volume:
         self.mount.mkdir()
         self.path = self.mount / "ckpt"
         self.fault_file = root / "fault"
-        self.tmpfs = os.geteuid() == 0 and not os.environ.get("DURABILITY_TEST_NO_TMPFS") and subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.mount)], capture_output=True).returncode == 0
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.mount)]
+        self.tmpfs = (os.geteuid() == 0 and not os.environ.get("DURABILITY_TEST_NO_TMPFS")
+                      and subprocess.run(mount, capture_output=True).returncode == 0)
         self.path.mkdir()
 
     def server(self, args: list[str], **kwargs) -> LocalServer:

@@ -225,3 +225,53 @@ def test_a_checkpoint_that_verifies_but_lacks_keys_is_refused_naming_them(tmp_pa
     message = str(refused.value)
     assert str(path) in message and "missing ['drift', 'last_drift_version', 'last_loss', 'written_at']" in message
     assert "unknown ['extra']" in message
+
+
+@pytest.mark.parametrize("learner_process", [False, True], ids=["learner-thread", "learner-process"])
+def test_a_failing_checkpoint_volume_fails_end_bucket_until_it_is_fixed(start, connect, stream, tmp_path,
+                                                                        learner_process):
+    """The volume goes bad (here: the folder is replaced by a file, so every write fails with an OS
+    error, for root too), then is fixed: EndBucket fails, training health goes NOT_SERVING while
+    Predict and "" stay up, and once fixed the same EndBucket writes the checkpoint and answers OK."""
+    import shutil
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service_helpers import channel_to
+
+    folder = tmp_path / "ckpt"
+    service = start(checkpoint_dir=folder, checkpoint_every_batches=1, strategy="replay", buffer_capacity=100,
+                    seed=5, device="cpu", learner_process=learner_process)
+    stub = connect(service)
+    health = health_pb2_grpc.HealthStub(channel_to(service))
+
+    def state(name: str) -> str:
+        answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+    register_all(stub, stream)
+    list(stub.Train(train_batches(stream, 0, seed=5, limit=5)))
+    assert state("clstream.v1.Training") == "SERVING"
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    list(stub.Train(train_batches(stream, 0, seed=5)))  # 10 more batches, each due a checkpoint
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.EndBucket(pb.EndBucketRequest(bucket=0, expected_sequences={"s": 15}))
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert failed.value.details().startswith("not durable: the end of bucket 0 is applied in memory but not on disk")
+    assert str(folder) in failed.value.details()
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.open_bucket == 1 and status.checkpoint_error and status.batches_since_checkpoint == 10
+    assert status.durable_sequences == {"s": 5}
+    assert state("clstream.v1.Training") == "NOT_SERVING"
+    assert state("") == state("clstream.v1.ContinualLearner") == "SERVING"
+    failures = value(scrape(service), "clstream_checkpoint_failures", "_total")
+    assert 2 <= failures <= 6  # periodic ones back off (1 s, 2 s, ...): not one per batch (10), plus EndBucket's
+
+    folder.unlink()
+    folder.mkdir()  # fixed
+    again = stub.EndBucket(pb.EndBucketRequest(bucket=0, expected_sequences={"s": 15}))
+    assert again.already_ended and again.durable and Path(again.checkpoint).parent == folder
+    assert state("clstream.v1.Training") == "SERVING"
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert not status.checkpoint_error and status.durable_sequences == {"s": 15}
