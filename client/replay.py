@@ -280,7 +280,8 @@ class Replay:
         checkpoint is asked again `durable_retries` times, then its "not durable" error is raised."""
         r, o = self.result, self.options
         last = r.schedule.last(bucket)
-        for attempt in range(o.durable_retries + 1):
+        attempt = 0
+        while True:
             try:
                 return self.client.end_bucket(bucket, bucket_size=len(self.stream.buckets[bucket].train),
                                               timeout=max(self.client.timeout, 600.0), retry=None,
@@ -297,7 +298,7 @@ class Replay:
                 self._say(f"bucket {bucket} is not durable on the server yet ({e.details[:200]}); asking again in "
                           f"{2 ** attempt}s")
                 time.sleep(2 ** attempt)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _confirm_durable(self) -> None:
         """The last bucket's end is durable: said by its EndBucket, or asked again when it ended earlier."""
