@@ -250,12 +250,6 @@ class Replay:
     def _resume_point(self, status: ServerStatus) -> int:
         """Re-register lost held-out sets; return the bucket to continue with, and note the applied mark."""
         r = self.result
-        t0 = time.perf_counter()
-        for j, bucket in enumerate(self.stream.buckets):
-            if j not in status.eval_buckets:
-                self.client.register_eval_set(j, schema=self.schema, chunks=self._eval_chunks(bucket.test),
-                                              timeout=max(self.client.timeout, 600.0))
-        r.register_seconds += time.perf_counter() - t0
         self._applied = status.applied_sequences.get(r.stream_id, 0)
         ended = min(status.open_bucket, len(self.stream))
         if ended and self._applied < r.schedule.last(ended - 1):
@@ -265,6 +259,12 @@ class Replay:
                 f"sequence {r.schedule.last(ended - 1)}): it was trained on another dataset, order or schedule, "
                 "so this stream cannot be replayed there. Use a server with an empty checkpoint directory, or "
                 "repeat the command that trained it")
+        t0 = time.perf_counter()
+        for j, bucket in enumerate(self.stream.buckets):
+            if j not in status.eval_buckets:
+                self.client.register_eval_set(j, schema=self.schema, chunks=self._eval_chunks(bucket.test),
+                                              timeout=max(self.client.timeout, 600.0))
+        r.register_seconds += time.perf_counter() - t0
         # Model versions count applied batches; with this stream the server's only trainer,
         # version - offset is the number of this stream's batches the model has learned from.
         self._version_offset = status.model_version - self._applied
@@ -292,7 +292,8 @@ class Replay:
         checkpoint is asked again `durable_retries` times, then its "not durable" error is raised."""
         r, o = self.result, self.options
         last = r.schedule.last(bucket)
-        for attempt in range(o.durable_retries + 1):
+        attempt = 0
+        while True:
             try:
                 return self.client.end_bucket(bucket, bucket_size=len(self.stream.buckets[bucket].train),
                                               timeout=max(self.client.timeout, 600.0), retry=None,
@@ -309,7 +310,7 @@ class Replay:
                 self._say(f"bucket {bucket} is not durable on the server yet ({e.details[:200]}); asking again in "
                           f"{2 ** attempt}s")
                 time.sleep(2 ** attempt)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _confirm_durable(self) -> None:
         """The last bucket's end is durable: said by its EndBucket, or asked again when it ended earlier."""

@@ -126,6 +126,10 @@ class CheckpointStore:
         for _, old in numbered[: max(0, len(numbered) - keep)]:
             old.unlink(missing_ok=True)
 
+    def corrupt_files(self) -> list[Path]:
+        """Checkpoints set aside as corrupt, now or on an earlier start."""
+        return sorted(self.directory.glob("checkpoint-*.ckpt.corrupt"))
+
     def load_latest(self) -> tuple[dict, Path] | None:
         """The newest checkpoint that verifies, or None; the corrupt ones on the way are set aside."""
         for _, path in reversed(self._numbered()):

@@ -87,14 +87,15 @@ class Service:
                 self.worker.restore(state, path)
                 self.resumed_from = path
                 log.info("resumed from %s", path)
-            elif self.checkpoints.skipped and not settings.start_empty_on_corrupt:
-                raise ValueError(
-                    f"every checkpoint in {settings.checkpoint_dir} is corrupt ("
-                    + "; ".join(f"{s.path.name}: {s.reason}" for s in self.checkpoints.skipped)
-                    + "); they are kept as *.corrupt. Restore a good checkpoint into the directory, or start "
-                      "empty on purpose with --start-empty-on-corrupt")
-            elif self.checkpoints.skipped:
-                log.warning("every checkpoint was corrupt; starting empty, as --start-empty-on-corrupt asks")
+            elif self.checkpoints.corrupt_files():  # found now or on an earlier start: the refusal holds
+                if not settings.start_empty_on_corrupt:
+                    reasons = "; ".join(f"{s.path.name}: {s.reason}" for s in self.checkpoints.skipped)
+                    raise ValueError(
+                        f"every checkpoint in {settings.checkpoint_dir} is corrupt ({reasons or 'set aside earlier'}"
+                        f"); they are kept as *.corrupt. Put a good checkpoint into the directory, or start empty "
+                        "on purpose with --start-empty-on-corrupt")
+                log.warning("every checkpoint in %s is corrupt; starting empty, as --start-empty-on-corrupt asks",
+                            settings.checkpoint_dir)
         self.health = health.HealthServicer()
         for name in HEALTH_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

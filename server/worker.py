@@ -463,8 +463,8 @@ class TrainingWorker:
         if op.sequence <= mark and self.learner is not None:
             self.schemas.check(op.schema)
             self.metrics.duplicate_batches.inc()
-            return TrainResult(False, math.nan, math.nan, self.learner.version,
-                               self.learner.counters["samples_trained"], mark, self.durable_sequences.get(op.stream_id, 0))
+            return TrainResult(False, math.nan, math.nan, self.learner.version, self.learner.counters["samples_trained"],
+                               mark, self.durable_sequences.get(op.stream_id, 0))
         learner = self._candidate(op.schema)
         try:
             learner.check_bucket(op.bucket)

@@ -1,8 +1,11 @@
 """Checkpoints: atomic and verified on disk; a restarted server resumes exactly where it stood."""
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -166,3 +169,114 @@ def test_checkpoints_by_time(start, connect, stream, tmp_path):
                     checkpoint_keep=10)
     list(connect(service).Train(train_batches(stream, 0, limit=3)))
     assert len(list(tmp_path.glob("*.ckpt"))) == 3  # the interval has passed after every batch
+
+
+def test_the_store_prunes_before_writing_and_refuses_a_write_that_cannot_fit(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path, keep=3)
+    for n in range(3):
+        store.save({"n": n})
+    seen: list[int] = []
+    replace = os.replace
+
+    def counting_replace(src, dst):
+        seen.append(len(list(tmp_path.glob("checkpoint-*.ckpt"))))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", counting_replace)
+    store.save({"n": 3})
+    assert seen == [2] and len(list(tmp_path.glob("checkpoint-*.ckpt"))) == 3  # room for 3 needed, not 4
+
+    class Full:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full)
+    with pytest.raises(OSError) as full:
+        store.save({"n": 4, "t": torch.zeros(100_000)})
+    assert full.value.errno == errno.ENOSPC and "40960 bytes are free" in full.value.strerror
+    assert "No space left on device" in full.value.strerror and not list(tmp_path.glob(".*.tmp"))
+    assert len(list(tmp_path.glob("checkpoint-*.ckpt"))) == 2  # what retention allows went first; one always stays
+
+
+def test_end_bucket_refuses_a_gap_in_expected_sequences_and_changes_nothing(start, connect, stream, tmp_path):
+    stub = connect(start(checkpoint_dir=tmp_path, strategy="replay", buffer_capacity=100, seed=5, device="cpu"))
+    register_all(stub, stream)
+    list(stub.Train(train_batches(stream, 0, seed=5, limit=10)))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.EndBucket(pb.EndBucketRequest(bucket=0, expected_sequences={"s": 15}))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == ("expected_sequences['s']: expected sequence 15 applied before bucket 0 ends, "
+                                       "the server's applied mark is 10; send from sequence 11 again (the bucket "
+                                       "stays open)")
+    assert stub.GetStatus(pb.GetStatusRequest()).open_bucket == 0
+    acks = list(stub.Train(train_batches(stream, 0, seed=5)))
+    assert [a.duplicate for a in acks] == [True] * 10 + [False] * 5
+    ended = stub.EndBucket(pb.EndBucketRequest(bucket=0, expected_sequences={"s": 15}))
+    assert ended.durable and not ended.already_ended and decode(Path(ended.checkpoint).read_bytes())[
+        "applied_sequences"] == {"s": 15}
+    again = stub.EndBucket(pb.EndBucketRequest(bucket=0, expected_sequences={"s": 15}))
+    assert again.already_ended and again.durable and again.checkpoint == ended.checkpoint
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.durable_sequences == {"s": 15} and status.batches_since_checkpoint == 0
+    assert not status.checkpoint_error
+    ack = next(iter(stub.Train(train_batches(stream, 1, first_sequence=16, seed=5, limit=1))))
+    assert ack.applied_sequence == 16 and ack.durable_sequence == 15
+
+
+def test_a_checkpoint_that_verifies_but_lacks_keys_is_refused_naming_them(tmp_path):
+    store = CheckpointStore(tmp_path)
+    path = store.save({"format": 1, "schema": None, "learner": None, "applied_sequences": {}, "extra": 1})
+    with pytest.raises(ValueError) as refused:
+        Service(base_settings(checkpoint_dir=tmp_path))
+    message = str(refused.value)
+    assert str(path) in message and "missing ['drift', 'last_drift_version', 'last_loss', 'written_at']" in message
+    assert "unknown ['extra']" in message
+
+
+@pytest.mark.parametrize("learner_process", [False, True], ids=["learner-thread", "learner-process"])
+def test_a_failing_checkpoint_volume_fails_end_bucket_until_it_is_fixed(start, connect, stream, tmp_path,
+                                                                        learner_process):
+    """The volume goes bad (here: the folder is replaced by a file, so every write fails with an OS
+    error, for root too), then is fixed: EndBucket fails, training health goes NOT_SERVING while
+    Predict and "" stay up, and once fixed the same EndBucket writes the checkpoint and answers OK."""
+    import shutil
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service_helpers import channel_to
+
+    folder = tmp_path / "ckpt"
+    service = start(checkpoint_dir=folder, checkpoint_every_batches=1, strategy="replay", buffer_capacity=100,
+                    seed=5, device="cpu", learner_process=learner_process)
+    stub = connect(service)
+    health = health_pb2_grpc.HealthStub(channel_to(service))
+
+    def state(name: str) -> str:
+        answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+    register_all(stub, stream)
+    list(stub.Train(train_batches(stream, 0, seed=5, limit=5)))
+    assert state("clstream.v1.Training") == "SERVING"
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    list(stub.Train(train_batches(stream, 0, seed=5)))  # 10 more batches, each due a checkpoint
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.EndBucket(pb.EndBucketRequest(bucket=0, expected_sequences={"s": 15}))
+    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert failed.value.details().startswith("not durable: the end of bucket 0 is applied in memory but not on disk")
+    assert str(folder) in failed.value.details()
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.open_bucket == 1 and status.checkpoint_error and status.batches_since_checkpoint == 10
+    assert status.durable_sequences == {"s": 5}
+    assert state("clstream.v1.Training") == "NOT_SERVING"
+    assert state("") == state("clstream.v1.ContinualLearner") == "SERVING"
+    failures = value(scrape(service), "clstream_checkpoint_failures", "_total")
+    assert 2 <= failures <= 6  # periodic ones back off (1 s, 2 s, ...): not one per batch (10), plus EndBucket's
+
+    folder.unlink()
+    folder.mkdir()  # fixed
+    again = stub.EndBucket(pb.EndBucketRequest(bucket=0, expected_sequences={"s": 15}))
+    assert again.already_ended and again.durable and Path(again.checkpoint).parent == folder
+    assert state("clstream.v1.Training") == "SERVING"
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert not status.checkpoint_error and status.durable_sequences == {"s": 15}
