@@ -2,13 +2,15 @@
 
 It starts the real clstream-server as a child process on a free loopback port with the learner
 the flags describe (the same flags as `python -m cl_engine run`), streams the dataset to it
-(digits-rotated by default) with prediction queries in between, prints the accuracy matrix and the
+(digits-rotated by default) with prediction queries in between, checkpointing into DIR/checkpoints
+(emptied first: each demo starts from an untrained model), prints the accuracy matrix and the
 metrics, writes report.json and the figures, and stops the server with SIGTERM (drain, exit 0).
 The server's Prometheus endpoint is live during the run; its address is printed at the start.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,8 +50,11 @@ def run_demo(args: argparse.Namespace) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     log_path = directory / "server.log"
     log_path.unlink(missing_ok=True)
-    server = LocalServer(server_flags(config) + list(args.server_arg), port=args.port, metrics_port=args.metrics_port,
-                         threads=args.threads, log_path=log_path, cwd=directory)
+    checkpoints = directory / "checkpoints"  # the demo's own: every run starts from an empty model
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    server = LocalServer(server_flags(config) + ["--checkpoint-dir", str(checkpoints.resolve()), *args.server_arg],
+                         port=args.port, metrics_port=args.metrics_port, threads=args.threads, log_path=log_path,
+                         cwd=directory)
     print(f"starting clstream-server on loopback (strategy {config.strategy}, model {config.model}; "
           f"log {log_path})", flush=True)
     server.launch()

@@ -145,7 +145,7 @@ def summary_lines(report: dict) -> list[str]:
                      f"{report['model_versions']['served_first']}..{report['model_versions']['served_last']}, "
                      f"trailing the data sent by {served['mean_lag_batches']:.0f} batches on average"
                      + (f"; {served['failed_queries']} failed" if served["failed_queries"] else ""))
-    lines.append(f"durable: the final state is in checkpoint {report['final_checkpoint']}" if report.get("durable")
+    lines.append(f"durable: the final state is in checkpoint {_local(report['final_checkpoint'])}" if report.get("durable")
                  else "NOT durable: the server has no checkpoint directory, so a restart loses this training")
     prequential = report["prequential_accuracy"]
     lines.append(f"prequential accuracy {'-' if prequential is None else f'{100 * prequential:.2f}%'}; "
@@ -154,3 +154,12 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"resumed {len(report['resumes'])} time(s) after the server went away; "
                      f"{report['retrained_batches']} batches sent again, {report['duplicate_acks']} duplicates dropped")
     return lines
+
+
+def _local(path: str) -> str:
+    """A server's path as this machine's user would type it: relative when it lies below the working
+    directory (a local server's), as given otherwise."""
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
