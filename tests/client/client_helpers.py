@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # cli_helpers
 
 from cl_engine import LearnerConfig  # noqa: E402
 from server.service import Service  # noqa: E402
 from service_helpers import base_settings  # noqa: E402  (loopback, free ports, cpu)
-from cli_helpers import one_line_error  # noqa: E402,F401  (a real command's one-line failure)
 
 # 3 buckets × 200 training samples (20 batches of 10 per pass), 539 held-out samples each.
 STREAM = dict(num_buckets=3, samples_per_bucket=200)

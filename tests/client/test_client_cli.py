@@ -15,7 +15,8 @@ from client.api import Client
 from client.cli import build_parser, main
 from client.demo import server_flags
 from client.local_server import free_port, parse_ready_line
-from client_helpers import STREAM, STREAM_FLAGS, learner, one_line_error, target
+from cli_helpers import one_line_error
+from client_helpers import STREAM, STREAM_FLAGS, learner, target
 from server.settings import load_settings
 
 
