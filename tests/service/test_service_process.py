@@ -86,11 +86,16 @@ def test_ordinary_mistakes_are_one_line_that_names_the_setting(tmp_path):
         assert words in line and "input_value" not in line and "pydantic.dev" not in line, line
 
 
-def test_a_busy_metrics_port_names_the_port_the_endpoint_and_the_flag():
+def test_a_busy_port_names_the_port_what_it_is_for_and_the_flag():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         line = one_line_error(["-m", "server.main", "--port", "0", "--metrics-port", str(port), "--device", "cpu"])
-    assert f"Prometheus metrics endpoint (/metrics) on 127.0.0.1:{port}: Address already in use" in line, line
-    assert "--metrics-port" in line and "Traceback" not in line
+        assert f"Prometheus metrics endpoint (/metrics) on 127.0.0.1:{port}: Address already in use" in line, line
+        assert "--metrics-port" in line
+        # gRPC's own C core logs a line of its own before ours: exit 2, no traceback, the port and the flag.
+        done = subprocess.run([sys.executable, "-m", "server.main", "--port", str(port), "--metrics-port", "0",
+                               "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"could not bind the gRPC port 127.0.0.1:{port}" in done.stderr and "with --port" in done.stderr
