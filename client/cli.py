@@ -251,8 +251,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not JSON ({e}); expected the report.json of clstream-client stream or demo") \
             from None
-    for path in draw_all(report, args.out or path.parent, source=str(path)):
-        print(path)
+    for drawn in draw_all(report, args.out or path.parent, source=str(path)):
+        print(drawn)
     return 0
 
 

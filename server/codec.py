@@ -175,8 +175,8 @@ def open_image(data: bytes, field: str, limits: DecodeLimits, mode: str):
     except Image.DecompressionBombError:
         raise InvalidArgument(field, f"declares more than {limits.max_image_pixels} pixels (refused before decoding)")
     except UnidentifiedImageError:  # its message names an in-memory buffer object, not the data
-        raise InvalidArgument(field, f"is neither a JPEG nor a PNG file (first bytes {data[:8]!r}); expected a JPEG "
-                                     "or PNG file")
+        raise InvalidArgument(field, f"not a JPEG or PNG file (it starts with {data[:8]!r}); expected a JPEG or PNG "
+                                     "file")
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise InvalidArgument(field, f"could not be decoded as JPEG or PNG ({type(e).__name__}: {e})"[:300])
 

@@ -154,7 +154,8 @@ class Service:
                          else self.server.add_insecure_port(address))
         except RuntimeError as e:
             self.worker.stop()
-            raise RuntimeError(f"could not bind {address}: {e}") from None
+            raise RuntimeError(f"could not bind the gRPC port {address}: {e}; is another server on it? Choose another "
+                               "port with --port (0: a free one)") from None
         self.server.start()
         if s.metrics_enabled:
             try:

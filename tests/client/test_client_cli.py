@@ -3,6 +3,8 @@ status and predict against a real server; failures are one line and an exit code
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from client.api import Client
 from client.cli import build_parser, main
 from client.demo import server_flags
 from client.local_server import free_port, parse_ready_line
+from cli_helpers import one_line_error
 from client_helpers import STREAM, STREAM_FLAGS, learner, target
 from server.settings import load_settings
 
@@ -182,3 +185,109 @@ def test_tls_and_mutual_tls_flags(service, pki, small_stream, tmp_path, capsys):
         assert capsys.readouterr().err.startswith("error: GetStatus: UNAVAILABLE")
     assert main(["status", "--target", mutual, *me[:4]]) == 2  # a certificate without its key
     assert "private key go together" in capsys.readouterr().err
+
+
+# -- ordinary mistakes: one line naming what is wrong and what was expected, exit 2, nothing written --------------
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory, small_stream):
+    """Files a user may hand over by mistake: an engine report, a folder, a text file, an ordinary file."""
+    from cl_engine.report import write_json
+
+    folder = tmp_path_factory.mktemp("mistakes")
+    write_json(folder / "engine" / "report.json", run_stream(small_stream, learner(), progress=False))
+    (folder / "text.npy").write_text("not an array\n")
+    (folder / "a-file").write_text("")
+    np.save(folder / "x.npy", np.zeros((3, 1, 8, 8), dtype=np.float32))
+    return folder
+
+
+@pytest.mark.parametrize("args,words", [
+    (["figures", "{d}/engine/report.json"], "has no timeline, as a report of `python -m cl_engine run` has not; "
+                                            "expected the report.json of clstream-client stream or demo"),
+    (["figures", "{d}"], "is a folder; expected the report.json of clstream-client stream or demo"),
+    (["figures", "{d}/text.npy"], "is not JSON"),
+    (["demo", "--report", "{d}/a-file"], "--report {d}/a-file is a file; expected a folder"),
+    (["demo", "--device", "cuda:99"], "'cuda:99' asked for"),
+    (["demo", "--device", "tpu"], "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    (["demo", "--strategy", "replay", "--selection", "el2n"], "add --retain-ratio R (e.g. 0.05) or --retention"),
+    (["demo", "--batch-size", "0"], "--batch-size, --epochs and --query-size must be >= 1"),
+    (["stream", "--report", "{d}/a-file"], "--report {d}/a-file is a file; expected a folder"),
+    (["stream", "--buckets", "0"], "--buckets must be at least 1, got 0"),
+    (["predict", "--count", "0"], "--count must be at least 1, got 0"),
+    (["predict", "--top-k", "0"], "--top-k must be at least 1, got 0"),
+    (["predict", "--offset", "-1"], "--offset must be 0 or more, got -1"),
+    (["predict", *STREAM_FLAGS, "--offset", "539"], "--offset 539 is past the 539 samples of bucket 0's test split"),
+    (["predict", "--npy", "{d}/x.npy", "--offset", "3"], "--offset 3 is past the 3 samples of {d}/x.npy"),
+    (["predict", "--npy", "{d}/text.npy"], "--npy {d}/text.npy is not a .npy file; expected a .npy array"),
+    (["predict", "--image", "{d}"], "Is a directory"),
+], ids=["figures-engine-report", "figures-folder", "figures-not-json", "demo-report-file", "demo-device-cuda",
+        "demo-device-tpu", "demo-selection", "demo-batch-size", "stream-report-file", "stream-buckets",
+        "predict-count", "predict-top-k", "predict-negative-offset", "predict-offset", "predict-npy-offset",
+        "predict-npy-not-npy", "predict-image-folder"])
+def test_ordinary_mistakes_are_one_line_and_exit_2(mistakes, args, words):
+    before = sorted(p.relative_to(mistakes) for p in mistakes.rglob("*"))
+    # No server listens at the target: each mistake is found before any connection is tried.
+    argv = [a.format(d=mistakes) for a in args] + (["--target", f"127.0.0.1:{free_port()}"]
+                                                    if args[0] in ("stream", "predict") else [])
+    line = one_line_error(["-m", "client", *argv])
+    assert line.startswith("error: ") and words.format(d=mistakes) in line, line
+    assert sorted(p.relative_to(mistakes) for p in mistakes.rglob("*")) == before  # no figure, no folder
+
+
+def test_stream_to_a_port_without_a_server_fails_at_once():
+    """The reconnect budget (120 s) is for a server that was there: one that never answered fails the command
+    within the client's own few retries."""
+    port = free_port()
+    line = one_line_error(["-m", "client", "stream", "--target", f"127.0.0.1:{port}", "--quiet"], code=1,
+                          timeout=100)
+    assert line.startswith(f"error: GetStatus: UNAVAILABLE: no server answers at 127.0.0.1:{port}"), line
+    assert "check --target" in line
+
+
+def test_status_into_a_closed_pipe_exits_quietly_as_unix_tools_do(service):
+    """`clstream-client status --json | head`: the reader has gone before the output is written."""
+    t = target(service(learner()))
+    process = subprocess.Popen([sys.executable, "-m", "client", "status", "--json", "--target", t],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # as `head` does once it has its lines; here before anything is written
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and err == ""  # 128 + SIGPIPE, and not a word of traceback
+
+
+def test_an_undecodable_image_is_named_without_python_internals(service, tmp_path):
+    t = target(service(learner(), class_names=list("0123456789"), input_shape=[1, 8, 8]))
+    (tmp_path / "photo.png").write_bytes(b"GIF89a not a png")
+    line = one_line_error(["-m", "client", "predict", "--target", t, "--image", str(tmp_path / "photo.png")], code=1)
+    assert "INVALID_ARGUMENT" in line and "not a JPEG or PNG file (it starts with b'GIF89a n')" in line, line
+    assert "object at 0x" not in line and "BytesIO" not in line
+
+
+def test_predict_samples_across_the_classes_of_a_split_sorted_by_label(service, capsys):
+    t = target(service(learner(), class_names=list("0123456789"), input_shape=[1, 8, 8]))
+    assert main(["predict", "--target", t, "--dataset", "digits-rotated", "--count", "8", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    truth = [p["true_label"] for p in answer["predictions"]]
+    assert len(truth) == 8 and len(set(truth)) >= 6, truth  # the first 8 samples are all of class 0
+    assert answer["predictions"][0]["sample"] == "bucket 0 test[0]"
+
+
+def test_the_help_shows_the_defaults():
+    def help_of(*argv):
+        done = subprocess.run([sys.executable, "-m", *argv, "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.split())  # argparse wraps lines
+
+    stream = help_of("client", "stream")
+    for words in ("fails the command at once) (default: 120.0)", "samples per training batch (default: 10)",
+                  "at most (0: no client-side bound) (default: 16)"):
+        assert words in stream, words
+    demo = help_of("client", "demo")
+    for words in ("SGD learning rate (default: 0.1)", "samples the replay memory can hold (default: 1000)",
+                  "(default: out/demo)", "gRPC port (0: a free one) (default: 0)"):
+        assert words in demo, words
+    server = help_of("server.main")
+    for words in ("gRPC port; 0 picks a free one (default: 50051)", "metrics port; 0 picks a free one (default: 9464)",
+                  "SGD learning rate (default: 0.1)", "samples the replay memory can hold (default: 1000)",
+                  "serve Prometheus metrics over HTTP (default: True)"):
+        assert words in server, words

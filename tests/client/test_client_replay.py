@@ -133,3 +133,46 @@ def test_running_the_same_stream_again_resumes_and_trains_nothing(live, small_st
     after = client.status()
     assert after.samples_trained == before.samples_trained and after.model_version == before.model_version
     assert not any(math.isnan(a) for row in after.accuracy_matrix for a in row)
+
+
+# -- what the figures say (drawn from the recorded report, inspected as matplotlib objects) ----------------------
+
+@pytest.fixture
+def recorded(live):
+    return json.loads((live["dir"] / "report.json").read_text())
+
+
+def test_the_matrix_colour_bar_is_in_percent_as_the_cells(recorded):
+    from client.figures import matrix_figure
+
+    fig = matrix_figure(recorded)
+    [bar] = [ax for ax in fig.axes if ax.get_ylabel() == "accuracy (%)"]
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in bar.get_yticklabels() if t.get_text()]
+    assert ticks and all(0 <= int(t) <= 100 for t in ticks) and "100" in ticks, ticks
+    cells = {t.get_text() for t in fig.axes[0].texts}
+    assert f"{100 * recorded['accuracy_matrix'][0][0]:.0f}" in cells
+
+
+def test_the_buffer_figure_names_its_axes_and_the_memory_of_its_strategy(recorded):
+    from client.figures import buffer_figure
+
+    [ax] = buffer_figure(recorded).axes
+    assert ax.get_xlabel() and ax.get_ylabel() == "samples in memory"
+    assert ax.get_title().startswith("replay memory by bucket of origin")
+    assert any(t.get_text() == "capacity 150" for t in ax.get_legend().get_texts())
+    [ax] = buffer_figure({**recorded, "strategy": "gem"}).axes  # GEM's memory: per bucket, no shared capacity
+    assert ax.get_title().startswith("episodic memory by bucket of origin") and ax.get_xlabel()
+    assert not any("capacity" in t.get_text() for t in ax.get_legend().get_texts()) and not ax.lines
+
+
+def test_a_served_point_at_the_start_is_not_hidden_on_the_y_axis(recorded):
+    from client.figures import over_time_figure
+
+    queries = recorded["timeline"]["queries"]
+    single = {k: v[:1] for k, v in queries.items()}
+    single["position"] = [0]
+    report = {**recorded, "timeline": {**recorded["timeline"], "queries": single}}
+    ax = over_time_figure(report).axes[0]
+    [served] = [line for line in ax.lines if line.get_label().startswith("served")]
+    assert list(served.get_xdata()) == [0] and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 from server.checkpoint import CheckpointStore
+from cli_helpers import one_line_error
 from service_helpers import train_batches
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +70,32 @@ def test_bad_settings_exit_2_without_a_traceback():
                             text=True, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'proto'}"},
                             timeout=120)
     assert result.returncode == 2 and "lr" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ordinary_mistakes_are_one_line_that_names_the_setting(tmp_path):
+    """Exit 2 and one line: pydantic's errors without the input echoed back or its URL, a config file's syntax
+    error with the file's name, the flag --selection needs."""
+    (tmp_path / "server.toml").write_text("lr = [\n")
+    for argv, words in [
+        (["--config", str(tmp_path / "server.toml")], f"config file {tmp_path / 'server.toml'} is not valid TOML"),
+        (["--port", "70000"], "invalid settings: port: Input should be less than or equal to 65535"),
+        (["--lr", "abc"], "invalid settings: lr: Input should be a valid number"),
+        (["--selection", "el2n"], "add --retain-ratio R (e.g. 0.05) or --retention per-bucket"),
+    ]:
+        line = one_line_error(["-m", "server.main", *argv])
+        assert words in line and "input_value" not in line and "pydantic.dev" not in line, line
+
+
+def test_a_busy_port_names_the_port_what_it_is_for_and_the_flag():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_error(["-m", "server.main", "--port", "0", "--metrics-port", str(port), "--device", "cpu"])
+        assert f"Prometheus metrics endpoint (/metrics) on 127.0.0.1:{port}: Address already in use" in line, line
+        assert "--metrics-port" in line
+        # gRPC's own C core logs a line of its own before ours: exit 2, no traceback, the port and the flag.
+        done = subprocess.run([sys.executable, "-m", "server.main", "--port", str(port), "--metrics-port", "0",
+                               "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"could not bind the gRPC port 127.0.0.1:{port}" in done.stderr and "with --port" in done.stderr

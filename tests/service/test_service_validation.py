@@ -160,7 +160,7 @@ BAD_SAMPLES = {  # what Predict and Evaluate refuse alike: samples → words in 
     "wrong shape": (encode_samples(torch.zeros(10, 3, 8, 8)), "samples.tensor.shape"),
     "NaN": (nan_samples(), "NaN or Inf"),
     "undecodable image": (pb.Samples(images=pb.EncodedImages(images=[b"\xff\xd8garbage"] * 10)),
-                          "samples.images.images[0]"),
+                          "samples.images.images[0]: not a JPEG or PNG file (it starts with b'\\xff\\xd8garbag')"),
     "too many bytes": (tensor_with(Z, data=b"\0" * 2561), "samples.tensor.data: 2561 bytes; expected 2560"),
 }
 
