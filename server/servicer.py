@@ -27,7 +27,8 @@ from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
 from .codec import DecodeLimits, decode_labels, decode_samples
-from .errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError
+from .errors import Cancelled, FailedPrecondition, InvalidArgument, ServiceError
+from .idle import IdleClock, idle_limited
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
 from .settings import ServerSettings
@@ -102,7 +103,6 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             image_mean=tuple(settings.image_mean) if settings.image_mean else None,
             image_std=tuple(settings.image_std) if settings.image_std else None,
             image_transform=settings.image_transform)
-        self._inference_slots = threading.BoundedSemaphore(settings.max_concurrent_predictions)
         self.decode_pool = (ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="clstream-decode")
                             if settings.decode_threads > 1 else None)
 
@@ -136,20 +136,14 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     @contextlib.contextmanager
     def _serving(self) -> Iterator[tuple[Snapshot, Schema]]:
-        """One of the `max_concurrent_predictions` slots (RESOURCE_EXHAUSTED when none is free) and
-        the snapshot that answers the whole call, held (never refreshed) until the block ends."""
-        if not self._inference_slots.acquire(blocking=False):
-            raise ResourceExhausted(f"{self.settings.max_concurrent_predictions} Predict/Evaluate calls are already "
-                                    "running, the most this server takes at once; retry with backoff")
-        try:
-            with self.snapshots.reading() as snapshot:
-                schema = self.schemas.schema
-                if snapshot is None or schema is None:
-                    raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
-                                             "EvalSetChunk (or fixed in the server's settings)")
-                yield snapshot, schema
-        finally:
-            self._inference_slots.release()
+        """The snapshot that answers the whole call, held (never refreshed) until the block ends. (How
+        many such calls run at once is bounded by the call budgets, server/budgets.py.)"""
+        with self.snapshots.reading() as snapshot:
+            schema = self.schemas.schema
+            if snapshot is None or schema is None:
+                raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
+                                         "EvalSetChunk (or fixed in the server's settings)")
+            yield snapshot, schema
 
     # -- Train ----------------------------------------------------------------------------------------
 
@@ -197,16 +191,18 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         scope = CallScope.of(context)
         window = threading.Semaphore(self.settings.queue_size)  # acks owed to this caller, at most
         pending: queue.Queue = queue.Queue()
+        clock = IdleClock()  # not idle while an ack is owed
 
         def read() -> None:
             schema = None  # declared by this call's first batch; later ones may omit it
             try:
-                for batch in requests:
+                for batch in idle_limited(requests, self.settings.stream_idle_timeout_seconds, context, clock):
                     while not window.acquire(timeout=0.2):
                         if not scope.live:
                             return
                     op = self._train_op(batch, scope, schema)
                     schema = op.schema
+                    clock.owe(1)
                     pending.put((op, self.worker.submit(op, self.settings.enqueue_timeout_seconds)))
             except ServiceError as e:
                 pending.put(e)
@@ -230,6 +226,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
                 op, future = item
                 result = _wait(future, context)
                 window.release()
+                clock.owe(-1)
                 yield pb.TrainAck(stream_id=op.stream_id, sequence=op.sequence, applied=result.applied,
                                   duplicate=not result.applied, accuracy=result.accuracy, loss=result.loss,
                                   model_version=result.version, samples_trained=result.samples_trained,
@@ -258,7 +255,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     @_handle("RegisterEvalSet")
     def RegisterEvalSet(self, request_iterator, context) -> pb.RegisterEvalSetResponse:
         bucket, schema, xs, ys, total = None, None, [], [], 0
-        for i, chunk in enumerate(request_iterator):
+        for i, chunk in enumerate(idle_limited(request_iterator, self.settings.stream_idle_timeout_seconds, context)):
             if bucket is None:
                 bucket = self._bucket(chunk.bucket)
             elif chunk.bucket != bucket:
@@ -320,7 +317,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     def Evaluate(self, request_iterator, context) -> pb.EvaluateResponse:
         with self._serving() as (snapshot, schema):  # one snapshot answers the whole call
             correct, total, loss = 0, 0, 0.0
-            for chunk in request_iterator:
+            for chunk in idle_limited(request_iterator, self.settings.stream_idle_timeout_seconds, context):
                 x, y = self._labelled(chunk, schema)
                 logits = snapshot.logits(x)
                 correct += int((logits.argmax(dim=1) == y).sum())

@@ -44,8 +44,20 @@ class ServerSettings(BaseSettings, LearnerConfig):
     metrics_port: int = Field(9464, ge=0, le=65535, description="metrics port; 0 picks a free one")
     max_message_bytes: int = Field(64 * MiB, ge=4096, le=2**31 - 1,
                                    description="largest gRPC message accepted or sent (RESOURCE_EXHAUSTED above)")
-    worker_threads: int = Field(16, ge=4, description="gRPC handler threads, and so concurrent calls (each open "
-                                                      "stream holds one; calls beyond are RESOURCE_EXHAUSTED)")
+    worker_threads: int = Field(8, ge=2, description="gRPC handler threads beyond the call budgets' sum, kept for "
+                                                     "health checks and for answering refusals")
+    # Call budgets (server/budgets.py): calls at once, per kind; beyond them RESOURCE_EXHAUSTED naming the budget.
+    max_open_streams: int = Field(16, ge=1, description="Train, RegisterEvalSet, health Watch and reflection "
+                                                        "streams open at once, all clients together")
+    max_streams_per_client: int = Field(8, ge=1, description="streams one client may hold open: per bearer token "
+                                                             "with auth, per peer address without")
+    max_admin_calls: int = Field(8, ge=1, description="EndBucket and other admin calls running at once")
+    stream_idle_timeout_seconds: float = Field(120.0, ge=0, description="a client stream that sends nothing this "
+                                               "long, while owed no answer, is ended with ABORTED (0: never)")
+    keepalive_seconds: float = Field(60.0, gt=0, description="the server pings a connection silent this long, and "
+                                                              "closes it when the ping is not answered in 20 s")
+    keepalive_min_ping_seconds: float = Field(10.0, gt=0, description="clients may ping at most this often; faster "
+                                                                       "pingers are disconnected (GOAWAY)")
     # Training.
     queue_size: int = Field(64, ge=1, description="training operations waiting for the worker, at most")
     enqueue_timeout_seconds: float = Field(30.0, gt=0, description="how long a sender waits on a full queue "
@@ -74,8 +86,9 @@ class ServerSettings(BaseSettings, LearnerConfig):
         "resize-crop", description="resize-crop: shorter side resized, centre cropped, then image_mean/std; "
                                    "imagenet: cl_engine's image-dataset transforms (CLEAR's), the training one "
                                    "(random resized crop, flip) for Train batches")
-    max_concurrent_predictions: int = Field(32, ge=1, description="Predict and Evaluate calls at once; more are "
-                                                                  "shed with RESOURCE_EXHAUSTED")
+    max_concurrent_predictions: int = Field(32, ge=1, description="Predict, Evaluate and GetStatus calls at once "
+                                                                  "(a call budget); more are shed with "
+                                                                  "RESOURCE_EXHAUSTED")
     decode_threads: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1, le=256,
                                 description="threads that decode one message's encoded images in parallel (1: in "
                                             "order, in the receiving thread); only for large images, 16 KiB or "
