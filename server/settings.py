@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import (BaseSettings, JsonConfigSettingsSource, PydanticBaseSettingsSource,
                                SettingsConfigDict, TomlConfigSettingsSource)
@@ -113,9 +113,10 @@ class ServerSettings(BaseSettings, LearnerConfig):
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
     tls_client_ca_file: Path | None = Field(None, description="PEM CA bundle: require client certificates "
                                                               "(mutual TLS)")
-    auth_tokens: list[SecretStr] = Field(default_factory=list, description="bearer tokens accepted (none: no "
-                                                                           "auth); prefer the env or a file")
-    auth_token_file: Path | None = Field(None, description="file of accepted bearer tokens, one per line")
+    auth_tokens: list[SecretStr] = Field(default_factory=list, description="bearer tokens accepted, trimmed; "
+                                         "none: no auth; empty ones are refused; prefer the env or a file")
+    auth_token_file: Path | None = Field(None, description="file of accepted bearer tokens, one per line, trimmed; "
+                                                           "blank lines are skipped, a file of none is refused")
     # Lifecycle.
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="time in-flight calls get on SIGTERM")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
@@ -128,8 +129,22 @@ class ServerSettings(BaseSettings, LearnerConfig):
             data = {**data, "retention": "ratio"}
         return data
 
+    @field_validator("auth_tokens", mode="after")
+    @classmethod
+    def _usable_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        """Auth fails closed: a token is trimmed (spaces around it could never be sent), an empty one is an
+        error, never a token that `authorization: Bearer` matches."""
+        trimmed = [SecretStr(t.get_secret_value().strip()) for t in tokens]
+        for i, token in enumerate(trimmed):
+            if not token.get_secret_value():
+                raise ValueError(f"token {i + 1} of {len(trimmed)} is empty: it would let `authorization: Bearer` "
+                                 "with no token in; remove it from --auth-tokens, CLSTREAM_AUTH_TOKENS or the config "
+                                 "file's auth_tokens")
+        return trimmed
+
     @model_validator(mode="after")
     def _check_server(self) -> "ServerSettings":
+        self._check_token_sources()
         if (self.class_names is None) != (self.input_shape is None):
             raise ValueError("class_names and input_shape go together: give both to fix the schema, or neither "
                              "to let the first client declare it")
@@ -166,6 +181,22 @@ class ServerSettings(BaseSettings, LearnerConfig):
         if path.suffix == ".toml":
             return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path)
         return init_settings, env_settings, JsonConfigSettingsSource(settings_cls, path)
+
+    def _check_token_sources(self) -> None:
+        """A token source that yields no token refuses to start rather than leave the server open."""
+        if "auth_tokens" in self.model_fields_set and not self.auth_tokens and self.auth_token_file is None:
+            raise ValueError("auth_tokens is set but holds no token, which would turn auth off; give at least one "
+                             "token in --auth-tokens, CLSTREAM_AUTH_TOKENS or the config file, or unset it to run "
+                             "without auth")
+        if self.auth_token_file is not None:
+            try:
+                text = self.auth_token_file.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"auth_token_file {self.auth_token_file}: cannot read it ({e})") from None
+            if not any(line.strip() for line in text.splitlines()):
+                raise ValueError(f"auth_token_file {self.auth_token_file} holds no token (it is empty or blank), "
+                                 "which would turn auth off; put one token per line in it, or drop --auth-token-file "
+                                 "/ CLSTREAM_AUTH_TOKEN_FILE to run without auth")
 
     # -- derived ------------------------------------------------------------------------------------
 
