@@ -31,6 +31,7 @@ from .errors import Cancelled, FailedPrecondition, InvalidArgument, ServiceError
 from .idle import IdleClock, idle_limited
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
+from .schema_bounds import SchemaBounds
 from .settings import ServerSettings
 from .snapshot import Snapshot, SnapshotHolder
 from .worker import CallScope, EndBucketOp, RegisterEvalOp, TrainingWorker, TrainOp
@@ -103,6 +104,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             image_mean=tuple(settings.image_mean) if settings.image_mean else None,
             image_std=tuple(settings.image_std) if settings.image_std else None,
             image_transform=settings.image_transform)
+        self.bounds = SchemaBounds(settings.model, settings.max_sample_values, settings.max_classes,
+                                   settings.max_model_bytes)
         self.decode_pool = (ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="clstream-decode")
                             if settings.decode_threads > 1 else None)
 
@@ -118,6 +121,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         same call (`within`), which the server adopts only once the whole call has passed."""
         declared = Schema.from_proto(message.schema) if message.HasField("schema") else None
         if within is None:
+            if declared is not None and self.schemas.schema is None:  # a first schema: bounded before any allocation
+                self.bounds.check(declared)
             return self.schemas.check(declared)
         if declared is not None and not declared.matches(within):
             raise FailedPrecondition(f"schema mismatch: this message declares {declared.describe()}, an earlier "
@@ -131,6 +136,10 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     def _labelled(self, message, schema: Schema, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool)
+        if train and 0 < len(x) < self.bounds.min_batch(schema):
+            raise InvalidArgument("samples", f"got {len(x)} sample; the server's {self.settings.model} model needs at "
+                                             f"least {self.bounds.min_batch(schema)} per training batch (batch "
+                                             "normalisation needs more than one value per channel)")
         schema.check_values(x, "samples")
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 

@@ -74,6 +74,13 @@ class ServerSettings(BaseSettings, LearnerConfig):
     # Schema: both or neither; neither lets the first client declare it.
     class_names: list[str] | None = Field(None, description="class names in label order")
     input_shape: list[int] | None = Field(None, description="shape of one sample, e.g. 1 8 8")
+    # Bounds on a schema a first client declares (server/schema_bounds.py), checked before anything is allocated.
+    max_sample_values: int = Field(3 * 512 * 512, ge=1, le=3 * 1024 * 1024,
+                                   description="values in one sample (the product of input_shape), at most")
+    max_classes: int = Field(1000, ge=2, le=100_000, description="classes of a schema, at most (each is a label of "
+                                                                 "the per-class metrics)")
+    max_model_bytes: int = Field(256 * MiB, ge=MiB, description="the model's float32 parameters for a schema, in "
+                                 "bytes, at most (training holds about 4x: gradients, momentum, the serving copy)")
     # Input limits and image preprocessing.
     max_batch_samples: int = Field(4096, ge=1, description="samples per message, at most")
     max_eval_samples: int = Field(100_000, ge=1, description="samples per registered held-out set, at most")
@@ -149,11 +156,13 @@ class ServerSettings(BaseSettings, LearnerConfig):
             raise ValueError("class_names and input_shape go together: give both to fix the schema, or neither "
                              "to let the first client declare it")
         if self.class_names is not None:
-            from .errors import InvalidArgument
             from .schema import Schema
+            from .errors import ServiceError
+            from .schema_bounds import SchemaBounds
             try:
-                Schema.validated(self.class_names, self.input_shape, "settings")
-            except InvalidArgument as e:
+                SchemaBounds(self.model, self.max_sample_values, self.max_classes, self.max_model_bytes).check(
+                    Schema.validated(self.class_names, self.input_shape, "settings"), "settings")
+            except ServiceError as e:
                 raise ValueError(e.message) from None
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
