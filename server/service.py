@@ -25,6 +25,7 @@ from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 from .auth import BearerTokenInterceptor
 from .budgets import ADMIN, SERVING, STREAMS, CallBudgets
 from .checkpoint import CheckpointStore
+from .eval_sets import EvalSetBudget
 from .learner_process import LearnerProcess
 from .metrics import ServerMetrics, start_metrics_server
 from .schema import Schema, SchemaHolder
@@ -69,7 +70,8 @@ class Service:
             checkpoint_every_batches=settings.checkpoint_every_batches,
             checkpoint_every_seconds=settings.checkpoint_every_seconds,
             drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
-                              settings.drift_alpha))
+                              settings.drift_alpha),
+            eval_budget=EvalSetBudget(settings.max_eval_total_samples, settings.max_eval_total_bytes))
         if settings.learner_process:
             self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
                                          log_level=logging.getLevelName(settings.log_level.upper()),

@@ -134,13 +134,15 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             raise InvalidArgument(field, f"got {bucket}; expected 0..{self.settings.max_buckets - 1}")
         return bucket
 
-    def _labelled(self, message, schema: Schema, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool)
+    def _labelled(self, message, schema: Schema, train: bool = False, keep_uint8: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool,
+                           keep_uint8)
         if train and 0 < len(x) < self.bounds.min_batch(schema):
             raise InvalidArgument("samples", f"got {len(x)} sample; the server's {self.settings.model} model needs at "
                                              f"least {self.bounds.min_batch(schema)} per training batch (batch "
                                              "normalisation needs more than one value per channel)")
-        schema.check_values(x, "samples")
+        schema.check_values(x if x.is_floating_point() else x.float() / 255.0, "samples")
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     @contextlib.contextmanager
@@ -271,7 +273,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
                 raise InvalidArgument(f"chunk {i}: bucket", f"got {chunk.bucket}; expected {bucket} like the first "
                                                             "chunk (one held-out set per call)")
             schema = self._schema(chunk, within=schema)
-            x, y = self._labelled(chunk, schema)
+            x, y = self._labelled(chunk, schema, keep_uint8=True)  # kept as it came: uint8 stays uint8
             total += len(y)
             if total > self.settings.max_eval_samples:
                 raise InvalidArgument("samples", f"the set exceeds {self.settings.max_eval_samples} samples, the "
@@ -280,6 +282,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             ys.append(y)
         if bucket is None:
             raise InvalidArgument("chunks", "the call sent no chunk; expected at least one EvalSetChunk")
+        if any(x.dtype != torch.uint8 for x in xs):  # a set of mixed chunks is held as float32, each scaled alike
+            xs = [x.float() / 255.0 if x.dtype == torch.uint8 else x for x in xs]
         op = RegisterEvalOp(CallScope.of(context), bucket, torch.cat(xs), torch.cat(ys), schema)
         r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.RegisterEvalSetResponse(bucket=r.bucket, num_samples=r.num_samples,

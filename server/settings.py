@@ -84,6 +84,10 @@ class ServerSettings(BaseSettings, LearnerConfig):
     # Input limits and image preprocessing.
     max_batch_samples: int = Field(4096, ge=1, description="samples per message, at most")
     max_eval_samples: int = Field(100_000, ge=1, description="samples per registered held-out set, at most")
+    max_eval_total_samples: int = Field(1_000_000, ge=1, description="samples across every registered held-out "
+                                        "set, at most (they are in every checkpoint too)")
+    max_eval_total_bytes: int = Field(1024 * MiB, ge=1, description="bytes the held-out sets take across every "
+                                      "registered set, at most (uint8 samples are kept as uint8: 1 byte a value)")
     max_image_bytes: int = Field(16 * MiB, ge=1, description="bytes per encoded image, at most")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="declared width × height per image, at most "
                                                                  "(checked before decoding)")

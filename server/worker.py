@@ -42,9 +42,10 @@ from cl_engine.drift import PageHinkley
 from cl_engine.guard import REASONS as SKIP_REASONS
 from cl_engine.guard import all_finite
 from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
-from cl_engine.streams.base import TensorSet
 
+from . import eval_sets
 from .checkpoint import CheckpointStore
+from .eval_sets import EvalSetBudget
 from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable, ResourceExhausted, ServiceError,
                      Unavailable)
 from .metrics import ServerMetrics
@@ -219,6 +220,7 @@ class WorkerOptions:
     checkpoint_every_batches: int = 0
     checkpoint_every_seconds: float = 0.0
     drift: PageHinkley = field(default_factory=PageHinkley)
+    eval_budget: EvalSetBudget = field(default_factory=EvalSetBudget)
 
 
 class TrainingWorker:
@@ -230,15 +232,17 @@ class TrainingWorker:
                    snapshot_interval=options.snapshot_interval, max_streams=options.max_streams,
                    checkpoints=checkpoints, checkpoint_every_batches=options.checkpoint_every_batches,
                    checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
-                   status_wanted=status_wanted, on_durability=on_durability)
+                   status_wanted=status_wanted, on_durability=on_durability, eval_budget=options.eval_budget)
 
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
                  max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
                  checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
                  drift: PageHinkley | None = None, status_wanted: threading.Event | None = None,
-                 on_durability: Callable[[bool, str], None] | None = None):
+                 on_durability: Callable[[bool, str], None] | None = None,
+                 eval_budget: EvalSetBudget | None = None):
         self.config = config
+        self.eval_budget = eval_budget or EvalSetBudget()
         self.schemas = schemas
         self.snapshots = snapshots
         self.metrics = metrics
@@ -530,14 +534,13 @@ class TrainingWorker:
         learner = self._candidate(op.schema)
         existing = learner.eval_sets.get(op.bucket)
         if existing is not None:
-            same = (isinstance(existing, TensorSet) and existing.x.shape == op.x.shape
-                    and torch.equal(existing.x, op.x) and torch.equal(existing.labels, op.y))
-            if not same:
+            if not eval_sets.same(existing, op.x, op.y):
                 raise FailedPrecondition(f"bucket: bucket {op.bucket} already has a held-out set of {len(existing)} "
                                          "samples and it differs from this one; held-out sets are fixed once "
                                          "registered, so the accuracy matrix keeps its meaning")
             return RegisterResult(op.bucket, len(existing), True, sorted(learner.eval_sets))
-        learner.register_eval_set(op.bucket, TensorSet(op.x, op.y))
+        self.eval_budget.check(learner.eval_sets, op.bucket, op.x, op.y)
+        learner.register_eval_set(op.bucket, eval_sets.held(op.x, op.y))
         self._adopt(learner, op.schema)
         self._dirty = True
         return RegisterResult(op.bucket, len(op.y), False, sorted(learner.eval_sets))
