@@ -100,7 +100,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         self.metrics = metrics
         self.limits = DecodeLimits(
             max_samples=settings.max_batch_samples, max_image_bytes=settings.max_image_bytes,
-            max_image_pixels=settings.max_image_pixels,
+            max_image_pixels=settings.max_image_pixels, max_message_pixels=settings.max_message_pixels,
             image_mean=tuple(settings.image_mean) if settings.image_mean else None,
             image_std=tuple(settings.image_std) if settings.image_std else None,
             image_transform=settings.image_transform)
