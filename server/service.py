@@ -66,6 +66,7 @@ class Service:
         options = WorkerOptions(
             settings.learner_config(), queue_size=settings.queue_size,
             snapshot_interval=settings.snapshot_interval_seconds, max_streams=settings.max_streams,
+            stream_mark_max_idle_seconds=settings.stream_mark_max_idle_seconds,
             checkpoint_dir=settings.checkpoint_dir, checkpoint_keep=settings.checkpoint_keep,
             checkpoint_every_batches=settings.checkpoint_every_batches,
             checkpoint_every_seconds=settings.checkpoint_every_seconds,

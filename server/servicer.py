@@ -34,7 +34,7 @@ from .schema import Schema, SchemaHolder
 from .schema_bounds import SchemaBounds
 from .settings import ServerSettings
 from .snapshot import Snapshot, SnapshotHolder
-from .worker import CallScope, EndBucketOp, RegisterEvalOp, TrainingWorker, TrainOp
+from .worker import CallScope, EndBucketOp, ForgetStreamOp, RegisterEvalOp, TrainingWorker, TrainOp
 
 log = logging.getLogger(__name__)
 MAX_STREAM_ID = 128
@@ -341,6 +341,18 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             raise InvalidArgument("chunks", "the call sent no samples; expected at least one EvaluateChunk")
         return pb.EvaluateResponse(correct=correct, total=total, accuracy=correct / total, loss=loss / total,
                                    model_version=version)
+
+    # -- ForgetStream (admin) -------------------------------------------------------------------------
+
+    @_handle("ForgetStream")
+    def ForgetStream(self, request: pb.ForgetStreamRequest, context) -> pb.ForgetStreamResponse:
+        if not _valid_stream_id(request.stream_id):
+            raise InvalidArgument("stream_id", f"got {request.stream_id[:40]!r}; expected 1..{MAX_STREAM_ID} printable "
+                                               "ASCII characters")
+        op = ForgetStreamOp(CallScope.of(context), request.stream_id)
+        r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
+        return pb.ForgetStreamResponse(stream_id=r.stream_id, forgotten=r.sequence is not None,
+                                       sequence=r.sequence or 0, streams_known=r.streams_known)
 
     # -- GetStatus ------------------------------------------------------------------------------------
 

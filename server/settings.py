@@ -68,7 +68,11 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                                      "the GIL the gRPC threads need (Predict, decoding, acks)")
     learner_nice: int = Field(10, ge=0, le=19, description="with learner_process: added to the learner process's "
                                                        "niceness, so that when cores are short Predict goes first")
-    max_streams: int = Field(1024, ge=1, description="distinct training stream ids remembered, at most")
+    max_streams: int = Field(1024, ge=1, description="distinct training stream ids whose applied marks are kept, "
+                                                      "at most")
+    stream_mark_max_idle_seconds: float = Field(7 * 24 * 3600.0, ge=0, description="a stream's applied mark unused "
+                                                "this long is dropped, least recently used first, when a new stream "
+                                                "needs its place (0: never; ForgetStream drops one at once)")
     max_buckets: int = Field(100, ge=1, description="buckets (trained or held-out) the server accepts, at most; "
                                                   "bounds the accuracy matrix metric to max_buckets² series")
     # Schema: both or neither; neither lets the first client declare it.
