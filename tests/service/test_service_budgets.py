@@ -139,3 +139,32 @@ def test_a_client_that_pings_too_often_is_disconnected(start, stream, release):
         list(call)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
     channel.close()
+
+
+def test_admin_calls_have_a_budget_of_their_own(start, connect, stream, release, monkeypatch):
+    """One slow admin call (a ForgetStream held in the worker) fills max_admin_calls=1: another admin
+    call is refused naming it, while serving calls and health answer."""
+    service = start(max_admin_calls=1)
+    stub = connect(service)
+    list(stub.Train(train_batches(stream, 0, limit=1)))
+    forget, entered = service.worker._forget, threading.Event()
+
+    def slow(op):
+        entered.set()
+        release.wait(30)
+        return forget(op)
+
+    monkeypatch.setattr(service.worker, "_forget", slow)
+    held = stub.ForgetStream.future(pb.ForgetStreamRequest(stream_id="s"))
+    assert entered.wait(10)  # the ForgetStream call holds the only admin place
+    with pytest.raises(grpc.RpcError) as e:
+        stub.EndBucket(pb.EndBucketRequest(bucket=0), timeout=5)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_admin_calls" in e.value.details() and "1 admin calls" in e.value.details(), e.value.details()
+    other = pb_grpc.ContinualLearnerStub(channel := channel_to(service, **OWN_CONNECTION))
+    assert other.GetStatus(pb.GetStatusRequest(), timeout=5).samples_trained == 10
+    assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    release.set()
+    assert held.result(timeout=30).forgotten
+    channel.close()
