@@ -6,7 +6,7 @@ Every RPC but a health Check belongs to one budget, a count of calls running at 
   `max_streams_per_client` of them per client: per bearer token when auth is on, per peer address
   (the IP, not the port) otherwise;
 - `max_concurrent_predictions`: unary serving (Predict, Evaluate, GetStatus);
-- `max_admin_calls`: the rest (EndBucket, and any other method of the service).
+- `max_admin_calls`: the rest (EndBucket, ForgetStream, and any other method of the service).
 
 A call over its budget ends at once with RESOURCE_EXHAUSTED naming the setting to raise. The
 server's handler threads are the budgets' sum plus `worker_threads` spare ones, so the calls the
@@ -34,7 +34,7 @@ _KINDS = {
 }
 _WHAT = {STREAMS: "streams (Train, RegisterEvalSet, health Watch, reflection) are open",
          SERVING: "Predict/Evaluate/GetStatus calls are running",
-         ADMIN: "admin calls (EndBucket, ...) are running"}
+         ADMIN: "admin calls (EndBucket, ForgetStream, ...) are running"}
 
 
 def budget_of(method: str) -> str | None:

@@ -51,7 +51,8 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                                         "streams open at once, all clients together")
     max_streams_per_client: int = Field(8, ge=1, description="streams one client may hold open: per bearer token "
                                                              "with auth, per peer address without")
-    max_admin_calls: int = Field(8, ge=1, description="EndBucket and other admin calls running at once")
+    max_admin_calls: int = Field(8, ge=1, description="EndBucket, ForgetStream and other admin calls running at "
+                                                      "once")
     stream_idle_timeout_seconds: float = Field(120.0, ge=0, description="a client stream that sends nothing this "
                                                "long, while owed no answer, is ended with ABORTED (0: never)")
     keepalive_seconds: float = Field(60.0, gt=0, description="the server pings a connection silent this long, and "
