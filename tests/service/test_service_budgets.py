@@ -109,20 +109,23 @@ def test_one_client_may_hold_only_its_share_of_streams(start, connect, stream, r
     service = start(auth_tokens=["token-a", "token-b"], max_streams_per_client=2, stream_idle_timeout_seconds=0)
     stub = connect(service)
     a, b = (("authorization", "Bearer token-a"),), (("authorization", "Bearer token-b"),)
-    held = [stub.Train(silent(release), metadata=a) for _ in range(2)]
+    held = [stub.Train(silent(release, train_batches(stream, 0, stream_id=f"a{k}", limit=1)), metadata=a)
+            for k in range(2)]
+    assert all(next(call).applied for call in held)  # both hold their places (an ack came back)
     third = stub.Train(silent(release), metadata=a)
     with pytest.raises(grpc.RpcError) as e:
         list(third)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "max_streams_per_client" in e.value.details() and "already has 2 streams open" in e.value.details()
     assert "token-a" not in e.value.details()  # the refusal names the client by a hash, never the secret
-    assert [x.applied for x in stub.Train(train_batches(stream, 0, limit=1), metadata=b)] == [True]
+    assert [x.applied for x in stub.Train(train_batches(stream, 0, stream_id="b", limit=1), metadata=b)] == [True]
     assert not any(c.done() for c in held)
 
     plain = connect(start(max_streams_per_client=1, stream_idle_timeout_seconds=0))
-    first = plain.Train(silent(release))
+    first = plain.Train(silent(release, train_batches(stream, 0, stream_id="p", limit=1)))
+    assert next(first).applied
     with pytest.raises(grpc.RpcError) as e:  # without auth a client is its address: loopback here
-        list(plain.Train(train_batches(stream, 0, limit=1)))
+        list(plain.Train(train_batches(stream, 0, stream_id="q", limit=1)))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "peer 127.0.0.1 already has 1 streams open" in e.value.details() and not first.done()
 
