@@ -16,7 +16,7 @@ class LearnerConfig(BaseModel):
     model: str = Field("mlp", description=f"network: one of {', '.join(MODELS)}")
     strategy: Literal["naive", "replay", "gem", "agem"] = Field(
         "replay", description="naive: plain SGD; replay: experience replay; gem, agem: gradient constraints")
-    lr: float = Field(0.1, gt=0, description="SGD learning rate")
+    lr: float = Field(0.1, gt=0, le=3e38, description="SGD learning rate")  # float32 must hold it (SGD scales by it)
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (L2)")
     # Replay memory. Capacity is a hard bound on samples held, whatever the retention.

@@ -105,6 +105,18 @@ def test_predictions_during_training_carry_increasing_versions(start, connect, s
     assert stub.Predict(pb.PredictRequest(samples=probe)).model_version == final
 
 
+def test_a_step_the_guard_refuses_is_acked_consumed_but_not_learned(start, connect, stream):
+    """A learning rate that overflows every weight: each batch is applied (its sequence counts, exactly-once
+    holds) but not learned; the ack names the guard's reason, and the model and its version stay as they were."""
+    stub = connect(start(lr=3e38))
+    acks = list(stub.Train(train_batches(stream, 0, limit=3)))
+    assert [(a.applied, a.learned, a.skip_reason, a.applied_sequence) for a in acks] == [
+        (True, False, "non_finite_weights", s) for s in (1, 2, 3)]
+    assert all(a.model_version == 0 and a.durable_sequence == 0 for a in acks)
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.applied_sequences["s"] == 3 and status.model_version == 0
+
+
 def test_a_duplicate_batch_is_not_trained_twice(start, connect, stream):
     stub = connect(start())
     batches = list(train_batches(stream, 0, limit=4))
