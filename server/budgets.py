@@ -23,6 +23,7 @@ import grpc
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 STREAMS, SERVING, ADMIN = "max_open_streams", "max_concurrent_predictions", "max_admin_calls"
 PER_CLIENT = "max_streams_per_client"
+LABELS = {STREAMS: "streams", SERVING: "serving", ADMIN: "admin", PER_CLIENT: "per_client"}  # metric labels
 _KINDS = {
     "/clstream.v1.ContinualLearner/Train": STREAMS,
     "/clstream.v1.ContinualLearner/RegisterEvalSet": STREAMS,
@@ -71,17 +72,18 @@ class CallBudgets(grpc.ServerInterceptor):
         with self._lock:
             return dict(self._open)
 
-    def _admit(self, budget: str, client: str) -> str | None:
-        """Take a place in `budget` (and in the client's streams); the refusal's message if none is free."""
+    def _admit(self, budget: str, client: str) -> tuple[str, str] | None:
+        """Take a place in `budget` (and in the client's streams); if none is free, the limit that refused
+        and the refusal's message."""
         with self._lock:
             if self._open[budget] >= self.limits[budget]:
-                return (f"{self.limits[budget]} {_WHAT[budget]}, the most this server takes at once ({budget}); "
-                        "retry with backoff")
+                return budget, (f"{self.limits[budget]} {_WHAT[budget]}, the most this server takes at once "
+                                f"({budget}); retry with backoff")
             if budget == STREAMS:
                 mine = self._streams_by_client.get(client, 0)
                 if mine >= self.per_client:
-                    return (f"{client} already has {mine} streams open, the most one client may hold "
-                            f"({PER_CLIENT}); end one, or retry with backoff")
+                    return PER_CLIENT, (f"{client} already has {mine} streams open, the most one client may hold "
+                                        f"({PER_CLIENT}); end one, or retry with backoff")
                 self._streams_by_client[client] = mine + 1
             self._open[budget] += 1
             return None
@@ -110,9 +112,10 @@ class CallBudgets(grpc.ServerInterceptor):
             client = client_of(metadata, context.peer() or "")
             refusal = self._admit(budget, client)
             if refusal is not None:
+                limit, message = refusal
                 if self._on_refuse is not None:
-                    self._on_refuse(method, budget)
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                    self._on_refuse(method, limit)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
             once = threading.Lock()
             released = []
 

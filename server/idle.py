@@ -15,7 +15,7 @@ from typing import Iterator
 
 import grpc
 
-from .errors import ServiceError
+from .errors import Cancelled, ServiceError
 
 SETTING = "stream_idle_timeout_seconds"
 _END = object()
@@ -53,9 +53,13 @@ class IdleClock:
 
 def idle_limited(requests, seconds: float, context, clock: IdleClock | None = None) -> Iterator:
     """`requests`, read ahead by one message in a thread of its own; raises StreamIdle once the client
-    has been silent for `seconds` by `clock` (0: never). Ends when the call ends."""
+    has been silent for `seconds` by `clock` (0: never), Cancelled when the client cancels the call
+    (no traceback in the log for it). Ends when the call ends."""
     if seconds <= 0:
-        yield from requests
+        try:
+            yield from requests
+        except grpc.RpcError:
+            raise Cancelled("the client ended the stream") from None
         return
     clock = clock or IdleClock()
     box: queue.Queue = queue.Queue(maxsize=1)
@@ -98,6 +102,8 @@ def idle_limited(requests, seconds: float, context, clock: IdleClock | None = No
             clock.touch()
             if item is _END:
                 return
+            if isinstance(item, grpc.RpcError):
+                raise Cancelled("the client ended the stream") from None
             if isinstance(item, BaseException):
                 raise item
             yield item

@@ -24,6 +24,7 @@ from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
 from .auth import BearerTokenInterceptor
 from .budgets import ADMIN, SERVING, STREAMS, CallBudgets
+from .budgets import LABELS as BUDGET_LABELS
 from .checkpoint import CheckpointStore
 from .eval_sets import EvalSetBudget
 from .learner_process import LearnerProcess
@@ -132,6 +133,10 @@ class Service:
     def _count_rejection(self, method: str) -> None:
         self._count_refusal(method, "UNAUTHENTICATED")
 
+    def _count_budget_refusal(self, method: str, limit: str) -> None:
+        self.metrics.calls_refused.labels(BUDGET_LABELS[limit]).inc()
+        self._count_refusal(method, "RESOURCE_EXHAUSTED")
+
     def _count_refusal(self, method: str, code: str) -> None:
         name = method.rsplit("/", 1)[-1]
         self.metrics.requests.labels(name if name in METHODS else "other", code).inc()
@@ -142,7 +147,11 @@ class Service:
         tokens = s.tokens()
         self.budgets = CallBudgets({STREAMS: s.max_open_streams, SERVING: s.max_concurrent_predictions,
                                     ADMIN: s.max_admin_calls}, s.max_streams_per_client,
-                                   on_refuse=lambda method, _budget: self._count_refusal(method, "RESOURCE_EXHAUSTED"))
+                                   on_refuse=self._count_budget_refusal)
+        for budget, label in BUDGET_LABELS.items():
+            self.metrics.calls_refused.labels(label)
+            if budget in self.budgets.limits:
+                self.metrics.calls_open.labels(label).set_function(lambda b=budget: self.budgets.open_calls()[b])
         # auth first: a call without a good token is refused before it takes a place in a budget
         interceptors = ([BearerTokenInterceptor(tokens, on_reject=self._count_rejection)] if tokens else [])
         interceptors.append(self.budgets)

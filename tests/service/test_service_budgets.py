@@ -14,6 +14,7 @@ from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 from server.codec import encode_samples
 from service_helpers import channel_to, eval_chunks, train_batches
+from test_service_observability import scrape, value
 
 OWN_CONNECTION = {"grpc.use_local_subchannel_pool": 1}  # another client: a connection of its own
 
@@ -66,6 +67,12 @@ def test_idle_streams_lock_out_no_other_call_and_health_is_never_refused(start, 
     with pytest.raises(grpc.RpcError) as e:  # only another stream waits for a place
         list(other.Train(train_batches(stream, 0, first_sequence=2, limit=1), timeout=5))
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_open_streams" in e.value.details()
+    metrics = scrape(service)  # what an operator sees: the stream budget full, five calls refused by it
+    assert value(metrics, "clstream_calls_open", budget="streams") == 16
+    assert value(metrics, "clstream_calls_refused", "_total", budget="streams") == 5
+    assert value(metrics, "clstream_calls_refused", "_total", budget="serving") == 0
+    assert sum(s.value for s in metrics["clstream_requests"].samples
+               if s.name == "clstream_requests_total" and s.labels["code"] == "RESOURCE_EXHAUSTED") == 5
     release.set()  # the idle streams end: their places come back
     wait_done(idle, 20)
     deadline = time.monotonic() + 10
