@@ -19,7 +19,7 @@ from .config import LearnerConfig
 from .metrics import AccuracyMatrix, PrequentialWindow
 from .models import build_model
 from .retention import BucketRetention, ReservoirRetention
-from .streams.base import SampleSet, TensorSet
+from .streams.base import SampleSet, ScaledSet, TensorSet
 from .strategies import STRATEGIES, Context
 
 EVAL_BATCH = 512
@@ -227,7 +227,8 @@ class Learner:
             "counters": dict(self.counters),
             "version": self.version,
             "open_bucket": self.open_bucket,
-            "eval_sets": {b: (s.x.cpu(), s.labels.cpu()) for b, s in self.eval_sets.items() if isinstance(s, TensorSet)},
+            "eval_sets": {b: (s.x.cpu(), s.labels.cpu()) for b, s in self.eval_sets.items()  # uint8 stays uint8
+                          if isinstance(s, TensorSet) or (isinstance(s, ScaledSet) and s.transform is None)},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -242,7 +243,7 @@ class Learner:
         self.version = state["version"]
         self.open_bucket = state["open_bucket"]
         for b, (x, y) in state["eval_sets"].items():
-            self.eval_sets[b] = TensorSet(x, y)
+            self.eval_sets[b] = ScaledSet(x, y) if x.dtype == torch.uint8 else TensorSet(x, y)
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | None = None) -> "Learner":

@@ -419,6 +419,16 @@ class Client:
             chunks(), timeout=self._timeout(timeout), metadata=self._metadata), retry)
         return EvaluateResult(r.correct, r.total, r.accuracy, r.loss, r.model_version)
 
+    def forget_stream(self, stream_id: str, timeout: float | None = _DEFAULT,
+                      retry: RetryPolicy | None = _DEFAULT) -> dict:
+        """Admin: drop `stream_id`'s applied mark (exactly-once no longer covers that id). Returns
+        {"stream_id", "forgotten", "sequence", "streams_known"}; safe to repeat."""
+        r = self._run("ForgetStream", lambda: self._stub.ForgetStream(
+            pb.ForgetStreamRequest(stream_id=stream_id), timeout=self._timeout(timeout), metadata=self._metadata),
+            retry)
+        return {"stream_id": r.stream_id, "forgotten": r.forgotten, "sequence": r.sequence,
+                "streams_known": r.streams_known}
+
     def status(self, timeout: float | None = _DEFAULT, retry: RetryPolicy | None = _DEFAULT) -> ServerStatus:
         r = self._run("GetStatus", lambda: self._stub.GetStatus(
             pb.GetStatusRequest(), timeout=self._timeout(timeout), metadata=self._metadata), retry)

@@ -3,6 +3,7 @@
     clstream-client stream  --target HOST:PORT --dataset digits-rotated --report out/run
     clstream-client predict --target HOST:PORT --dataset digits-rotated --bucket 4 --count 8 --top-k 3
     clstream-client status  --target HOST:PORT
+    clstream-client forget-stream --target HOST:PORT STREAM_ID
     clstream-client demo    [--strategy gem] [--dataset buckets-npz:my.npz]
     clstream-client figures out/run/report.json
 
@@ -239,6 +240,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget_stream(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        r = client.forget_stream(args.stream_id)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    elif r["forgotten"]:
+        print(f"forgot stream {r['stream_id']!r} (its applied mark was {r['sequence']}); the server keeps "
+              f"{r['streams_known']} streams' marks")
+    else:
+        print(f"the server keeps no mark for stream {r['stream_id']!r}; nothing to forget ({r['streams_known']} "
+              "streams known)")
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from .figures import draw_all
 
@@ -301,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_connection_flags(status)
     status.add_argument("--json", action="store_true", help="the status as JSON")
     status.set_defaults(func=cmd_status)
+
+    forget = sub.add_parser("forget-stream", help="admin: drop one stream id's applied mark, freeing its place in "
+                                                  "the server's max_streams (exactly-once no longer covers that id)")
+    add_connection_flags(forget)
+    forget.add_argument("stream_id", help="the stream id, as in `clstream-client status`")
+    forget.add_argument("--json", action="store_true", help="the answer as JSON")
+    forget.set_defaults(func=cmd_forget_stream)
 
     demo = sub.add_parser("demo", help="the main job: start a server, stream a dataset to it, report",
                           description="Start clstream-server on a free loopback port, stream the dataset to it "

@@ -43,6 +43,7 @@ class DecodeLimits:
     max_samples: int = 4096  # per message
     max_image_bytes: int = 16 * 1024 * 1024  # per encoded image
     max_image_pixels: int = 4096 * 4096  # declared width × height, checked before decoding
+    max_message_pixels: int = 64 * 1024 * 1024  # declared pixels of all of a message's images, before decoding
     image_mean: tuple[float, ...] | None = None  # per channel, after scaling to [0, 1]
     image_std: tuple[float, ...] | None = None
     # "resize-crop": any channel count, shorter side resized and centre cropped, then mean/std above;
@@ -53,13 +54,13 @@ class DecodeLimits:
 
 
 def decode_samples(samples: pb.Samples, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
-                   train: bool = False, pool: Executor | None = None) -> torch.Tensor:
+                   train: bool = False, pool: Executor | None = None, keep_uint8: bool = False) -> torch.Tensor:
     """A float32 tensor [n, *input_shape] with finite values, 1 <= n <= limits.max_samples.
     `train` picks the training-time image transform where the transform has one; `pool` may
-    decode large images in parallel."""
+    decode large images in parallel; `keep_uint8` returns a uint8 tensor as it came (unscaled)."""
     kind = samples.WhichOneof("payload")
     if kind == "tensor":
-        return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples)
+        return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples, keep_uint8)
     if kind == "images":
         return decode_images(samples.images, f"{field}.images", input_shape, limits, train, pool)
     raise InvalidArgument(field, "not set; expected `tensor` (raw samples) or `images` (JPEG/PNG files)")
@@ -72,7 +73,8 @@ def _count(n: int, field: str, max_samples: int) -> None:
         raise InvalidArgument(field, f"{n} samples; expected at most {max_samples} per message")
 
 
-def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_samples: int) -> torch.Tensor:
+def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_samples: int,
+                  keep_uint8: bool = False) -> torch.Tensor:
     if t.dtype not in WIRE_DTYPES:
         raise InvalidArgument(f"{field}.dtype", f"got {pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else t.dtype}; "
                                                 "expected DTYPE_UINT8, DTYPE_FLOAT16 or DTYPE_FLOAT32")
@@ -88,6 +90,8 @@ def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_sa
     if len(t.data) != count * dtype.itemsize:
         raise InvalidArgument(f"{field}.data", f"{len(t.data)} bytes; expected {count * dtype.itemsize} "
                                                f"({shape} × {dtype.itemsize} bytes per {dtype.name})")
+    if keep_uint8 and t.dtype == pb.DTYPE_UINT8:
+        return torch.from_numpy(np.frombuffer(t.data, dtype=dtype).reshape(shape).copy())
     array = np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(np.float32)
     if divisor != 1.0:
         array /= np.float32(divisor)
@@ -121,6 +125,7 @@ def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, 
         raise InvalidArgument(field, f"the model takes samples of shape {list(input_shape)}; images need a schema "
                                      "input_shape of [1 or 3, height, width]; send a `tensor` instead")
     _count(len(images.images), f"{field}.images", limits.max_samples)
+    _message_pixels(images.images, f"{field}.images", limits)
     if imagenet:
         evaluation, training = _imagenet_transforms(input_shape[1])
         transform = training if train else evaluation
@@ -150,6 +155,24 @@ def decodes_in_parallel(files, pool: Executor | None) -> bool:
     """Whether `decode_images` hands these encoded files to `pool`: more than one, and large enough
     on average (PARALLEL_MIN_IMAGE_BYTES) to pay for the hand-off."""
     return pool is not None and len(files) > 1 and sum(map(len, files)) >= PARALLEL_MIN_IMAGE_BYTES * len(files)
+
+
+def _message_pixels(files, field: str, limits: DecodeLimits) -> None:
+    """The message's decoding cost, bounded before any image is decoded: the pixels its images' headers
+    declare, together, at most `max_message_pixels` (each image's own checks come with its decoding)."""
+    from PIL import Image
+
+    total = 0
+    for i, data in enumerate(files):
+        try:
+            w, h = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS).size  # the header only
+        except Exception:  # not an image at all: open_image names what is wrong with it
+            continue
+        total += max(w, 0) * max(h, 0)
+        if total > limits.max_message_pixels:
+            raise InvalidArgument(field, f"images 0..{i} declare {total} pixels together; expected at most "
+                                         f"{limits.max_message_pixels} per message (the server's max_message_pixels; "
+                                         "refused before decoding): send fewer or smaller images per message")
 
 
 def open_image(data: bytes, field: str, limits: DecodeLimits, mode: str):

@@ -145,6 +145,10 @@ class ServerMetrics:
         self.rejected_batches = Counter("clstream_rejected_batches", "Training batches rejected, by status code.",
                                         ["code"], registry=r)
         self.snapshots = Counter("clstream_snapshots", "Serving snapshots published.", registry=r)
+        self.calls_open = Gauge("clstream_calls_open", "Calls holding a place in each call budget right now "
+                                "(streams, serving, admin).", ["budget"], registry=r)
+        self.calls_refused = Counter("clstream_calls_refused", "Calls refused because their call budget, or the "
+                                     "client's share of streams (per_client), was full.", ["budget"], registry=r)
         self.train_streams_open = Gauge("clstream_train_streams_open", "Train calls in progress right now.",
                                         registry=r)
         self.served_samples = Counter("clstream_served_samples", "Predicted samples whose caller sent the true "

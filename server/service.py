@@ -23,7 +23,10 @@ from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
 from .auth import BearerTokenInterceptor
+from .budgets import ADMIN, SERVING, STREAMS, CallBudgets
+from .budgets import LABELS as BUDGET_LABELS
 from .checkpoint import CheckpointStore
+from .eval_sets import EvalSetBudget
 from .learner_process import LearnerProcess
 from .metrics import ServerMetrics, start_metrics_server
 from .schema import Schema, SchemaHolder
@@ -64,11 +67,13 @@ class Service:
         options = WorkerOptions(
             settings.learner_config(), queue_size=settings.queue_size,
             snapshot_interval=settings.snapshot_interval_seconds, max_streams=settings.max_streams,
+            stream_mark_max_idle_seconds=settings.stream_mark_max_idle_seconds,
             checkpoint_dir=settings.checkpoint_dir, checkpoint_keep=settings.checkpoint_keep,
             checkpoint_every_batches=settings.checkpoint_every_batches,
             checkpoint_every_seconds=settings.checkpoint_every_seconds,
             drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
-                              settings.drift_alpha))
+                              settings.drift_alpha),
+            eval_budget=EvalSetBudget(settings.max_eval_total_samples, settings.max_eval_total_bytes))
         if settings.learner_process:
             self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
                                          log_level=logging.getLevelName(settings.log_level.upper()),
@@ -126,23 +131,43 @@ class Service:
                             else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def _count_rejection(self, method: str) -> None:
+        self._count_refusal(method, "UNAUTHENTICATED")
+
+    def _count_budget_refusal(self, method: str, limit: str) -> None:
+        self.metrics.calls_refused.labels(BUDGET_LABELS[limit]).inc()
+        self._count_refusal(method, "RESOURCE_EXHAUSTED")
+
+    def _count_refusal(self, method: str, code: str) -> None:
         name = method.rsplit("/", 1)[-1]
-        self.metrics.requests.labels(name if name in METHODS else "other", "UNAUTHENTICATED").inc()
+        self.metrics.requests.labels(name if name in METHODS else "other", code).inc()
 
     def start(self) -> "Service":
         s = self.settings
         self.worker.start()
         tokens = s.tokens()
-        interceptors = [BearerTokenInterceptor(tokens, on_reject=self._count_rejection)] if tokens else []
+        self.budgets = CallBudgets({STREAMS: s.max_open_streams, SERVING: s.max_concurrent_predictions,
+                                    ADMIN: s.max_admin_calls}, s.max_streams_per_client,
+                                   on_refuse=self._count_budget_refusal)
+        for budget, label in BUDGET_LABELS.items():
+            self.metrics.calls_refused.labels(label)
+            if budget in self.budgets.limits:
+                self.metrics.calls_open.labels(label).set_function(lambda b=budget: self.budgets.open_calls()[b])
+        # auth first: a call without a good token is refused before it takes a place in a budget
+        interceptors = ([BearerTokenInterceptor(tokens, on_reject=self._count_rejection)] if tokens else [])
+        interceptors.append(self.budgets)
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes),
-                   ("grpc.so_reuseport", 0)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=s.worker_threads,
+                   ("grpc.so_reuseport", 0),
+                   ("grpc.keepalive_time_ms", int(s.keepalive_seconds * 1000)),
+                   ("grpc.keepalive_timeout_ms", 20_000),
+                   ("grpc.keepalive_permit_without_calls", 1),
+                   ("grpc.http2.min_ping_interval_without_data_ms", int(s.keepalive_min_ping_seconds * 1000)),
+                   ("grpc.http2.max_ping_strikes", 2)]
+        # No maximum_concurrent_rpcs: the budgets refuse calls, and the threads beyond their sum
+        # (worker_threads) answer health checks and refusals, so a health check never waits behind them.
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.budgets.threads_needed() + s.worker_threads,
                                                              thread_name_prefix="clstream-rpc"),
-                                  interceptors=interceptors, options=options,
-                                  # a call beyond the handler threads is refused (RESOURCE_EXHAUSTED) at once
-                                  # rather than left waiting behind long-lived streams
-                                  maximum_concurrent_rpcs=s.worker_threads)
+                                  interceptors=interceptors, options=options)
         self.servicer = ContinualLearnerServicer(s, self.schemas, self.worker, self.snapshots, self.metrics)
         pb_grpc.add_ContinualLearnerServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

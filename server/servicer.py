@@ -27,12 +27,14 @@ from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
 from .codec import DecodeLimits, decode_labels, decode_samples
-from .errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted, ServiceError
+from .errors import Cancelled, FailedPrecondition, InvalidArgument, ServiceError
+from .idle import IdleClock, idle_limited
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
+from .schema_bounds import SchemaBounds
 from .settings import ServerSettings
 from .snapshot import Snapshot, SnapshotHolder
-from .worker import CallScope, EndBucketOp, RegisterEvalOp, TrainingWorker, TrainOp
+from .worker import CallScope, EndBucketOp, ForgetStreamOp, RegisterEvalOp, TrainingWorker, TrainOp
 
 log = logging.getLogger(__name__)
 MAX_STREAM_ID = 128
@@ -98,11 +100,12 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         self.metrics = metrics
         self.limits = DecodeLimits(
             max_samples=settings.max_batch_samples, max_image_bytes=settings.max_image_bytes,
-            max_image_pixels=settings.max_image_pixels,
+            max_image_pixels=settings.max_image_pixels, max_message_pixels=settings.max_message_pixels,
             image_mean=tuple(settings.image_mean) if settings.image_mean else None,
             image_std=tuple(settings.image_std) if settings.image_std else None,
             image_transform=settings.image_transform)
-        self._inference_slots = threading.BoundedSemaphore(settings.max_concurrent_predictions)
+        self.bounds = SchemaBounds(settings.model, settings.max_sample_values, settings.max_classes,
+                                   settings.max_model_bytes)
         self.decode_pool = (ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="clstream-decode")
                             if settings.decode_threads > 1 else None)
 
@@ -118,6 +121,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         same call (`within`), which the server adopts only once the whole call has passed."""
         declared = Schema.from_proto(message.schema) if message.HasField("schema") else None
         if within is None:
+            if declared is not None and self.schemas.schema is None:  # a first schema: bounded before any allocation
+                self.bounds.check(declared)
             return self.schemas.check(declared)
         if declared is not None and not declared.matches(within):
             raise FailedPrecondition(f"schema mismatch: this message declares {declared.describe()}, an earlier "
@@ -129,27 +134,27 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             raise InvalidArgument(field, f"got {bucket}; expected 0..{self.settings.max_buckets - 1}")
         return bucket
 
-    def _labelled(self, message, schema: Schema, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool)
-        schema.check_values(x, "samples")
+    def _labelled(self, message, schema: Schema, train: bool = False, keep_uint8: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool,
+                           keep_uint8)
+        if train and 0 < len(x) < self.bounds.min_batch(schema):
+            raise InvalidArgument("samples", f"got {len(x)} sample; the server's {self.settings.model} model needs at "
+                                             f"least {self.bounds.min_batch(schema)} per training batch (batch "
+                                             "normalisation needs more than one value per channel)")
+        schema.check_values(x if x.is_floating_point() else x.float() / 255.0, "samples")
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     @contextlib.contextmanager
     def _serving(self) -> Iterator[tuple[Snapshot, Schema]]:
-        """One of the `max_concurrent_predictions` slots (RESOURCE_EXHAUSTED when none is free) and
-        the snapshot that answers the whole call, held (never refreshed) until the block ends."""
-        if not self._inference_slots.acquire(blocking=False):
-            raise ResourceExhausted(f"{self.settings.max_concurrent_predictions} Predict/Evaluate calls are already "
-                                    "running, the most this server takes at once; retry with backoff")
-        try:
-            with self.snapshots.reading() as snapshot:
-                schema = self.schemas.schema
-                if snapshot is None or schema is None:
-                    raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
-                                             "EvalSetChunk (or fixed in the server's settings)")
-                yield snapshot, schema
-        finally:
-            self._inference_slots.release()
+        """The snapshot that answers the whole call, held (never refreshed) until the block ends. (How
+        many such calls run at once is bounded by the call budgets, server/budgets.py.)"""
+        with self.snapshots.reading() as snapshot:
+            schema = self.schemas.schema
+            if snapshot is None or schema is None:
+                raise FailedPrecondition("no model yet: the schema is declared with the first TrainBatch or "
+                                         "EvalSetChunk (or fixed in the server's settings)")
+            yield snapshot, schema
 
     # -- Train ----------------------------------------------------------------------------------------
 
@@ -197,16 +202,18 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         scope = CallScope.of(context)
         window = threading.Semaphore(self.settings.queue_size)  # acks owed to this caller, at most
         pending: queue.Queue = queue.Queue()
+        clock = IdleClock()  # not idle while an ack is owed
 
         def read() -> None:
             schema = None  # declared by this call's first batch; later ones may omit it
             try:
-                for batch in requests:
+                for batch in idle_limited(requests, self.settings.stream_idle_timeout_seconds, context, clock):
                     while not window.acquire(timeout=0.2):
                         if not scope.live:
                             return
                     op = self._train_op(batch, scope, schema)
                     schema = op.schema
+                    clock.owe(1)
                     pending.put((op, self.worker.submit(op, self.settings.enqueue_timeout_seconds)))
             except ServiceError as e:
                 pending.put(e)
@@ -230,6 +237,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
                 op, future = item
                 result = _wait(future, context)
                 window.release()
+                clock.owe(-1)
                 yield pb.TrainAck(stream_id=op.stream_id, sequence=op.sequence, applied=result.applied,
                                   duplicate=not result.applied, accuracy=result.accuracy, loss=result.loss,
                                   model_version=result.version, samples_trained=result.samples_trained,
@@ -258,14 +266,14 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     @_handle("RegisterEvalSet")
     def RegisterEvalSet(self, request_iterator, context) -> pb.RegisterEvalSetResponse:
         bucket, schema, xs, ys, total = None, None, [], [], 0
-        for i, chunk in enumerate(request_iterator):
+        for i, chunk in enumerate(idle_limited(request_iterator, self.settings.stream_idle_timeout_seconds, context)):
             if bucket is None:
                 bucket = self._bucket(chunk.bucket)
             elif chunk.bucket != bucket:
                 raise InvalidArgument(f"chunk {i}: bucket", f"got {chunk.bucket}; expected {bucket} like the first "
                                                             "chunk (one held-out set per call)")
             schema = self._schema(chunk, within=schema)
-            x, y = self._labelled(chunk, schema)
+            x, y = self._labelled(chunk, schema, keep_uint8=True)  # kept as it came: uint8 stays uint8
             total += len(y)
             if total > self.settings.max_eval_samples:
                 raise InvalidArgument("samples", f"the set exceeds {self.settings.max_eval_samples} samples, the "
@@ -274,6 +282,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             ys.append(y)
         if bucket is None:
             raise InvalidArgument("chunks", "the call sent no chunk; expected at least one EvalSetChunk")
+        if any(x.dtype != torch.uint8 for x in xs):  # a set of mixed chunks is held as float32, each scaled alike
+            xs = [x.float() / 255.0 if x.dtype == torch.uint8 else x for x in xs]
         op = RegisterEvalOp(CallScope.of(context), bucket, torch.cat(xs), torch.cat(ys), schema)
         r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.RegisterEvalSetResponse(bucket=r.bucket, num_samples=r.num_samples,
@@ -320,7 +330,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     def Evaluate(self, request_iterator, context) -> pb.EvaluateResponse:
         with self._serving() as (snapshot, schema):  # one snapshot answers the whole call
             correct, total, loss = 0, 0, 0.0
-            for chunk in request_iterator:
+            for chunk in idle_limited(request_iterator, self.settings.stream_idle_timeout_seconds, context):
                 x, y = self._labelled(chunk, schema)
                 logits = snapshot.logits(x)
                 correct += int((logits.argmax(dim=1) == y).sum())
@@ -331,6 +341,18 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             raise InvalidArgument("chunks", "the call sent no samples; expected at least one EvaluateChunk")
         return pb.EvaluateResponse(correct=correct, total=total, accuracy=correct / total, loss=loss / total,
                                    model_version=version)
+
+    # -- ForgetStream (admin) -------------------------------------------------------------------------
+
+    @_handle("ForgetStream")
+    def ForgetStream(self, request: pb.ForgetStreamRequest, context) -> pb.ForgetStreamResponse:
+        if not _valid_stream_id(request.stream_id):
+            raise InvalidArgument("stream_id", f"got {request.stream_id[:40]!r}; expected 1..{MAX_STREAM_ID} printable "
+                                               "ASCII characters")
+        op = ForgetStreamOp(CallScope.of(context), request.stream_id)
+        r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
+        return pb.ForgetStreamResponse(stream_id=r.stream_id, forgotten=r.sequence is not None,
+                                       sequence=r.sequence or 0, streams_known=r.streams_known)
 
     # -- GetStatus ------------------------------------------------------------------------------------
 

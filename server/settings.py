@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import (BaseSettings, JsonConfigSettingsSource, PydanticBaseSettingsSource,
                                SettingsConfigDict, SettingsError, TomlConfigSettingsSource)
@@ -45,8 +45,21 @@ class ServerSettings(BaseSettings, LearnerConfig):
     metrics_port: int = Field(9464, ge=0, le=65535, description="metrics port; 0 picks a free one")
     max_message_bytes: int = Field(64 * MiB, ge=4096, le=2**31 - 1,
                                    description="largest gRPC message accepted or sent (RESOURCE_EXHAUSTED above)")
-    worker_threads: int = Field(16, ge=4, description="gRPC handler threads, and so concurrent calls (each open "
-                                                      "stream holds one; calls beyond are RESOURCE_EXHAUSTED)")
+    worker_threads: int = Field(8, ge=2, description="gRPC handler threads beyond the call budgets' sum, kept for "
+                                                     "health checks and for answering refusals")
+    # Call budgets (server/budgets.py): calls at once, per kind; beyond them RESOURCE_EXHAUSTED naming the budget.
+    max_open_streams: int = Field(16, ge=1, description="Train, RegisterEvalSet, health Watch and reflection "
+                                                        "streams open at once, all clients together")
+    max_streams_per_client: int = Field(8, ge=1, description="streams one client may hold open: per bearer token "
+                                                             "with auth, per peer address without")
+    max_admin_calls: int = Field(8, ge=1, description="EndBucket, ForgetStream and other admin calls running at "
+                                                      "once")
+    stream_idle_timeout_seconds: float = Field(120.0, ge=0, description="a client stream that sends nothing this "
+                                               "long, while owed no answer, is ended with ABORTED (0: never)")
+    keepalive_seconds: float = Field(60.0, gt=0, description="the server pings a connection silent this long, and "
+                                                              "closes it when the ping is not answered in 20 s")
+    keepalive_min_ping_seconds: float = Field(10.0, gt=0, description="clients may ping at most this often; faster "
+                                                                       "pingers are disconnected (GOAWAY)")
     # Training.
     queue_size: int = Field(64, ge=1, description="training operations waiting for the worker, at most")
     enqueue_timeout_seconds: float = Field(30.0, gt=0, description="how long a sender waits on a full queue "
@@ -57,26 +70,44 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                                      "the GIL the gRPC threads need (Predict, decoding, acks)")
     learner_nice: int = Field(10, ge=0, le=19, description="with learner_process: added to the learner process's "
                                                        "niceness, so that when cores are short Predict goes first")
-    max_streams: int = Field(1024, ge=1, description="distinct training stream ids remembered, at most")
+    max_streams: int = Field(1024, ge=1, description="distinct training stream ids whose applied marks are kept, "
+                                                      "at most")
+    stream_mark_max_idle_seconds: float = Field(7 * 24 * 3600.0, ge=0, description="a stream's applied mark unused "
+                                                "this long is dropped, least recently used first, when a new stream "
+                                                "needs its place (0: never; ForgetStream drops one at once)")
     max_buckets: int = Field(100, ge=1, description="buckets (trained or held-out) the server accepts, at most; "
                                                   "bounds the accuracy matrix metric to max_buckets² series")
     # Schema: both or neither; neither lets the first client declare it.
     class_names: list[str] | None = Field(None, description="class names in label order")
     input_shape: list[int] | None = Field(None, description="shape of one sample, e.g. 1 8 8")
+    # Bounds on a schema a first client declares (server/schema_bounds.py), checked before anything is allocated.
+    max_sample_values: int = Field(3 * 512 * 512, ge=1, le=3 * 1024 * 1024,
+                                   description="values in one sample (the product of input_shape), at most")
+    max_classes: int = Field(1000, ge=2, le=100_000, description="classes of a schema, at most (each is a label of "
+                                                                 "the per-class metrics)")
+    max_model_bytes: int = Field(256 * MiB, ge=MiB, description="the model's float32 parameters for a schema, in "
+                                 "bytes, at most (training holds about 4x: gradients, momentum, the serving copy)")
     # Input limits and image preprocessing.
     max_batch_samples: int = Field(4096, ge=1, description="samples per message, at most")
     max_eval_samples: int = Field(100_000, ge=1, description="samples per registered held-out set, at most")
+    max_eval_total_samples: int = Field(1_000_000, ge=1, description="samples across every registered held-out "
+                                        "set, at most (they are in every checkpoint too)")
+    max_eval_total_bytes: int = Field(1024 * MiB, ge=1, description="bytes the held-out sets take across every "
+                                      "registered set, at most (uint8 samples are kept as uint8: 1 byte a value)")
     max_image_bytes: int = Field(16 * MiB, ge=1, description="bytes per encoded image, at most")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="declared width × height per image, at most "
                                                                  "(checked before decoding)")
+    max_message_pixels: int = Field(64 * MiB, ge=1, description="declared pixels of all the images of one message "
+                                    "together, at most (checked before decoding; ~0.3 s of one core)")
     image_mean: list[float] | None = Field(None, description="per-channel mean subtracted from decoded images")
     image_std: list[float] | None = Field(None, description="per-channel std dividing decoded images")
     image_transform: Literal["resize-crop", "imagenet"] = Field(
         "resize-crop", description="resize-crop: shorter side resized, centre cropped, then image_mean/std; "
                                    "imagenet: cl_engine's image-dataset transforms (CLEAR's), the training one "
                                    "(random resized crop, flip) for Train batches")
-    max_concurrent_predictions: int = Field(32, ge=1, description="Predict and Evaluate calls at once; more are "
-                                                                  "shed with RESOURCE_EXHAUSTED")
+    max_concurrent_predictions: int = Field(32, ge=1, description="Predict, Evaluate and GetStatus calls at once "
+                                                                  "(a call budget); more are shed with "
+                                                                  "RESOURCE_EXHAUSTED")
     decode_threads: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1, le=256,
                                 description="threads that decode one message's encoded images in parallel (1: in "
                                             "order, in the receiving thread); only for large images, 16 KiB or "
@@ -101,9 +132,10 @@ class ServerSettings(BaseSettings, LearnerConfig):
     tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file")
     tls_client_ca_file: Path | None = Field(None, description="PEM CA bundle: require client certificates "
                                                               "(mutual TLS)")
-    auth_tokens: list[SecretStr] = Field(default_factory=list, description="bearer tokens accepted (none: no "
-                                                                           "auth); prefer the env or a file")
-    auth_token_file: Path | None = Field(None, description="file of accepted bearer tokens, one per line")
+    auth_tokens: list[SecretStr] = Field(default_factory=list, description="bearer tokens accepted, trimmed; "
+                                         "none: no auth; empty ones are refused; prefer the env or a file")
+    auth_token_file: Path | None = Field(None, description="file of accepted bearer tokens, one per line, trimmed; "
+                                                           "blank lines are skipped, a file of none is refused")
     # Lifecycle.
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="time in-flight calls get on SIGTERM")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
@@ -116,17 +148,33 @@ class ServerSettings(BaseSettings, LearnerConfig):
             data = {**data, "retention": "ratio"}
         return data
 
+    @field_validator("auth_tokens", mode="after")
+    @classmethod
+    def _usable_tokens(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        """Auth fails closed: a token is trimmed (spaces around it could never be sent), an empty one is an
+        error, never a token that `authorization: Bearer` matches."""
+        trimmed = [SecretStr(t.get_secret_value().strip()) for t in tokens]
+        for i, token in enumerate(trimmed):
+            if not token.get_secret_value():
+                raise ValueError(f"token {i + 1} of {len(trimmed)} is empty: it would let `authorization: Bearer` "
+                                 "with no token in; remove it from --auth-tokens, CLSTREAM_AUTH_TOKENS or the config "
+                                 "file's auth_tokens")
+        return trimmed
+
     @model_validator(mode="after")
     def _check_server(self) -> "ServerSettings":
+        self._check_token_sources()
         if (self.class_names is None) != (self.input_shape is None):
             raise ValueError("class_names and input_shape go together: give both to fix the schema, or neither "
                              "to let the first client declare it")
         if self.class_names is not None:
-            from .errors import InvalidArgument
             from .schema import Schema
+            from .errors import ServiceError
+            from .schema_bounds import SchemaBounds
             try:
-                Schema.validated(self.class_names, self.input_shape, "settings")
-            except InvalidArgument as e:
+                SchemaBounds(self.model, self.max_sample_values, self.max_classes, self.max_model_bytes).check(
+                    Schema.validated(self.class_names, self.input_shape, "settings"), "settings")
+            except ServiceError as e:
                 raise ValueError(e.message) from None
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
@@ -154,6 +202,22 @@ class ServerSettings(BaseSettings, LearnerConfig):
         if path.suffix == ".toml":
             return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path)
         return init_settings, env_settings, JsonConfigSettingsSource(settings_cls, path)
+
+    def _check_token_sources(self) -> None:
+        """A token source that yields no token refuses to start rather than leave the server open."""
+        if "auth_tokens" in self.model_fields_set and not self.auth_tokens and self.auth_token_file is None:
+            raise ValueError("auth_tokens is set but holds no token, which would turn auth off; give at least one "
+                             "token in --auth-tokens, CLSTREAM_AUTH_TOKENS or the config file, or unset it to run "
+                             "without auth")
+        if self.auth_token_file is not None:
+            try:
+                text = self.auth_token_file.read_text()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"auth_token_file {self.auth_token_file}: cannot read it ({e})") from None
+            if not any(line.strip() for line in text.splitlines()):
+                raise ValueError(f"auth_token_file {self.auth_token_file} holds no token (it is empty or blank), "
+                                 "which would turn auth off; put one token per line in it, or drop --auth-token-file "
+                                 "/ CLSTREAM_AUTH_TOKEN_FILE to run without auth")
 
     # -- derived ------------------------------------------------------------------------------------
 

@@ -42,13 +42,15 @@ from cl_engine.drift import PageHinkley
 from cl_engine.guard import REASONS as SKIP_REASONS
 from cl_engine.guard import all_finite
 from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
-from cl_engine.streams.base import TensorSet
 
+from . import eval_sets
 from .checkpoint import CheckpointStore
+from .eval_sets import EvalSetBudget
 from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable, ResourceExhausted, ServiceError,
                      Unavailable)
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
+from .stream_marks import StreamMarks
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,11 @@ class RegisterEvalOp(Op):
 
 
 @dataclass
+class ForgetStreamOp(Op):
+    stream_id: str
+
+
+@dataclass
 class TrainResult:
     applied: bool
     accuracy: float
@@ -129,6 +136,13 @@ class TrainResult:
     @property
     def learned(self) -> bool:
         return self.applied and not self.skip_reason
+
+
+@dataclass
+class ForgetStreamResult:
+    stream_id: str
+    sequence: int | None  # the mark dropped; None: there was none
+    streams_known: int
 
 
 @dataclass
@@ -214,11 +228,13 @@ class WorkerOptions:
     queue_size: int = 64
     snapshot_interval: float = 0.0
     max_streams: int = 1024
+    stream_mark_max_idle_seconds: float = 0.0
     checkpoint_dir: Path | None = None
     checkpoint_keep: int = 3
     checkpoint_every_batches: int = 0
     checkpoint_every_seconds: float = 0.0
     drift: PageHinkley = field(default_factory=PageHinkley)
+    eval_budget: EvalSetBudget = field(default_factory=EvalSetBudget)
 
 
 class TrainingWorker:
@@ -230,15 +246,19 @@ class TrainingWorker:
                    snapshot_interval=options.snapshot_interval, max_streams=options.max_streams,
                    checkpoints=checkpoints, checkpoint_every_batches=options.checkpoint_every_batches,
                    checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
-                   status_wanted=status_wanted, on_durability=on_durability)
+                   status_wanted=status_wanted, on_durability=on_durability, eval_budget=options.eval_budget,
+                   stream_mark_max_idle_seconds=options.stream_mark_max_idle_seconds)
 
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
                  max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
                  checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
                  drift: PageHinkley | None = None, status_wanted: threading.Event | None = None,
-                 on_durability: Callable[[bool, str], None] | None = None):
+                 on_durability: Callable[[bool, str], None] | None = None,
+                 eval_budget: EvalSetBudget | None = None, stream_mark_max_idle_seconds: float = 0.0):
         self.config = config
+        self.marks = StreamMarks(max_streams, stream_mark_max_idle_seconds)
+        self.eval_budget = eval_budget or EvalSetBudget()
         self.schemas = schemas
         self.snapshots = snapshots
         self.metrics = metrics
@@ -289,6 +309,7 @@ class TrainingWorker:
                                  f"({type(e).__name__}: {e}); move the file aside or start with another "
                                  "checkpoint directory") from None
         self.applied = dict(state["applied_sequences"])
+        self.marks.restored(self.applied)
         self.durable_sequences = dict(self.applied)
         self._durable_open_bucket = 0 if self.learner is None else self.learner.open_bucket
         configured = {k: getattr(self.drift, k) for k in ("delta", "threshold", "min_samples", "alpha")}
@@ -422,6 +443,8 @@ class TrainingWorker:
             return self._end_bucket(op)
         if isinstance(op, RegisterEvalOp):
             return self._register(op)
+        if isinstance(op, ForgetStreamOp):
+            return self._forget(op)
         raise TypeError(f"unknown operation {op!r}")
 
     def _after(self, op: Op) -> None:
@@ -462,6 +485,7 @@ class TrainingWorker:
         mark = self.applied.get(op.stream_id, 0)
         if op.sequence <= mark and self.learner is not None:
             self.schemas.check(op.schema)
+            self.marks.used(op.stream_id)
             self.metrics.duplicate_batches.inc()
             return TrainResult(False, math.nan, math.nan, self.learner.version, self.learner.counters["samples_trained"],
                                mark, self.durable_sequences.get(op.stream_id, 0))
@@ -470,18 +494,17 @@ class TrainingWorker:
             learner.check_bucket(op.bucket)
         except ValueError as e:
             raise FailedPrecondition(f"bucket: {e}") from None
-        if op.stream_id not in self.applied and len(self.applied) >= self.max_streams:
-            raise ResourceExhausted(f"stream_id: {len(self.applied)} streams are known, the most this server keeps; "
-                                    "reuse a stream_id")
         try:
             learner.check_batch(op.x, op.y)
         except ValueError as e:
             raise InvalidArgument("samples", str(e)) from None
+        self.marks.admit(self.applied, op.stream_id)  # may drop idle marks: only for a batch about to be applied
         t0 = time.perf_counter()
         step = learner.observe(op.x, op.y, op.bucket)
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
         self._adopt(learner, op.schema)
         self.applied[op.stream_id] = op.sequence  # a skipped step's batch is consumed too: exactly-once holds
+        self.marks.used(op.stream_id)
         self._batches_since_checkpoint += 1
         self._dirty = True
         if not step.learned:
@@ -530,17 +553,23 @@ class TrainingWorker:
         learner = self._candidate(op.schema)
         existing = learner.eval_sets.get(op.bucket)
         if existing is not None:
-            same = (isinstance(existing, TensorSet) and existing.x.shape == op.x.shape
-                    and torch.equal(existing.x, op.x) and torch.equal(existing.labels, op.y))
-            if not same:
+            if not eval_sets.same(existing, op.x, op.y):
                 raise FailedPrecondition(f"bucket: bucket {op.bucket} already has a held-out set of {len(existing)} "
                                          "samples and it differs from this one; held-out sets are fixed once "
                                          "registered, so the accuracy matrix keeps its meaning")
             return RegisterResult(op.bucket, len(existing), True, sorted(learner.eval_sets))
-        learner.register_eval_set(op.bucket, TensorSet(op.x, op.y))
+        self.eval_budget.check(learner.eval_sets, op.bucket, op.x, op.y)
+        learner.register_eval_set(op.bucket, eval_sets.held(op.x, op.y))
         self._adopt(learner, op.schema)
         self._dirty = True
         return RegisterResult(op.bucket, len(op.y), False, sorted(learner.eval_sets))
+
+    def _forget(self, op: ForgetStreamOp) -> ForgetStreamResult:
+        sequence = self.marks.forget(self.applied, op.stream_id)
+        if sequence is not None:
+            self._dirty = True
+            log.info("dropped the applied mark of stream %r (at %d), as ForgetStream asked", op.stream_id, sequence)
+        return ForgetStreamResult(op.stream_id, sequence, len(self.applied))
 
     def _checkpoint(self) -> Path | None:
         """Write a checkpoint now: its path, or None when it failed (then `checkpoint_error` says why;

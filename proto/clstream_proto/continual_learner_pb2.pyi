@@ -245,6 +245,24 @@ class GetStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ForgetStreamRequest(_message.Message):
+    __slots__ = ("stream_id",)
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    def __init__(self, stream_id: _Optional[str] = ...) -> None: ...
+
+class ForgetStreamResponse(_message.Message):
+    __slots__ = ("stream_id", "forgotten", "sequence", "streams_known")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    stream_id: str
+    forgotten: bool
+    sequence: int
+    streams_known: int
+    def __init__(self, stream_id: _Optional[str] = ..., forgotten: _Optional[bool] = ..., sequence: _Optional[int] = ..., streams_known: _Optional[int] = ...) -> None: ...
+
 class BufferStatus(_message.Message):
     __slots__ = ("size", "capacity", "bytes", "by_bucket", "by_class")
     class ByBucketEntry(_message.Message):

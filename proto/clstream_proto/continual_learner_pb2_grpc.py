@@ -65,6 +65,11 @@ class ContinualLearnerStub:
                 request_serializer=clstream__proto_dot_continual__learner__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=clstream__proto_dot_continual__learner__pb2.Status.FromString,
                 _registered_method=True)
+        self.ForgetStream = channel.unary_unary(
+                '/clstream.v1.ContinualLearner/ForgetStream',
+                request_serializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamRequest.SerializeToString,
+                response_deserializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamResponse.FromString,
+                _registered_method=True)
 
 
 class ContinualLearnerServicer:
@@ -144,6 +149,17 @@ class ContinualLearnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetStream(self, request, context):
+        """Admin: drops one stream's applied mark (GetStatus.applied_sequences), so that its id counts no
+        more against the server's max_streams. Exactly-once no longer covers that id: a batch sent
+        under it afterwards, at any sequence, is applied as new. Goes through the training queue, in
+        order with the batches before it. Marks idle longer than stream_mark_max_idle_seconds are
+        dropped the same way by the server itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContinualLearnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +192,11 @@ def add_ContinualLearnerServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=clstream__proto_dot_continual__learner__pb2.GetStatusRequest.FromString,
                     response_serializer=clstream__proto_dot_continual__learner__pb2.Status.SerializeToString,
+            ),
+            'ForgetStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetStream,
+                    request_deserializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamRequest.FromString,
+                    response_serializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -341,6 +362,33 @@ class ContinualLearner:
             '/clstream.v1.ContinualLearner/GetStatus',
             clstream__proto_dot_continual__learner__pb2.GetStatusRequest.SerializeToString,
             clstream__proto_dot_continual__learner__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clstream.v1.ContinualLearner/ForgetStream',
+            clstream__proto_dot_continual__learner__pb2.ForgetStreamRequest.SerializeToString,
+            clstream__proto_dot_continual__learner__pb2.ForgetStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cl_engine import LearnerConfig, StreamOptions, build_stream, run_stream
-from client.api import Client
+from client.api import Client, Schema
 from client.cli import build_parser, main
 from client.demo import server_flags
 from client.local_server import free_port, parse_ready_line
@@ -291,3 +291,29 @@ def test_the_help_shows_the_defaults():
                   "SGD learning rate (default: 0.1)", "samples the replay memory can hold (default: 1000)",
                   "serve Prometheus metrics over HTTP (default: True)"):
         assert words in server, words
+
+
+def test_forget_stream_command_drops_a_mark_and_says_what_it_did(service, small_stream, capsys):
+    s = service(learner(), max_streams=1)
+    t = target(s)
+    with Client(t) as c:
+        schema = Schema(tuple(small_stream.class_names), tuple(small_stream.input_shape))
+        assert [a.sequence for a in c.train(train_batches_of(small_stream, "only", 2), schema=schema)] == [1, 2]
+    assert main(["forget-stream", "--target", t, "only"]) == 0
+    assert "forgot stream 'only' (its applied mark was 2)" in capsys.readouterr().out
+    assert main(["forget-stream", "--target", t, "only", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"stream_id": "only", "forgotten": False, "sequence": 0,
+                                                   "streams_known": 0}
+    with Client(t) as c:
+        assert c.status().applied_sequences == {}
+    line = one_line_error(["-m", "client", "forget-stream", "--target", t, ""], code=1)
+    assert "INVALID_ARGUMENT" in line and "stream_id" in line, line
+
+
+def train_batches_of(stream, stream_id: str, n: int):
+    from client.api import Batch
+
+    train = stream.buckets[0].train
+    for k in range(n):
+        x, y = train.batch(np.arange(k * 10, k * 10 + 10), train=True)
+        yield Batch(stream_id, k + 1, 0, x, y)

@@ -7,7 +7,8 @@ messages over the size limit, buckets out of order, duplicate sequences in any o
 answered INVALID_ARGUMENT / FAILED_PRECONDITION / RESOURCE_EXHAUSTED (never UNKNOWN or INTERNAL),
 health stays SERVING, and the model is unchanged: GetStatus's versions, counters, marks and
 registered sets, and a Predict on fixed data, bit for bit. Predict requests may also be valid
-(answered OK). Examples: 30 per test, 300 with CLSTREAM_LONG_TESTS=1."""
+(answered OK). A server with no schema yet is sent first batches declaring any shape and class count:
+refused by name or taken, never INTERNAL. Examples: 30 per test, 300 with CLSTREAM_LONG_TESTS=1."""
 from __future__ import annotations
 
 import struct
@@ -285,3 +286,46 @@ def test_a_one_megabyte_stream_id_is_refused_by_name(live):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and e.value.details().startswith("stream_id")
     assert len(e.value.details()) < 300  # the id is not echoed back whole
     live.check("Train", lambda: list(live.stub.Train(iter([batch]), timeout=30)))
+
+
+def test_hostile_first_schemas_are_refused_by_name_never_internal(small_stream):
+    """A server with no schema yet and a model that takes only C×H×W images (resnet18): first batches
+    declaring any shape and class count are refused naming the field or the bound
+    (max_sample_values, max_classes, max_model_bytes) or, when within them, taken; never INTERNAL.
+    Nothing a refused first batch declared is kept."""
+    service = Service(base_settings(model="resnet18", max_message_bytes=MAX_MESSAGE, max_classes=50,
+                                    max_sample_values=3 * 64 * 64, max_model_bytes=64 * 2**20)).start()
+    channel = channel_to(service)
+    stub = pb_grpc.ContinualLearnerStub(channel)
+    seen: dict[str, int] = {}
+
+    @FUZZ
+    @given(shape=st.sampled_from([[3, 8, 8], [1, 16, 16], [64], [4, 4], [3, 64, 64], [3, 65, 64], [3, 1024, 1024]])
+           | st.lists(st.integers(0, 2**20), min_size=0, max_size=5)
+           | st.lists(st.integers(1, 40), min_size=1, max_size=4),
+           classes=st.sampled_from([2, 10, 50, 51, 100_000]) | st.integers(0, 80), n=st.sampled_from([1, 2]))
+    def run(shape, classes, n):
+        values = int(np.prod(shape)) if shape else 0
+        x = torch.zeros((n, *shape), dtype=torch.uint8) if shape and 0 < values <= 4096 else None
+        batch = pb.TrainBatch(stream_id="first", sequence=1, bucket=0, labels=[0] * n,
+                              samples=encode_samples(x) if x is not None else pb.Samples(),
+                              schema=pb.Schema(class_names=[f"c{i}" for i in range(classes)], input_shape=shape))
+        try:
+            list(stub.Train(iter([batch]), timeout=60))
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            code = e.code()
+            assert code in REFUSED, (code, e.details())
+            assert "internal" not in e.details().lower(), e.details()
+        seen[code.name] = seen.get(code.name, 0) + 1
+        status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+        assert status.has_model == (seen.get("OK", 0) > 0)
+    try:
+        run()
+        assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        print("first schemas:", seen)
+        assert set(seen) - {"OK"}, seen
+    finally:
+        channel.close()
+        service.stop(grace=0.5)

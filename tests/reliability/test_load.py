@@ -1,9 +1,9 @@
 """Load and slow clients against the real clstream-server process (client.local_server) on loopback.
 
-- Load: N predict clients (8; 32 with CLSTREAM_LONG_TESTS=1), each on its own channel, plus one
-  training stream, for a bounded time (3 s; 15 s long). No call fails except RESOURCE_EXHAUSTED
-  shedding above max_concurrent_predictions (N/2 here); the server's RSS after warm-up and at the
-  end stay close; latency percentiles go to load.json.
+- Load: 32 predict clients, each on its own channel, plus one training stream and a health prober,
+  for a bounded time (3 s; 15 s with CLSTREAM_LONG_TESTS=1). No call fails except RESOURCE_EXHAUSTED
+  shedding above max_concurrent_predictions (N/2 here); no health check is refused; the server's RSS
+  after warm-up and at the end stay close; latency percentiles go to load.json.
 - Slow and dead clients: a Train stream whose client never reads its acks, and one whose client
   goes away, block neither another client's training nor predictions; the server's memory stays
   bounded; deadlines are honoured (DEADLINE_EXCEEDED, the server goes on). Figures: slow.json.
@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from cl_engine.schedule import bucket_batches
 from client.api import Batch, Client, Schema, ServiceError
 from client.demo import server_flags
@@ -29,7 +31,7 @@ from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 from reliability_support import LONG
 from server.codec import encode_samples
 
-CLIENTS = 32 if LONG else 8
+CLIENTS = 32
 SECONDS = 15.0 if LONG else 3.0
 QUEUE = 16
 
@@ -52,8 +54,7 @@ def percentiles(values: list[float]) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("load")
-    args = server_flags(learner()) + ["--worker-threads", str(CLIENTS + 16), "--max-concurrent-predictions",
-                                      str(CLIENTS // 2), "--queue-size", str(QUEUE)]
+    args = server_flags(learner()) + ["--max-concurrent-predictions", str(CLIENTS // 2), "--queue-size", str(QUEUE)]
     s = LocalServer(args, log_path=tmp / "server.log", env=clean_environment()).start()
     yield s
     assert s.stop() == 0
@@ -129,7 +130,22 @@ def test_concurrent_predictions_and_training_fail_only_by_deliberate_shedding(se
             except ServiceError as e:
                 train_errors.append(e.code.name)
 
-    threads = [threading.Thread(target=predictor, args=(i,)) for i in range(CLIENTS)] + [threading.Thread(target=train)]
+    health_codes: dict[str, int] = {}
+
+    def probe() -> None:  # what an orchestrator's health check sees meanwhile, every 50 ms
+        with grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                try:
+                    answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    key = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+                except grpc.RpcError as e:
+                    key = e.code().name
+                health_codes[key] = health_codes.get(key, 0) + 1
+                time.sleep(0.05)
+
+    threads = ([threading.Thread(target=predictor, args=(i,)) for i in range(CLIENTS)]
+               + [threading.Thread(target=train), threading.Thread(target=probe)])
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -150,11 +166,13 @@ def test_concurrent_predictions_and_training_fail_only_by_deliberate_shedding(se
               "predict_latency": percentiles(all_latencies),
               "predictions_per_second": len(all_latencies) / wall, "train_acks": len(acks),
               "train_batches_per_second": len(acks) / wall, "train_errors": train_errors,
+              "health_checks": health_codes,
               "rss_warm_mib": rss_warm / 2**20, "rss_end_mib": rss_end / 2**20}
     figures("load", report)
 
     assert not any(t.is_alive() for t in threads)
     assert set(total) <= {"OK", "RESOURCE_EXHAUSTED"}, total  # nothing fails but deliberate shedding
+    assert set(health_codes) == {"SERVING"} and health_codes["SERVING"] >= 5, health_codes  # never refused
     assert total.get("OK", 0) >= CLIENTS and all(d.get("OK", 0) > 0 for d in codes)
     assert not train_errors and acks and all(a.applied for a in acks)
     assert [a.sequence for a in acks] == list(range(21, 21 + len(acks)))

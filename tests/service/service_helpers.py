@@ -17,8 +17,7 @@ def schema_of(stream) -> pb.Schema:
 
 
 def base_settings(**overrides):
-    values = dict(host="127.0.0.1", port=0, metrics_port=0, device="cpu", shutdown_grace_seconds=1.0,
-                  worker_threads=16)
+    values = dict(host="127.0.0.1", port=0, metrics_port=0, device="cpu", shutdown_grace_seconds=1.0)
     values.update(overrides)
     return settings_from(None, **values)
 

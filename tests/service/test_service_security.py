@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -12,7 +13,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from clstream_proto import continual_learner_pb2 as pb
+from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 from server.auth import BearerTokenInterceptor
+from client.local_server import LocalServer
+from cli_helpers import one_line_error
 from server.codec import encode_samples
 from service_helpers import channel_to, eval_chunks, train_batches
 
@@ -98,6 +102,51 @@ def test_tokens_from_a_file(start, connect, tmp_path):
     assert stub.GetStatus(pb.GetStatusRequest(), metadata=(("authorization", "Bearer file-token"),))
     with pytest.raises(grpc.RpcError):
         stub.GetStatus(pb.GetStatusRequest())
+
+
+def test_a_token_source_without_a_usable_token_refuses_to_start(tmp_path):
+    """Auth fails closed, through the real clstream-server: exit 2 and one line naming the source."""
+    blank = tmp_path / "tokens"
+    blank.write_text("\n   \n\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLSTREAM_")}
+    line = one_line_error(["-m", "server.main", "--auth-token-file", str(blank)], env=env)
+    assert f"auth_token_file {blank} holds no token" in line, line
+    for tokens in ('[""]', '["good", "   "]'):
+        line = one_line_error(["-m", "server.main"], env={**env, "CLSTREAM_AUTH_TOKENS": tokens})
+        assert "auth_tokens: token" in line and "is empty" in line and "CLSTREAM_AUTH_TOKENS" in line, line
+    line = one_line_error(["-m", "server.main"], env={**env, "CLSTREAM_AUTH_TOKENS": "[]"})
+    assert "auth_tokens is set but holds no token" in line, line
+    line = one_line_error(["-m", "server.main", "--auth-token-file", str(tmp_path / "missing")], env=env)
+    assert f"auth_token_file {tmp_path / 'missing'}: cannot read it" in line, line
+
+
+def test_a_token_with_spaces_around_it_is_trimmed(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLSTREAM_")}
+    with LocalServer(["--device", "cpu", "--auth-tokens", "  spaced-token \t"], log_path=tmp_path / "log",
+                     env=env) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ContinualLearnerStub(channel)
+            assert not stub.GetStatus(pb.GetStatusRequest(), metadata=(("authorization", "Bearer spaced-token"),),
+                                      timeout=10).has_model
+            for bad in ("Bearer", "Bearer ", "Bearer spaced-token x"):
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.GetStatus(pb.GetStatusRequest(), metadata=(("authorization", bad),), timeout=10)
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, bad
+
+
+def test_tokens_are_compared_in_constant_time():
+    """Every configured token's SHA-256 digest is compared with hmac.compare_digest, with no early exit:
+    the time taken says neither which token matched nor how much of it."""
+    import hmac
+    from unittest import mock
+
+    interceptor = BearerTokenInterceptor(["first", "second", "third"])
+    with mock.patch("server.auth.hmac.compare_digest", wraps=hmac.compare_digest) as compare:
+        assert interceptor.authorized((("authorization", "Bearer first"),))
+        assert compare.call_count == 3 and all(len(c.args[0]) == len(c.args[1]) == 32 for c in compare.call_args_list)
+        compare.reset_mock()
+        assert not interceptor.authorized((("authorization", "Bearer f"),))
+        assert compare.call_count == 3
 
 
 # -- TLS ----------------------------------------------------------------------------------------------
