@@ -229,10 +229,7 @@ class Lease:
         """Take the lease, waiting as a standby while another consumer holds it."""
         announced = False
         while not self.r.set(self.key, self.owner, nx=True, px=self.ms):
-            holder = self.r.get(self.key)
-            if holder is not None and holder.decode() == self.owner:  # this consumer, restarted under its name
-                self.r.pexpire(self.key, self.ms)
-                break
+            holder = self.r.get(self.key)  # even under this consumer's own name: two of them may be running
             if not announced:
                 self.say(f"standby: consumer {holder.decode() if holder else '?'} holds the lease ({self.key}); "
                          f"taking over when it lapses (after {self.ms / 1000:g}s without renewal)")

@@ -222,6 +222,12 @@ def test_without_checkpoints_entries_are_acknowledged_at_their_bucket_end_and_a_
     assert code == 0 and json.loads(out)["finished"] == "already" and json.loads(out)["entries"] == 0
     assert late.said("has consumed digits to its end-of-stream marker")
 
+    # The stream published anew is another stream_id: this server, which ended buckets of the first, is refused.
+    publish(redis_server, "digits", "--replace")
+    err = one_line_error(["-m", "client", "consume", "--redis", redis_server.url, "--stream", "digits", "--group",
+                          "g2", "--target", address(server), "--quiet"])
+    assert "has ended buckets 0..2 but never trained this stream" in err
+
 
 def test_follow_keeps_reading_after_the_end_marker_and_an_interrupted_consumer_hands_its_lease_over(
         redis_server, service):
