@@ -299,6 +299,7 @@ class Consumer:
         self.lease = Lease(self.r, lease_key(self.key, self.group), self.name, o.lease, self._say)
         status = self._first_contact()  # before waiting as a standby: a wrong --target fails at once
         self.lease.acquire()
+        status = self.client.status()  # after a standby's wait, where the active consumer left the server
         self._bar = tqdm(total=meta["batches"], desc=f"consume {self.key}", unit="batch", file=sys.stderr,
                          disable=not o.progress)
         try:
@@ -372,10 +373,8 @@ class Consumer:
         last = self.r.xrevrange(self.key, count=1)
         if not last or last[0][1].get(b"kind") != END.encode():
             return False
-        group = next((g for g in self.r.xinfo_groups(self.key) if g["name"] in (self.group, self.group.encode())),
-                     None)
-        delivered = group["last-delivered-id"] if group else b"0-0"
-        return entry_sequence(delivered) >= entry_sequence(last[0][0]) and group["pending"] == 0
+        group = next(g for g in self.r.xinfo_groups(self.key) if g["name"] in (self.group, self.group.encode()))
+        return entry_sequence(group["last-delivered-id"]) >= entry_sequence(last[0][0]) and group["pending"] == 0
 
     def _resume(self, status: ServerStatus) -> None:
         """Check the server holds this stream or nothing, register lost held-out sets, queue the unacked entries."""
@@ -478,7 +477,7 @@ class Consumer:
                 entry = self._take(cancelled=finished)
                 if entry is None:
                     return
-                x, y = from_npy(entry.fields[b"x"]), from_npy(entry.fields[b"y"])
+                x, y = self._samples(entry)
                 if o.rate:
                     delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
@@ -496,6 +495,19 @@ class Consumer:
         finally:
             with self._lock:  # from here the request thread takes no entry: a resume re-queues them all
                 finished.set()
+
+    def _samples(self, entry: Entry):
+        """The entry's batch; its bytes are dropped once decoded (held only while unsent: a resend reads the
+        entry from Redis again, where it stays until acknowledged)."""
+        fields = entry.fields
+        if b"x" not in fields:
+            found = self.r.xrange(self.key, entry.id, entry.id)
+            if not found:
+                raise RuntimeError(f"entry {entry.id} of {self.key} was deleted (trimmed?) before the server made it "
+                                   "durable: it cannot be sent again. Trim only what every group has acknowledged")
+            fields = found[0][1]
+        entry.fields = {k: v for k, v in fields.items() if k not in (b"x", b"y")}
+        return from_npy(fields[b"x"]), from_npy(fields[b"y"])
 
     def _record(self, ack: TrainAck) -> None:
         res = self.result
