@@ -129,8 +129,9 @@ def test_consumer_killed_twice_and_server_killed_once_ends_with_the_stream_train
     servers = [LocalServer(args, port=port, log_path=tmp_path / "server-0.log", env=clean_environment()).start()]
     target = f"127.0.0.1:{port}"
     watcher = Client(target, retry=RetryPolicy(attempts=1_000_000, max_backoff=0.5, deadline=120))
-    # 40 samples/s (4 batches/s) and a lease of 1 s: the kills below land mid-stream.
-    flags = ["--lease", "1", "--rate", "40", "--max-in-flight", "3", "--reconnect-timeout", "120"]
+    # 40 samples/s (4 batches/s): the kills below land mid-stream. A lease of 3 s: a standby takes over soon,
+    # and a loaded machine does not delay a renewal (every second) past it.
+    flags = ["--lease", "3", "--rate", "40", "--max-in-flight", "3", "--reconnect-timeout", "120"]
 
     def batches(mark: int) -> int:
         return sum(s <= mark for s in train_sequences)
