@@ -8,7 +8,8 @@
     clstream-client publish --redis redis://HOST:6379 --stream KEY --dataset digits-rotated
     clstream-client consume --redis redis://HOST:6379 --stream KEY --group NAME --target HOST:PORT
 
-The connection flags (--target, --token, --tls, ...) also read CLSTREAM_TARGET and CLSTREAM_TOKEN.
+The connection flags (--target, --token, --tls, ...) also read CLSTREAM_TARGET and CLSTREAM_TOKEN, and --redis
+reads CLSTREAM_REDIS.
 """
 from __future__ import annotations
 

@@ -232,7 +232,9 @@ def test_without_checkpoints_entries_are_acknowledged_at_their_bucket_end_and_a_
 
 def test_follow_keeps_reading_after_the_end_marker_and_an_interrupted_consumer_hands_its_lease_over(
         redis_server, service):
-    publish(redis_server, "digits")
+    done = subprocess.run(CLIENT + ["publish", "--stream", "digits", *STREAM_FLAGS, "--quiet"], capture_output=True,
+                          text=True, timeout=300, env={**clean_environment(), "CLSTREAM_REDIS": redis_server.url})
+    assert done.returncode == 0 and "published" in done.stdout, done.stderr  # --redis from CLSTREAM_REDIS
     server = service(learner())
     r = redis_server.client()
     follower = ConsumerProcess(redis_server, "digits", "g", address(server), "a", "--follow", "--lease", "30")
