@@ -235,23 +235,33 @@ class Lease:
                          f"taking over when it lapses (after {self.ms / 1000:g}s without renewal)")
                 announced = True
             time.sleep(min(1.0, self.ms / 4000))
+        self.renewed_at = time.monotonic()
         self._thread = threading.Thread(target=self._renew, name="clstream-lease", daemon=True)
         self._thread.start()
 
+    def renew(self) -> bool:
+        """Extend the lease if it is still this consumer's; False (and `lost` set) when it is not."""
+        if not self.r.eval(self.RENEW, 1, self.key, self.owner, self.ms):
+            self.lost.set()
+            return False
+        self.renewed_at = time.monotonic()
+        return True
+
     def _renew(self) -> None:
-        deadline = time.monotonic() + self.ms / 1000
         while not self._stop.wait(self.ms / 3000):
             try:
-                if not self.r.eval(self.RENEW, 1, self.key, self.owner, self.ms):
-                    self.lost.set()
+                if not self.renew():
                     return
-                deadline = time.monotonic() + self.ms / 1000
             except Exception:  # noqa: BLE001 - Redis away: the lease holds until its TTL would have run out
-                if time.monotonic() > deadline:
+                if time.monotonic() > self.renewed_at + self.ms / 1000:
                     self.lost.set()
                     return
 
     def check(self) -> None:
+        """Raise LeaseLost unless the lease is surely this consumer's: renewed within a third of its length,
+        or confirmed now (so a consumer that stalled past its lease stops before its next entry)."""
+        if not self.lost.is_set() and time.monotonic() - self.renewed_at > self.ms / 3000:
+            self.renew()
         if self.lost.is_set():
             raise LeaseLost(f"this consumer ({self.owner}) lost the lease {self.key} (not renewed within "
                             f"{self.ms / 1000:g}s): another consumer may feed the server now, so it stops")
@@ -482,6 +492,7 @@ class Consumer:
                     delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
+                self.lease.check()  # again after the waits: a consumer that stalled in them sends nothing more
                 sent += len(y)
                 self._sizes[entry.sequence] = len(y)
                 yield Batch(res.stream_id, entry.sequence, entry.bucket, x, y)

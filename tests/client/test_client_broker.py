@@ -249,20 +249,30 @@ def test_follow_keeps_reading_after_the_end_marker_and_an_interrupted_consumer_h
     assert code == 130 and r.get("digits:lease:g") is None  # released: a standby need not wait 30 s
 
 
-def test_a_consumer_that_lost_its_lease_stops_at_once(redis_server, service):
+def test_a_consumer_that_stalled_past_its_lease_stops_before_sending_another_entry(redis_server, service):
     publish(redis_server, "digits")
     server = service(learner())
     r = redis_server.client()
-    a = ConsumerProcess(redis_server, "digits", "g", address(server), "a", "--rate", "20", "--lease", "1")
-    try:
-        wait_until(lambda: r.get("digits:lease:g") == b"a", what="a to take the lease")
-        r.set("digits:lease:g", "intruder", px=60_000)  # as if a had stalled past its lease and b took over
-        code, out = a.finish(timeout=60)
-    finally:
-        a.kill()
+    a = ConsumerProcess(redis_server, "digits", "g", address(server), "a", "--rate", "20", "--lease", "1",
+                        "--max-in-flight", "1")
+    with Client(address(server)) as watcher:
+        def mark() -> int:
+            return sum(watcher.status().applied_sequences.values())
+        try:
+            wait_until(lambda: mark() > 0, what="a to train")
+            a.process.send_signal(signal.SIGSTOP)  # a stalls (a pause, a swapped-out host) ...
+            time.sleep(0.5)
+            before = mark()
+            r.set("digits:lease:g", "b", px=60_000)  # ... past its lease, and a standby took over
+            a.process.send_signal(signal.SIGCONT)
+            code, out = a.finish(timeout=60)
+            after = mark()
+        finally:
+            a.kill()
     err = "".join(a.stderr).strip().splitlines()[-1]
     assert code == 1 and out == "" and "Traceback" not in "".join(a.stderr)
     assert err.startswith("error: this consumer (a) lost the lease digits:lease:g")
+    assert after == before  # nothing more was sent once it woke up
 
 
 def test_broker_command_mistakes_are_one_line(redis_server, service, tmp_path):
