@@ -6,8 +6,11 @@
     clstream-client forget-stream --target HOST:PORT STREAM_ID
     clstream-client demo    [--strategy gem] [--dataset buckets-npz:my.npz]
     clstream-client figures out/run/report.json
+    clstream-client publish --redis redis://HOST:6379 --stream KEY --dataset digits-rotated
+    clstream-client consume --redis redis://HOST:6379 --stream KEY --group NAME --target HOST:PORT
 
-The connection flags (--target, --token, --tls, ...) also read CLSTREAM_TARGET and CLSTREAM_TOKEN.
+The connection flags (--target, --token, --tls, ...) also read CLSTREAM_TARGET and CLSTREAM_TOKEN, and --redis
+reads CLSTREAM_REDIS.
 """
 from __future__ import annotations
 
@@ -48,6 +51,14 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=30.0, help="deadline of each unary call, seconds")
     g.add_argument("--retries", type=int, default=6,
                    help="tries of a safe call while the server is UNAVAILABLE, with exponential back-off")
+
+
+def add_redis_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("broker")
+    g.add_argument("--redis", default=os.environ.get("CLSTREAM_REDIS", "redis://127.0.0.1:6379/0"),
+                   help="Redis URL redis://[:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS (default $CLSTREAM_REDIS or "
+                        "redis://127.0.0.1:6379/0)")
+    g.add_argument("--stream", required=True, metavar="KEY", help="the Redis stream's key")
 
 
 def connect(args: argparse.Namespace) -> Client:
@@ -271,6 +282,66 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def broker_command(run):
+    """A broker command whose Redis failures (or a lost lease) are one line and exit 1, not a traceback."""
+    def command(args: argparse.Namespace) -> int:
+        from redis import RedisError
+
+        from .broker import LeaseLost
+        try:
+            return run(args)
+        except RedisError as e:
+            print(f"error: Redis at {args.redis}: {e}", file=sys.stderr)
+        except LeaseLost as e:
+            print(f"error: {e}", file=sys.stderr)
+        return EXIT_SERVICE
+    return command
+
+
+@broker_command
+def cmd_publish(args: argparse.Namespace) -> int:
+    from cl_engine import build_stream
+
+    from .broker import PublishOptions, connect_redis, publish
+
+    stream = build_stream(args.dataset, stream_options(args), args.order)
+    options = PublishOptions(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, rate=args.rate,
+                             replace=args.replace, progress=not args.quiet)
+    with connect_redis(args.redis) as r:
+        summary = publish(r, args.stream, stream, options, dataset=args.dataset)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"published {stream.name} to {args.stream}: {summary['entries']} entries ({summary['batches']} batches, "
+              f"{summary['samples']} samples, {summary['buckets']} bucket ends, an end marker); stream_id "
+              f"{summary['stream_id']}")
+    return 0
+
+
+@broker_command
+def cmd_consume(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from .broker import ConsumeOptions, Consumer, connect_redis
+
+    options = ConsumeOptions(consumer=args.consumer or "", lease=args.lease, max_in_flight=args.max_in_flight,
+                             rate=args.rate, follow=args.follow, reconnect_timeout=args.reconnect_timeout,
+                             durable_retries=max(0, args.durable_retries), progress=not args.quiet)
+    with connect_redis(args.redis) as r, connect(args) as client:
+        result = Consumer(client, r, args.stream, args.group, options).run()
+    summary = jsonable({k: v for k, v in asdict(result).items() if k != "final_status"})
+    status = jsonable(result.final_status.as_dict())
+    if args.json:
+        print(json.dumps({**summary, "accuracy_matrix": status["accuracy_matrix"],
+                          "samples_trained": status["samples_trained"], "metrics": status["metrics"]}, indent=2))
+        return 0
+    print(format_table(status))
+    print(f"consumed {args.stream} as {result.consumer} in group {args.group}: {result.entries} entries "
+          f"({result.redelivered} redelivered), {result.batches_applied} batches trained, {result.duplicates} "
+          f"duplicates, {result.acked} acknowledged; durable: {result.durable}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -340,6 +411,48 @@ def build_parser() -> argparse.ArgumentParser:
                         help="another clstream-server flag, e.g. --server-arg=--checkpoint-dir=ckpt (repeatable)")
     demo.set_defaults(func=cmd_demo)
 
+    publish = sub.add_parser("publish", help="write a dataset into a Redis stream, in time order, as a producer",
+                             description="Write the dataset into the Redis stream KEY as a producer would: one entry "
+                                         "per training batch, bucket-end markers and an end-of-stream marker; the "
+                                         "held-out sets and the schema go into KEY:heldout:B and KEY:meta. See "
+                                         "docs/broker.md.")
+    add_redis_flags(publish)
+    add_stream_flags(publish)
+    g = publish.add_argument_group("schedule (as `stream`)")
+    g.add_argument("--batch-size", type=int, default=10, help="samples per entry (one training batch)")
+    g.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
+    g.add_argument("--seed", type=int, default=0,
+                   help="order of the passes after the first (`stream` takes the server's learner seed)")
+    g.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")
+    publish.add_argument("--replace", action="store_true", help="delete an existing stream of that name first")
+    publish.add_argument("--json", action="store_true", help="the summary as JSON")
+    publish.add_argument("--quiet", action="store_true", help="no progress bar")
+    publish.set_defaults(func=cmd_publish)
+
+    consume = sub.add_parser("consume", help="feed the server from a Redis stream's consumer group, exactly once",
+                             description="Read the Redis stream KEY in consumer group NAME and feed the server's "
+                                         "Train stream and EndBucket; an entry is acknowledged (XACK) only once the "
+                                         "server has made it durable. One consumer of a group is active, others "
+                                         "wait as standbys. Exits 0 at the end-of-stream marker. See docs/broker.md.")
+    add_connection_flags(consume)
+    add_redis_flags(consume)
+    consume.add_argument("--group", required=True, help="the consumer group (created at the stream's start if new)")
+    consume.add_argument("--consumer", default=None, help="this consumer's name in the group (default HOST-PID)")
+    consume.add_argument("--lease", type=float, default=10.0,
+                         help="seconds without renewal after which a standby takes over from the active consumer")
+    consume.add_argument("--max-in-flight", type=int, default=16,
+                         help="batches sent and not yet acknowledged, at most (0: no client-side bound)")
+    consume.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")
+    consume.add_argument("--follow", action="store_true", help="keep reading after the end-of-stream marker")
+    consume.add_argument("--reconnect-timeout", type=float, default=120.0,
+                         help="how long to wait for a server that went away before giving up, seconds")
+    consume.add_argument("--durable-retries", type=int, default=4,
+                         help="how many more times to ask for a bucket's end while the server cannot write its "
+                              "checkpoint (1, 2, 4, ... s apart)")
+    consume.add_argument("--json", action="store_true", help="the summary as JSON")
+    consume.add_argument("--quiet", action="store_true", help="no progress bar")
+    consume.set_defaults(func=cmd_consume)
+
     figures = sub.add_parser("figures", help="draw the figures of a recorded report.json again")
     figures.add_argument("report_json")
     figures.add_argument("--out", default=None, help="folder (default: the report's)")
@@ -356,6 +469,18 @@ def check_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if getattr(args, "offset", 0) < 0:
         raise ValueError(f"--offset must be 0 or more, got {args.offset}")
+    if args.command in ("publish", "consume"):
+        for flag in ("batch_size", "epochs"):
+            if getattr(args, flag, 1) < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+        if args.rate is not None and args.rate <= 0:
+            raise ValueError(f"--rate must be > 0 samples per second, got {args.rate}")
+        if getattr(args, "lease", 1) <= 0:
+            raise ValueError(f"--lease must be > 0 seconds, got {args.lease}")
+        if getattr(args, "max_in_flight", 0) < 0:
+            raise ValueError(f"--max-in-flight must be 0 or more, got {args.max_in_flight}")
+        if not args.stream:
+            raise ValueError("--stream must name the Redis stream's key, got ''")
     if getattr(args, "reconnect_timeout", 1) <= 0:
         raise ValueError(f"--reconnect-timeout must be > 0 seconds, got {args.reconnect_timeout}")
     if args.command in ("stream", "demo") and args.report is not None and Path(args.report).exists() \
@@ -384,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_SERVICE
+
     except ValidationError as e:
         print(f"error: {validation_message(e)}", file=sys.stderr)
         return EXIT_USAGE

@@ -129,6 +129,19 @@ class Schedule:
         return cache[1], cache[2]
 
 
+def check_schema(status: ServerStatus, schema: Schema, target: str) -> None:
+    """ReplayRefused when the server holds a model of another schema (classes or input shape; the value
+    range is the server's to check)."""
+    theirs = Schema(tuple(status.schema["class_names"]), tuple(status.schema["input_shape"]))
+    ours = Schema(schema.class_names, schema.input_shape)
+    if status.has_model and theirs != ours:
+        raise ReplayRefused(
+            f"the server at {target} holds a model of another schema: "
+            f"{len(theirs.class_names)} classes {list(theirs.class_names)}, input {list(theirs.input_shape)}; "
+            f"this stream has {len(schema.class_names)} classes {list(schema.class_names)}, input "
+            f"{list(schema.input_shape)}. Use a server with an empty checkpoint directory for it")
+
+
 def default_stream_id(stream: Stream, batch_size: int, epochs: int, seed: int) -> str:
     """Stable for the same stream and schedule, so running the same command again resumes it."""
     key = json.dumps({"stream": stream.summary(), "batch_size": batch_size, "epochs": epochs, "seed": seed},
@@ -277,14 +290,7 @@ class Replay:
         return open_bucket
 
     def _check_schema(self, status: ServerStatus) -> None:
-        theirs = Schema(tuple(status.schema["class_names"]), tuple(status.schema["input_shape"]))
-        ours = Schema(self.schema.class_names, self.schema.input_shape)  # the value range is the server's to check
-        if status.has_model and theirs != ours:
-            raise ReplayRefused(
-                f"the server at {self.client.target} holds a model of another schema: "
-                f"{len(theirs.class_names)} classes {list(theirs.class_names)}, input {list(theirs.input_shape)}; "
-                f"this stream has {len(self.schema.class_names)} classes {list(self.schema.class_names)}, input "
-                f"{list(self.schema.input_shape)}. Use a server with an empty checkpoint directory for it")
+        check_schema(status, self.schema, self.client.target)
 
     def _end_bucket(self, bucket: int) -> BucketResult:
         """EndBucket naming the bucket's last sequence. A server that lost batches of it (restarted from

@@ -26,3 +26,13 @@ def service():
     yield _start
     for s in running:
         s.stop(grace=0.5)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port, its data in tmp_path/redis; stopped at teardown."""
+    from redis_support import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

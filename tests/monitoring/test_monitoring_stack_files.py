@@ -106,8 +106,39 @@ def container_path_in_mount(service: dict, path: str):
 # -- compose ------------------------------------------------------------------------------------------
 
 def test_compose_has_the_four_services_and_both_volumes(compose, services):
-    assert set(services) == {"server", "replay", "prometheus", "grafana"}
+    default = {name for name, s in services.items() if not s.get("profiles")}
+    assert default == {"server", "replay", "prometheus", "grafana"}
     assert {"checkpoints", "prometheus-data"} <= set(compose["volumes"])
+
+
+def test_the_broker_profile_runs_redis_a_producer_and_the_consumer_into_the_server(compose, services):
+    """docs/broker.md: `--profile broker` adds Redis, a producer job and a consumer; their commands are
+    what the real CLI parses, and both name the same Redis, stream and (for the consumer) the server."""
+    from client.cli import build_parser
+
+    broker = {name for name, s in services.items() if "broker" in s.get("profiles", [])}
+    assert broker == {"redis", "producer", "consumer"} and "redis-data" in compose["volumes"]
+    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    assert "--appendonly" in services["redis"]["command"]
+
+    def argv(name: str) -> list[str]:
+        script = services[name]["entrypoint"][-1].replace("$$", "$")
+        e = env(services[name])
+        for key, value in e.items():
+            script = script.replace(f'"${key}"', value or "").replace(f"${key}", value or "")
+        words = script.split()
+        assert words[:2] == ["exec", "clstream-client"]
+        return words[2:]
+
+    produce, consume = build_parser().parse_args(argv("producer")), build_parser().parse_args(argv("consumer"))
+    assert produce.command == "publish" and consume.command == "consume"
+    assert produce.redis == consume.redis == "redis://redis:6379/0" and produce.stream == consume.stream
+    assert consume.target == f"server:{env(services['server'])['CLSTREAM_PORT']}"
+    assert produce.dataset == env(services["replay"])["REPLAY_DATASET"]
+    assert services["consumer"]["depends_on"]["server"]["condition"] == "service_healthy"
+    assert services["consumer"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["consumer"]["restart"] == "on-failure" and services["producer"]["restart"] == "no"
+    assert "CLSTREAM_TOKEN" in env(services["consumer"])
 
 
 def test_every_published_port_binds_loopback_only(services):
