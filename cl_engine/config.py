@@ -10,6 +10,9 @@ from .models import MODELS
 from .selection import SELECTIONS
 
 
+RESERVOIR_CAPACITY = 1000  # a reservoir's capacity when none is given: it has no share to follow
+
+
 class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -20,7 +23,10 @@ class LearnerConfig(BaseModel):
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (L2)")
     # Replay memory. Capacity is a hard bound on samples held, whatever the retention.
-    buffer_capacity: int = Field(1000, ge=0, description="samples the replay memory can hold")
+    buffer_capacity: int | None = Field(
+        None, ge=0, description="samples the replay memory can hold at most; default: 1000 for reservoir "
+                                "retention, unbounded for ratio and per-bucket retention (the memory grows to "
+                                "hold exactly the asked share or count of every bucket)")
     retention: Literal["reservoir", "reservoir-end", "ratio", "per-bucket"] | None = Field(
         None, description="reservoir (online, fixed capacity), reservoir-end (the same reservoir, its writes "
                           "applied at the end of each bucket: a bucket replays finished buckets only), ratio (a "
@@ -50,6 +56,8 @@ class LearnerConfig(BaseModel):
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.retention is None:
             self.retention = "reservoir" if self.strategy in ("naive", "replay") else "per-bucket"
+        if self.buffer_capacity is None and self.retention in ("reservoir", "reservoir-end"):
+            self.buffer_capacity = RESERVOIR_CAPACITY
         if self.retention in ("reservoir", "reservoir-end") and self.selection != "random":
             raise ValueError(f"selection {self.selection!r} needs ratio or per-bucket retention: add --retain-ratio "
                              "R (e.g. 0.05) or --retention per-bucket; reservoir retention is uniform random by "

@@ -7,6 +7,7 @@ registered held-out set.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from .streams.base import SampleSet, TensorSet
 from .strategies import STRATEGIES, Context
 
 EVAL_BATCH = 512
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,8 +116,11 @@ class Learner:
             raise ValueError(f"bucket {bucket} is not the open bucket {self.open_bucket}; buckets are trained in "
                              f"order, so end bucket {self.open_bucket} first")
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepResult:
+    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, ids: torch.Tensor | None = None) -> StepResult:
         """Score the batch with the current model, then take one update step on it.
+
+        `ids`: each sample's identity within its bucket (its dataset index), so the memory is offered
+        each sample once however many epochs repeat it; None: identities from the samples' contents.
 
         A step the guard refuses (non-finite loss, gradient or resulting weights) changes nothing:
         no weights, no memory, no counters but its skip count; the result says why (`skipped`)."""
@@ -133,7 +138,7 @@ class Learner:
                     b.copy_(old)
             return StepResult(0, y.shape[0], out.loss, self.version, out.skipped)
         if self.strategy.uses_memory:
-            self.retention.observe(x, y, bucket, self.generator)
+            self.retention.observe(x, y, bucket, self.generator, ids=ids)
         correct, n = int((out.logits.argmax(dim=1) == y).sum()), y.shape[0]
         self.prequential.add(correct, n)
         self.counters["samples_trained"] += n
@@ -151,6 +156,7 @@ class Learner:
         t0 = time.perf_counter()
         if self.strategy.uses_memory:
             self.retention.end_bucket(bucket, self.logits, self.config.selection, self.generator, bucket_size)
+            self._warn_if_cut(bucket)
         t1 = time.perf_counter()
         row = self.evaluate_all()
         self.matrix.add_row(bucket, row)
@@ -158,6 +164,15 @@ class Learner:
         self.seconds["consolidate"] += t1 - t0
         self.seconds["evaluate"] += time.perf_counter() - t1
         return row
+
+    def _warn_if_cut(self, bucket: int) -> None:
+        asked = getattr(self.retention, "asked", {})
+        kept = self.buffer.counts_by_bucket()
+        short = {b: (kept.get(b, 0), k) for b, k in asked.items() if kept.get(b, 0) < k}
+        if short:
+            log.warning("after bucket %d the replay memory (capacity %s) holds fewer than asked, kept/asked per "
+                        "bucket: %s", bucket, self.buffer.limit,
+                        ", ".join(f"{b}: {k}/{a}" for b, (k, a) in sorted(short.items())))
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -204,9 +219,10 @@ class Learner:
             **self.counters,
             "prequential_accuracy": self.prequential.accuracy,
             "prequential_accuracy_overall": self.prequential.overall_accuracy,
-            "buffer": {"size": len(self.buffer), "capacity": self.buffer.capacity,
-                       "by_bucket": self.buffer.counts_by_bucket(), "by_class": self.buffer.counts_by_class(),
-                       "bytes": self.buffer.nbytes()},
+            "buffer": {"size": len(self.buffer), "capacity": self.buffer.capacity, "bounded": self.buffer.bounded,
+                       "by_bucket": self.buffer.counts_by_bucket(),
+                       "asked_by_bucket": dict(getattr(self.retention, "asked", {})),
+                       "by_class": self.buffer.counts_by_class(), "bytes": self.buffer.nbytes()},
         }
 
     # -- checkpoint state -----------------------------------------------------------------------

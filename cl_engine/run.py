@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .config import LearnerConfig
 from .learner import Learner
 from .metrics import forgetting_per_bucket
+from .retention import memory_cut_warning
 from .schedule import batches_per_bucket, bucket_batches
 from .streams import Stream
 
@@ -25,6 +26,9 @@ def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epoc
     for j, bucket in enumerate(stream.buckets):
         learner.register_eval_set(j, bucket.test)
     learner.matrix.set_initial(learner.evaluate_all())
+    cut = memory_cut_warning(config.model_dump(), [len(b.train) for b in stream.buckets])
+    if cut:
+        print(f"warning: {cut}", file=sys.stderr)
     stream_seconds = 0.0  # observing batches; consolidation is added from the learner's own clock
     for i, bucket in enumerate(stream.buckets):
         n = len(bucket.train)
@@ -33,7 +37,7 @@ def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epoc
         t0 = time.perf_counter()
         for k, index in enumerate(bucket_batches(n, batch_size, epochs, config.seed, i), 1):
             x, y = bucket.train.batch(index, train=True)
-            step = learner.observe(x, y, i)
+            step = learner.observe(x, y, i, ids=index)
             bar.update(1)
             if progress and k % 20 == 0:  # a disabled bar's n stays 0: test the count, not the bar
                 bar.set_postfix(preq_acc=f"{learner.prequential.accuracy:.3f}", loss=f"{step.loss:.3f}")
@@ -47,7 +51,9 @@ def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epoc
                   f"held-out accuracy " + " ".join("-" if math.isnan(a) else f"{a:.3f}" for a in row),
                   file=sys.stderr)
     train_seconds = stream_seconds + learner.seconds["consolidate"]
-    return build_report(learner, stream, {"batch_size": batch_size, "epochs": epochs}, train_seconds)
+    report = build_report(learner, stream, {"batch_size": batch_size, "epochs": epochs}, train_seconds)
+    report["buffer"]["cut_warning"] = cut
+    return report
 
 
 def build_report(learner: Learner, stream: Stream, run_settings: dict, train_seconds: float) -> dict:

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cl_engine.retention import memory_cut_warning
 from cl_engine.schedule import batches_per_bucket, bucket_batches
 from cl_engine.streams import Stream
 
@@ -163,6 +164,7 @@ class ReplayResult:
     final_status: ServerStatus | None = None
     durable: bool = False  # the final state is in an fsynced checkpoint (False only without server checkpoints)
     final_checkpoint: str = ""
+    cut_warning: str | None = None  # the server's memory keeps less than its retention asks (announced at start)
 
 
 class Replay:
@@ -190,6 +192,9 @@ class Replay:
         schedule = Schedule([len(b.train) for b in self.stream.buckets], o.batch_size, o.epochs, seed)
         stream_id = o.stream_id or default_stream_id(self.stream, o.batch_size, o.epochs, seed)
         self.result = r = ReplayResult(self.stream, o, seed, stream_id, self.client.target, schedule)
+        r.cut_warning = memory_cut_warning(status.config, schedule.sizes) if status.config else None
+        if r.cut_warning:
+            print(f"warning: the server's {r.cut_warning}", file=sys.stderr)
         n = len(self.stream)
         self._bars["buckets"] = tqdm(total=n, desc="buckets", unit="bucket", file=sys.stderr, disable=not o.progress,
                                      position=0)

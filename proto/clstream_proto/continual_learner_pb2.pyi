@@ -246,7 +246,7 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BufferStatus(_message.Message):
-    __slots__ = ("size", "capacity", "bytes", "by_bucket", "by_class")
+    __slots__ = ("size", "capacity", "bytes", "by_bucket", "by_class", "asked_by_bucket", "bounded")
     class ByBucketEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -261,17 +261,28 @@ class BufferStatus(_message.Message):
         key: int
         value: int
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class AskedByBucketEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     BY_BUCKET_FIELD_NUMBER: _ClassVar[int]
     BY_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ASKED_BY_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    BOUNDED_FIELD_NUMBER: _ClassVar[int]
     size: int
     capacity: int
     bytes: int
     by_bucket: _containers.ScalarMap[int, int]
     by_class: _containers.ScalarMap[int, int]
-    def __init__(self, size: _Optional[int] = ..., capacity: _Optional[int] = ..., bytes: _Optional[int] = ..., by_bucket: _Optional[_Mapping[int, int]] = ..., by_class: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    asked_by_bucket: _containers.ScalarMap[int, int]
+    bounded: bool
+    def __init__(self, size: _Optional[int] = ..., capacity: _Optional[int] = ..., bytes: _Optional[int] = ..., by_bucket: _Optional[_Mapping[int, int]] = ..., by_class: _Optional[_Mapping[int, int]] = ..., asked_by_bucket: _Optional[_Mapping[int, int]] = ..., bounded: _Optional[bool] = ...) -> None: ...
 
 class DriftStatus(_message.Message):
     __slots__ = ("statistic", "threshold", "events", "last_event_version")
