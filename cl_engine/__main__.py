@@ -55,6 +55,11 @@ def add_learner_flags(p: argparse.ArgumentParser) -> None:
                    help=f["memory_strength"].description)
     p.add_argument("--agem-sample-size", type=int, default=f["agem_sample_size"].default,
                    help=f["agem_sample_size"].description)
+    p.add_argument("--augment", choices=["none", "crop-flip"], default=None,
+                   help=f"{f['augment'].description} (default: the stream's: crop-flip for CLEAR images, else none)")
+    p.add_argument("--uint8-inputs", choices=["scale", "imagenet"], default=None,
+                   help=f"{f['uint8_inputs'].description} (default: the stream's: imagenet for CLEAR images, else "
+                        "scale)")
     p.add_argument("--seed", type=int, default=f["seed"].default, help=f["seed"].description)
     p.add_argument("--device", default="auto", help=f["device"].description)
 
@@ -73,6 +78,9 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
     )
     if args.retain_ratio is not None:
         values["retain_ratio"] = args.retain_ratio
+    for name in ("augment", "uint8_inputs"):  # unset: the stream's default (run_stream applies it)
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
     return LearnerConfig(**values)
 
 

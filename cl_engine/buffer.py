@@ -7,11 +7,17 @@ Storage is allocated in the shape and dtype of the first samples. A bounded memo
 (`ReplayBuffer(capacity)`) allocates its capacity once and never grows past it; an unbounded one
 (`ReplayBuffer(None)`) holds exactly what its retention asks: `reserve` grows it as buckets arrive.
 
+What leaves the memory to be learned from is viewed on the way out (views.py): `sample` gives
+the training view (augmented afresh on every draw), `grouped` (GEM's constraints) the evaluation
+view; `get` gives samples as stored. Both views are the identity unless the learner sets them.
+
 Every change (write, keep, or setting `size`) bumps `version`, so that what is derived from the
 contents (the buckets held, the memories grouped by bucket for GEM) is computed once per change
 instead of once per step. Change the contents only through those.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -44,6 +50,8 @@ class ReplayBuffer:
         self.bucket = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
         self.ids = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
         self.priority = torch.empty(self.capacity, dtype=torch.float32, device=self.device)
+        self.training_view: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+        self.evaluation_view: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
 
     @property
     def bounded(self) -> bool:
@@ -147,14 +155,16 @@ class ReplayBuffer:
 
     def sample(self, n: int, generator: torch.Generator, buckets: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """n samples drawn uniformly without replacement (all of them if fewer are held)."""
+        """n samples drawn uniformly without replacement (all of them if fewer are held), in their
+        training view."""
         if buckets is None:  # every filled slot: the permutation is the slots themselves
             picks = torch.randperm(self.size, generator=generator)[:n] if self.size > n else torch.arange(self.size)
         else:
             picks = self.slots(buckets)
             if len(picks) > n:
                 picks = picks[torch.randperm(len(picks), generator=generator)[:n].to(self.device)]
-        return self.get(picks)
+        x, y = self.get(picks)
+        return self.training_view(x), y
 
     def buckets_held(self) -> list[int]:
         return list(self._cached("held", lambda: sorted(self.bucket[: self.size].unique().tolist())))
@@ -167,7 +177,10 @@ class ReplayBuffer:
         length, in the order asked for (as bucket retention keeps them), x and y are views of the
         storage, no copy; otherwise they are gathered once per version of the contents.
         """
-        return self._cached(("grouped", tuple(buckets)), lambda: self._grouped(buckets))
+        def compute():
+            x, y, counts = self._grouped(buckets)
+            return self.evaluation_view(x), y, counts
+        return self._cached(("grouped", tuple(buckets)), compute)
 
     def _runs(self) -> dict[int, tuple[int, int]]:
         """bucket -> (first slot, count) when every bucket occupies one run of slots, else {}."""

@@ -44,6 +44,14 @@ class LearnerConfig(BaseModel):
     agem_sample_size: int = Field(256, ge=1, description="A-GEM: memories drawn for the reference gradient")
     clip_grad_norm: float = Field(0.0, ge=0, description="update-size guard: scale each step's gradient to this "
                                   "global L2 norm at most; 0 = off (see docs/safety.md)")
+    augment: Literal["none", "crop-flip"] = Field(
+        "none", description="training augmentation the learner applies to every sample each time it trains on it, "
+                            "new or replayed: none, or crop-flip (random resized crop 8-100% and horizontal flip, "
+                            "torchvision's, batched on the learner's device); the memory keeps samples as they "
+                            "arrived")
+    uint8_inputs: Literal["scale", "imagenet"] = Field(
+        "scale", description="how uint8 samples (kept as uint8 in the memory) become model inputs: scale to [0, 1], "
+                             "or scale and normalise by ImageNet's mean and std")
     prequential_window: int = Field(1000, ge=1, description="samples in the prequential accuracy window")
     seed: int = Field(0, description="seed of the model's initialisation, the batch order and the memory's draws")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")

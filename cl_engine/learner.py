@@ -22,6 +22,7 @@ from .models import build_model
 from .retention import BucketRetention, ReservoirRetention
 from .streams.base import SampleSet, TensorSet
 from .strategies import STRATEGIES, Context
+from .views import InputView
 
 EVAL_BATCH = 512
 log = logging.getLogger(__name__)
@@ -68,9 +69,13 @@ class Learner:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.view = InputView(config.augment, config.uint8_inputs)
+        self.augment_generator = torch.Generator().manual_seed(config.seed + 1)  # crops: apart from the memory's draws
         strategy_cls = STRATEGIES[config.strategy]
         capacity = config.buffer_capacity if strategy_cls.uses_memory else 0
         self.buffer = ReplayBuffer(capacity, self.device)
+        self.buffer.training_view = self.training_view
+        self.buffer.evaluation_view = self.view.evaluation
         if config.retention in ("reservoir", "reservoir-end"):
             self.retention = ReservoirRetention(self.buffer, config.class_balanced,
                                                 deferred=config.retention == "reservoir-end")
@@ -99,9 +104,9 @@ class Learner:
             raise ValueError(f"labels have shape {tuple(y.shape)}; expected ({x.shape[0]},), one per sample")
         if x.shape[0] == 0:
             raise ValueError("empty batch; expected at least one sample")
-        if not x.is_floating_point():
-            raise ValueError(f"samples have dtype {x.dtype}; expected a float tensor")
-        if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):  # a finite sum: all finite
+        if not x.is_floating_point() and x.dtype != torch.uint8:
+            raise ValueError(f"samples have dtype {x.dtype}; expected a float or uint8 tensor")
+        if x.is_floating_point() and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):  # a finite sum: all finite
             raise ValueError("samples contain NaN or Inf")
         if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"labels have dtype {y.dtype}; expected integers")
@@ -128,10 +133,10 @@ class Learner:
         self.check_batch(x, y)
         if self.version == 0 and not self.matrix.initial and self.eval_sets:
             self.matrix.set_initial(self.evaluate_all())
-        x = x.to(self.device, torch.float32)
+        x = x.to(self.device) if x.dtype == torch.uint8 else x.to(self.device, torch.float32)  # stored as arrived
         y = y.to(self.device, torch.int64)
         saved = [b.clone() for b in self.model.buffers()]  # batch-norm statistics move in the forward pass
-        out = self.strategy.observe(x, y, bucket)
+        out = self.strategy.observe(self.training_view(x), y, bucket)
         if out.skipped is not None:
             with torch.no_grad():
                 for b, old in zip(self.model.buffers(), saved):
@@ -174,13 +179,17 @@ class Learner:
                         "bucket: %s", bucket, self.buffer.limit,
                         ", ".join(f"{b}: {k}/{a}" for b, (k, a) in sorted(short.items())))
 
+    def training_view(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the model trains on it: viewed afresh (augmented, where configured) at every use."""
+        return self.view.training(x, self.augment_generator)
+
     # -- inference ------------------------------------------------------------------------------
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
-        out = torch.cat([self.model(x[i: i + EVAL_BATCH].to(self.device, torch.float32))
+        out = torch.cat([self.model(self.view.evaluation(x[i: i + EVAL_BATCH].to(self.device)))
                          for i in range(0, len(x), EVAL_BATCH)])
         self.model.train(was_training)
         return out
@@ -236,6 +245,7 @@ class Learner:
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
             "buffer": self.buffer.state_dict(),
             "retention": self.retention.state_dict(),
             "matrix": self.matrix.state_dict(),
@@ -250,6 +260,8 @@ class Learner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if "augment_generator" in state:  # absent from checkpoints written before augmentation moved here
+            self.augment_generator.set_state(state["augment_generator"])
         self.buffer.load_state_dict(state["buffer"])
         self.retention.load_state_dict(state["retention"])
         self.matrix.load_state_dict(state["matrix"])

@@ -17,11 +17,20 @@ from .learner import Learner
 from .metrics import forgetting_per_bucket
 from .retention import memory_cut_warning
 from .schedule import batches_per_bucket, bucket_batches
-from .streams import Stream
+from .streams import Stream, stored_batch
+
+
+def with_stream_defaults(config: LearnerConfig, stream: Stream) -> LearnerConfig:
+    """`config` with the stream's learner defaults (e.g. an image stream's augmentation) where it sets none."""
+    update = {k: v for k, v in stream.learner_defaults.items() if k not in config.model_fields_set}
+    return LearnerConfig(**{**config.model_dump(exclude_unset=True), **update}) if update else config
 
 
 def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epochs: int = 1,
                progress: bool = True) -> dict:
+    """Each batch is given as the stream stores it (`stored_batch`: uint8 images stay uint8) with its
+    dataset indices as sample identities; the learner views (and augments) it itself."""
+    config = with_stream_defaults(config, stream)
     learner = Learner(config, stream.input_shape, stream.num_classes)
     for j, bucket in enumerate(stream.buckets):
         learner.register_eval_set(j, bucket.test)
@@ -36,7 +45,7 @@ def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epoc
                    unit="batch", file=sys.stderr, disable=not progress, leave=False)
         t0 = time.perf_counter()
         for k, index in enumerate(bucket_batches(n, batch_size, epochs, config.seed, i), 1):
-            x, y = bucket.train.batch(index, train=True)
+            x, y = stored_batch(bucket.train, index)
             step = learner.observe(x, y, i, ids=index)
             bar.update(1)
             if progress and k % 20 == 0:  # a disabled bar's n stays 0: test the count, not the bar

@@ -2,7 +2,9 @@
 
 The batches are exactly those of the in-process reference (`python -m cl_engine run`): the same
 `cl_engine.schedule.bucket_batches(n, batch_size, epochs, seed, bucket)` index order and the same
-`bucket.train.batch(index, train=True)`. Every bucket's held-out set is registered before the
+samples, as the stream stores them (`stored_batch`: an image stream's uint8 pixels, which the
+server's learner normalises and augments itself), each with its index in the bucket as its
+sample id, so the server's memory is offered each sample once however many epochs. Every bucket's held-out set is registered before the
 first batch, so the row before training and the forward-transfer entries are measured too. With
 the server's learner configured as the in-process one, the accuracy matrix is the same.
 
@@ -53,7 +55,7 @@ from tqdm import tqdm
 
 from cl_engine.retention import memory_cut_warning
 from cl_engine.schedule import batches_per_bucket, bucket_batches
-from cl_engine.streams import Stream
+from cl_engine.streams import Stream, stored_batch
 
 from .api import Batch, BucketResult, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
 
@@ -195,6 +197,12 @@ class Replay:
         r.cut_warning = memory_cut_warning(status.config, schedule.sizes) if status.config else None
         if r.cut_warning:
             print(f"warning: the server's {r.cut_warning}", file=sys.stderr)
+        differ = {k: v for k, v in self.stream.learner_defaults.items() if status.config.get(k, v) != v}
+        if differ:
+            print("warning: this stream's training samples want the server's learner to run with "
+                  + ", ".join(f"{k}={v} (it has {status.config.get(k)})" for k, v in differ.items())
+                  + "; start it with " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ.items()),
+                  file=sys.stderr)
         n = len(self.stream)
         self._bars["buckets"] = tqdm(total=n, desc="buckets", unit="bucket", file=sys.stderr, disable=not o.progress,
                                      position=0)
@@ -380,14 +388,14 @@ class Replay:
                 sequence = first + k
                 if o.query_every and (sequence - 1) % o.query_every == 0:
                     self._query(bucket, k, sequence)
-                x, y = train.batch(batches[k], train=True)
+                x, y = stored_batch(train, batches[k])
                 if o.rate:  # a batch goes out once its last sample's time has come, not its first's
                     delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
                 sent += len(y)
                 self._sizes[sequence] = len(y)
-                yield Batch(r.stream_id, sequence, bucket, x, y)
+                yield Batch(r.stream_id, sequence, bucket, x, y, sample_ids=batches[k])
 
         t0 = time.perf_counter()
         try:

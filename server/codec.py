@@ -55,11 +55,12 @@ class DecodeLimits:
 def decode_samples(samples: pb.Samples, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
                    train: bool = False, pool: Executor | None = None) -> torch.Tensor:
     """A float32 tensor [n, *input_shape] with finite values, 1 <= n <= limits.max_samples.
-    `train` picks the training-time image transform where the transform has one; `pool` may
+    `train` picks the training-time image transform where the transform has one, and keeps a uint8
+    tensor uint8 (the learner stores samples as they arrived and scales them itself); `pool` may
     decode large images in parallel."""
     kind = samples.WhichOneof("payload")
     if kind == "tensor":
-        return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples)
+        return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples, keep_uint8=train)
     if kind == "images":
         return decode_images(samples.images, f"{field}.images", input_shape, limits, train, pool)
     raise InvalidArgument(field, "not set; expected `tensor` (raw samples) or `images` (JPEG/PNG files)")
@@ -72,7 +73,8 @@ def _count(n: int, field: str, max_samples: int) -> None:
         raise InvalidArgument(field, f"{n} samples; expected at most {max_samples} per message")
 
 
-def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_samples: int) -> torch.Tensor:
+def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_samples: int,
+                  keep_uint8: bool = False) -> torch.Tensor:
     if t.dtype not in WIRE_DTYPES:
         raise InvalidArgument(f"{field}.dtype", f"got {pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else t.dtype}; "
                                                 "expected DTYPE_UINT8, DTYPE_FLOAT16 or DTYPE_FLOAT32")
@@ -88,6 +90,8 @@ def decode_tensor(t: pb.Tensor, field: str, input_shape: tuple[int, ...], max_sa
     if len(t.data) != count * dtype.itemsize:
         raise InvalidArgument(f"{field}.data", f"{len(t.data)} bytes; expected {count * dtype.itemsize} "
                                                f"({shape} × {dtype.itemsize} bytes per {dtype.name})")
+    if keep_uint8 and t.dtype == pb.DTYPE_UINT8:
+        return torch.from_numpy(np.frombuffer(t.data, dtype=dtype).reshape(shape).copy())
     array = np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(np.float32)
     if divisor != 1.0:
         array /= np.float32(divisor)

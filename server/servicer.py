@@ -131,7 +131,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
 
     def _labelled(self, message, schema: Schema, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool)
-        schema.check_values(x, "samples")
+        schema.check_values(x.float() / 255 if x.dtype == torch.uint8 else x, "samples")  # uint8: as the learner scales it
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     @contextlib.contextmanager
@@ -162,7 +162,13 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         bucket = self._bucket(batch.bucket)
         schema = self._schema(batch, within)  # the worker establishes it once a batch of it is applied
         x, y = self._labelled(batch, schema, train=True)
-        return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema)
+        ids = None
+        if batch.sample_ids:
+            if len(batch.sample_ids) != len(y):
+                raise InvalidArgument("sample_ids", f"{len(batch.sample_ids)} ids for {len(y)} samples; expected one "
+                                                    "per sample, or none")
+            ids = torch.tensor(batch.sample_ids, dtype=torch.int64)
+        return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema, ids)
 
     def Train(self, request_iterator, context):
         def done(code: grpc.StatusCode) -> None:

@@ -98,6 +98,7 @@ class TrainOp(Op):
     x: torch.Tensor
     y: torch.Tensor
     schema: Schema
+    ids: torch.Tensor | None = None  # sample identities within the bucket (TrainBatch.sample_ids), if sent
 
 
 @dataclass
@@ -478,7 +479,7 @@ class TrainingWorker:
         except ValueError as e:
             raise InvalidArgument("samples", str(e)) from None
         t0 = time.perf_counter()
-        step = learner.observe(op.x, op.y, op.bucket)
+        step = learner.observe(op.x, op.y, op.bucket, ids=op.ids)
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
         self._adopt(learner, op.schema)
         self.applied[op.stream_id] = op.sequence  # a skipped step's batch is consumed too: exactly-once holds

@@ -124,7 +124,9 @@ def clear_stream(path: str | Path, mode: str = "images", protocol: str = "stream
     )
     # images: [0, 1] pixels after ImageNet normalisation; features: not declared (the default bound)
     value_range = normalised_range() if mode == "images" else None
-    return Stream(stream_name(names), stream_buckets, shape, len(names), names, info, value_range)
+    # images: training samples are stored as uint8 pixels; the learner normalises and augments them
+    defaults = {"augment": "crop-flip", "uint8_inputs": "imagenet"} if mode == "images" else {}
+    return Stream(stream_name(names), stream_buckets, shape, len(names), names, info, value_range, defaults)
 
 
 def stream_name(class_names: list[str]) -> str:
