@@ -19,7 +19,10 @@ class LearnerConfig(BaseModel):
     model: str = Field("mlp", description=f"network: one of {', '.join(MODELS)}")
     strategy: Literal["naive", "replay", "gem", "agem"] = Field(
         "replay", description="naive: plain SGD; replay: experience replay; gem, agem: gradient constraints")
-    lr: float = Field(0.1, gt=0, description="SGD learning rate")
+    lr: float = Field(0.1, gt=0, description="SGD learning rate (with a cosine schedule: at each bucket's start)")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant, or cosine: annealed from lr to 0 over each bucket's batches (all its "
+                                "epochs), restarting at every bucket, as the CLEAR study did")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (L2)")
     # Replay memory. Capacity is a hard bound on samples held, whatever the retention.

@@ -22,6 +22,7 @@ from .models import build_model
 from .retention import BucketRetention, ReservoirRetention
 from .streams.base import SampleSet, TensorSet
 from .strategies import STRATEGIES, Context
+from .lr_schedule import lr_at
 from .views import InputView
 
 EVAL_BATCH = 512
@@ -34,6 +35,7 @@ class StepResult:
     total: int
     loss: float
     version: int
+    lr: float  # the learning rate of this step
     skipped: str | None = None  # why the batch was consumed but not learned (guard.REASONS); None: learned
 
     @property
@@ -93,6 +95,8 @@ class Learner:
         self.seconds = {"consolidate": 0.0, "evaluate": 0.0}  # time spent in end_bucket, by part
         self.version = 0  # one per applied update
         self.open_bucket = 0  # the bucket being trained; buckets before it are finished
+        self.planned_batches: int | None = None  # the open bucket's batches, all epochs (the lr schedule's T)
+        self.bucket_step = 0  # batches of the open bucket observed so far
 
     # -- training -------------------------------------------------------------------------------
 
@@ -114,6 +118,19 @@ class Learner:
         if low < 0 or high >= self.num_classes:
             raise ValueError(f"labels span {low}..{high}; expected 0..{self.num_classes - 1}")
 
+    def plan_bucket(self, bucket: int, batches: int | None) -> None:
+        """Declare how many batches (all epochs) the open bucket will have, before its first; the cosine
+        learning-rate schedule needs it. The first declaration of a bucket holds; None declares nothing.
+        ValueError when the schedule needs a plan and the bucket has none."""
+        self.check_bucket(bucket)
+        if batches is not None and batches < 1:
+            raise ValueError(f"got {batches}; expected the bucket's planned batch count, at least 1")
+        if self.planned_batches is None and batches is not None:
+            self.planned_batches = int(batches)
+        if self.config.lr_schedule == "cosine" and self.planned_batches is None:
+            raise ValueError("got none; the cosine learning-rate schedule needs the bucket's planned batch count "
+                             "(all epochs) with its first batch")
+
     def check_bucket(self, bucket: int) -> None:
         if bucket < self.open_bucket:
             raise ValueError(f"bucket {bucket} is already finished; the open bucket is {self.open_bucket}")
@@ -133,6 +150,11 @@ class Learner:
         self.check_batch(x, y)
         if self.version == 0 and not self.matrix.initial and self.eval_sets:
             self.matrix.set_initial(self.evaluate_all())
+        if self.config.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.config.lr_schedule, self.config.lr, self.bucket_step, self.planned_batches)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.bucket_step += 1  # by position: a batch the guard refuses takes its step of the schedule too
         x = x.to(self.device) if x.dtype == torch.uint8 else x.to(self.device, torch.float32)  # stored as arrived
         y = y.to(self.device, torch.int64)
         saved = [b.clone() for b in self.model.buffers()]  # batch-norm statistics move in the forward pass
@@ -141,7 +163,7 @@ class Learner:
             with torch.no_grad():
                 for b, old in zip(self.model.buffers(), saved):
                     b.copy_(old)
-            return StepResult(0, y.shape[0], out.loss, self.version, out.skipped)
+            return StepResult(0, y.shape[0], out.loss, self.version, lr, out.skipped)
         if self.strategy.uses_memory:
             self.retention.observe(x, y, bucket, self.generator, ids=ids)
         correct, n = int((out.logits.argmax(dim=1) == y).sum()), y.shape[0]
@@ -149,7 +171,7 @@ class Learner:
         self.counters["samples_trained"] += n
         self.counters["batches_trained"] += 1
         self.version += 1
-        return StepResult(correct, n, out.loss, self.version)
+        return StepResult(correct, n, out.loss, self.version, lr)
 
     def end_bucket(self, bucket: int, bucket_size: int | None = None) -> dict[int, float]:
         """Consolidate the memory, measure every held-out set, and open the next bucket.
@@ -166,6 +188,7 @@ class Learner:
         row = self.evaluate_all()
         self.matrix.add_row(bucket, row)
         self.open_bucket += 1
+        self.planned_batches, self.bucket_step = None, 0
         self.seconds["consolidate"] += t1 - t0
         self.seconds["evaluate"] += time.perf_counter() - t1
         return row
@@ -253,6 +276,8 @@ class Learner:
             "counters": dict(self.counters),
             "version": self.version,
             "open_bucket": self.open_bucket,
+            "planned_batches": self.planned_batches,
+            "bucket_step": self.bucket_step,
             "eval_sets": {b: (s.x.cpu(), s.labels.cpu()) for b, s in self.eval_sets.items() if isinstance(s, TensorSet)},
         }
 
@@ -269,6 +294,8 @@ class Learner:
         self.counters.update(state["counters"])
         self.version = state["version"]
         self.open_bucket = state["open_bucket"]
+        self.planned_batches = state.get("planned_batches")  # absent from checkpoints before lr schedules
+        self.bucket_step = state.get("bucket_step", 0)
         for b, (x, y) in state["eval_sets"].items():
             self.eval_sets[b] = TensorSet(x, y)
 

@@ -16,7 +16,7 @@ from .config import LearnerConfig
 from .learner import Learner
 from .metrics import forgetting_per_bucket
 from .retention import memory_cut_warning
-from .schedule import batches_per_bucket, bucket_batches
+from .schedule import batches_per_bucket, bucket_batches, check_within
 from .streams import Stream, stored_batch
 
 
@@ -27,9 +27,11 @@ def with_stream_defaults(config: LearnerConfig, stream: Stream) -> LearnerConfig
 
 
 def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epochs: int = 1,
-               progress: bool = True) -> dict:
+               progress: bool = True, within: str = "shuffled") -> dict:
     """Each batch is given as the stream stores it (`stored_batch`: uint8 images stay uint8) with its
-    dataset indices as sample identities; the learner views (and augments) it itself."""
+    dataset indices as sample identities; the learner views (and augments) it itself. `within`: the
+    order inside a bucket (schedule.py)."""
+    check_within(within, stream.name, stream.undated_samples)
     config = with_stream_defaults(config, stream)
     learner = Learner(config, stream.input_shape, stream.num_classes)
     for j, bucket in enumerate(stream.buckets):
@@ -44,7 +46,8 @@ def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epoc
         bar = tqdm(total=batches_per_bucket(n, batch_size, epochs), desc=f"bucket {i + 1}/{len(stream)}",
                    unit="batch", file=sys.stderr, disable=not progress, leave=False)
         t0 = time.perf_counter()
-        for k, index in enumerate(bucket_batches(n, batch_size, epochs, config.seed, i), 1):
+        learner.plan_bucket(i, batches_per_bucket(n, batch_size, epochs))
+        for k, index in enumerate(bucket_batches(n, batch_size, epochs, config.seed, i, within), 1):
             x, y = stored_batch(bucket.train, index)
             step = learner.observe(x, y, i, ids=index)
             bar.update(1)
@@ -60,7 +63,8 @@ def run_stream(stream: Stream, config: LearnerConfig, batch_size: int = 10, epoc
                   f"held-out accuracy " + " ".join("-" if math.isnan(a) else f"{a:.3f}" for a in row),
                   file=sys.stderr)
     train_seconds = stream_seconds + learner.seconds["consolidate"]
-    report = build_report(learner, stream, {"batch_size": batch_size, "epochs": epochs}, train_seconds)
+    report = build_report(learner, stream, {"batch_size": batch_size, "epochs": epochs, "within_bucket": within},
+                          train_seconds)
     report["buffer"]["cut_warning"] = cut
     return report
 

@@ -54,7 +54,7 @@ import torch
 from tqdm import tqdm
 
 from cl_engine.retention import memory_cut_warning
-from cl_engine.schedule import batches_per_bucket, bucket_batches
+from cl_engine.schedule import batches_per_bucket, bucket_batches, check_within
 from cl_engine.streams import Stream, stored_batch
 
 from .api import Batch, BucketResult, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
@@ -77,6 +77,7 @@ def resumable(error: ServiceError) -> bool:
 class ReplayOptions:
     batch_size: int = 10
     epochs: int = 1  # passes over each bucket
+    within_bucket: str = "shuffled"  # order inside a bucket: shuffled | upload-time (cl_engine/schedule.py)
     seed: int | None = None  # order of the passes after the first; None: the server's learner seed
     rate: float | None = None  # samples per second at most; None: as fast as the server takes them
     max_in_flight: int = 16  # batches sent and not yet acknowledged, at most (0: as many as gRPC buffers)
@@ -93,10 +94,11 @@ class ReplayOptions:
 class Schedule:
     """The batches of every bucket and the sequence number of each (a function of position only)."""
 
-    def __init__(self, sizes: list[int], batch_size: int, epochs: int, seed: int):
+    def __init__(self, sizes: list[int], batch_size: int, epochs: int, seed: int, within: str = "shuffled"):
         if batch_size < 1 or epochs < 1:
             raise ValueError(f"batch size and epochs must be >= 1, got {batch_size} and {epochs}")
         self.sizes, self.batch_size, self.epochs, self.seed = list(sizes), batch_size, epochs, seed
+        self.within = within
         self.counts = [batches_per_bucket(n, batch_size, epochs) for n in self.sizes]
         self.first = [1 + sum(self.counts[:b]) for b in range(len(self.sizes))]
         self._start_samples = [epochs * sum(self.sizes[:b]) for b in range(len(self.sizes))]
@@ -126,16 +128,17 @@ class Schedule:
     def _bucket(self, bucket: int) -> tuple[list[torch.Tensor], np.ndarray]:
         cache = self._cache  # one bucket at a time; read once, as the request thread uses it too
         if cache is None or cache[0] != bucket:
-            batches = list(bucket_batches(self.sizes[bucket], self.batch_size, self.epochs, self.seed, bucket))
+            batches = list(bucket_batches(self.sizes[bucket], self.batch_size, self.epochs, self.seed, bucket,
+                                          self.within))
             offsets = np.concatenate([[0], np.cumsum([len(i) for i in batches])])
             cache = self._cache = (bucket, batches, offsets)
         return cache[1], cache[2]
 
 
-def default_stream_id(stream: Stream, batch_size: int, epochs: int, seed: int) -> str:
+def default_stream_id(stream: Stream, batch_size: int, epochs: int, seed: int, within: str = "shuffled") -> str:
     """Stable for the same stream and schedule, so running the same command again resumes it."""
-    key = json.dumps({"stream": stream.summary(), "batch_size": batch_size, "epochs": epochs, "seed": seed},
-                     sort_keys=True, default=str)
+    key = json.dumps({"stream": stream.summary(), "batch_size": batch_size, "epochs": epochs, "seed": seed,
+                      "within_bucket": within}, sort_keys=True, default=str)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stream.name).strip("-")[:80] or "stream"
     return f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
@@ -191,8 +194,10 @@ class Replay:
         status = self._first_contact()
         self._check_schema(status)
         seed = o.seed if o.seed is not None else int(status.config.get("seed", 0))
-        schedule = Schedule([len(b.train) for b in self.stream.buckets], o.batch_size, o.epochs, seed)
-        stream_id = o.stream_id or default_stream_id(self.stream, o.batch_size, o.epochs, seed)
+        check_within(o.within_bucket, self.stream.name, self.stream.undated_samples)
+        schedule = Schedule([len(b.train) for b in self.stream.buckets], o.batch_size, o.epochs, seed,
+                            o.within_bucket)
+        stream_id = o.stream_id or default_stream_id(self.stream, o.batch_size, o.epochs, seed, o.within_bucket)
         self.result = r = ReplayResult(self.stream, o, seed, stream_id, self.client.target, schedule)
         r.cut_warning = memory_cut_warning(status.config, schedule.sizes) if status.config else None
         if r.cut_warning:
@@ -395,7 +400,8 @@ class Replay:
                         time.sleep(delay)
                 sent += len(y)
                 self._sizes[sequence] = len(y)
-                yield Batch(r.stream_id, sequence, bucket, x, y, sample_ids=batches[k])
+                yield Batch(r.stream_id, sequence, bucket, x, y, sample_ids=batches[k],
+                            bucket_batches=schedule.counts[bucket])
 
         t0 = time.perf_counter()
         try:

@@ -58,7 +58,8 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
     return {
         "stream": r.stream.summary(),
         "strategy": s.config.get("strategy"),
-        "config": {**learner, "batch_size": o.batch_size, "epochs": o.epochs, "schedule_seed": r.seed,
+        "config": {**learner, "batch_size": o.batch_size, "epochs": o.epochs, "within_bucket": o.within_bucket,
+                   "schedule_seed": r.seed,
                    "rate": o.rate, "max_in_flight": o.max_in_flight, "query_every": o.query_every,
                    "query_size": o.query_size,
                    "stream_id": r.stream_id, **(config or {})},

@@ -168,7 +168,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
                 raise InvalidArgument("sample_ids", f"{len(batch.sample_ids)} ids for {len(y)} samples; expected one "
                                                     "per sample, or none")
             ids = torch.tensor(batch.sample_ids, dtype=torch.int64)
-        return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema, ids)
+        return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema, ids, batch.bucket_batches)
 
     def Train(self, request_iterator, context):
         def done(code: grpc.StatusCode) -> None:

@@ -99,6 +99,7 @@ class TrainOp(Op):
     y: torch.Tensor
     schema: Schema
     ids: torch.Tensor | None = None  # sample identities within the bucket (TrainBatch.sample_ids), if sent
+    bucket_batches: int = 0  # the bucket's planned batches (TrainBatch.bucket_batches); 0: not declared
 
 
 @dataclass
@@ -478,6 +479,10 @@ class TrainingWorker:
             learner.check_batch(op.x, op.y)
         except ValueError as e:
             raise InvalidArgument("samples", str(e)) from None
+        try:
+            learner.plan_bucket(op.bucket, op.bucket_batches or None)
+        except ValueError as e:
+            raise InvalidArgument("bucket_batches", str(e)) from None
         t0 = time.perf_counter()
         step = learner.observe(op.x, op.y, op.bucket, ids=op.ids)
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)

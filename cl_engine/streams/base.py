@@ -109,6 +109,11 @@ class Stream:
     def __len__(self) -> int:
         return len(self.buckets)
 
+    @property
+    def undated_samples(self) -> int | None:
+        """Samples without an upload date (None: the stream has no upload dates at all)."""
+        return self.info.get("samples_without_upload_time")
+
     def summary(self) -> dict:
         return {
             "name": self.name,

@@ -55,7 +55,7 @@ class Samples(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ...) -> None: ...
 
 class TrainBatch(_message.Message):
-    __slots__ = ("stream_id", "sequence", "bucket", "samples", "labels", "schema", "sample_ids")
+    __slots__ = ("stream_id", "sequence", "bucket", "samples", "labels", "schema", "sample_ids", "bucket_batches")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class TrainBatch(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_BATCHES_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sequence: int
     bucket: int
@@ -70,7 +71,8 @@ class TrainBatch(_message.Message):
     labels: _containers.RepeatedScalarFieldContainer[int]
     schema: Schema
     sample_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., bucket: _Optional[int] = ..., samples: _Optional[_Union[Samples, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., sample_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    bucket_batches: int
+    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., bucket: _Optional[int] = ..., samples: _Optional[_Union[Samples, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., sample_ids: _Optional[_Iterable[int]] = ..., bucket_batches: _Optional[int] = ...) -> None: ...
 
 class TrainAck(_message.Message):
     __slots__ = ("stream_id", "sequence", "applied", "duplicate", "accuracy", "loss", "model_version", "samples_trained", "applied_sequence", "durable_sequence", "learned", "skip_reason")

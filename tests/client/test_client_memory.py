@@ -23,6 +23,7 @@ def test_the_servers_memory_holds_every_buckets_count_with_no_capacity(service, 
     assert status.buffer["by_bucket"] == status.buffer["asked_by_bucket"] == {0: 180, 1: 180, 2: 180}
     assert status.buffer["bounded"] is False and status.buffer["size"] == 540
     assert report["buffer"]["cut_warning"] is None and "warning" not in capsys.readouterr().err
+    assert report["config"]["within_bucket"] == "shuffled"  # the report says which order the buckets had
 
 
 def test_a_capacity_that_cuts_a_share_is_announced_by_the_client_and_reported(service, small_stream, capsys):
