@@ -22,7 +22,7 @@ class LearnerConfig(BaseModel):
     lr: float = Field(0.1, gt=0, description="SGD learning rate (with a cosine schedule: at each bucket's start)")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="constant, or cosine: annealed from lr to 0 over each bucket's batches (all its "
-                                "epochs), restarting at every bucket, as the CLEAR study did")
+                                "epochs), restarting at every bucket, as the course study on CLEAR-10 did")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (L2)")
     # Replay memory. Capacity is a hard bound on samples held, whatever the retention.
@@ -34,7 +34,8 @@ class LearnerConfig(BaseModel):
         None, description="reservoir (online, fixed capacity), reservoir-end (the same reservoir, its writes "
                           "applied at the end of each bucket: a bucket replays finished buckets only), ratio (a "
                           "share of each bucket, chosen at its end), per-bucket (a fixed count of each bucket); "
-                          "default: reservoir for replay, per-bucket for GEM and A-GEM")
+                          "default: reservoir-end for replay (it measures best, and matches Avalanche's Replay: "
+                          "docs/engine.md), reservoir with class_balanced, per-bucket for GEM and A-GEM")
     retain_ratio: float = Field(0.05, gt=0, le=1, description="share of each bucket retained (ratio retention)")
     selection: Literal[SELECTIONS] = Field("random", description="which samples a bucket leaves behind")
     class_balanced: bool = Field(False, description="reservoir retention evicts from the largest class")
@@ -66,7 +67,10 @@ class LearnerConfig(BaseModel):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.retention is None:
-            self.retention = "reservoir" if self.strategy in ("naive", "replay") else "per-bucket"
+            if self.strategy in ("gem", "agem"):
+                self.retention = "per-bucket"
+            else:  # a class-balanced reservoir evicts by the memory's classes as they stand: online only
+                self.retention = "reservoir" if self.class_balanced or self.strategy == "naive" else "reservoir-end"
         if self.buffer_capacity is None and self.retention in ("reservoir", "reservoir-end"):
             self.buffer_capacity = RESERVOIR_CAPACITY
         if self.retention in ("reservoir", "reservoir-end") and self.selection != "random":
