@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import typing
 from contextvars import ContextVar
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_core import PydanticUndefined
 from pydantic_settings import (BaseSettings, JsonConfigSettingsSource, PydanticBaseSettingsSource,
-                               SettingsConfigDict, TomlConfigSettingsSource)
+                               SettingsConfigDict, SettingsError, TomlConfigSettingsSource)
 
 from cl_engine.config import LearnerConfig
 
@@ -190,8 +191,20 @@ def settings_from(config: str | Path | None = None, **values: Any) -> ServerSett
         return ServerSettings(**values)
     except (TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"config file {path} is not valid {path.suffix[1:].upper()}: {e}") from None
+    except SettingsError as e:
+        raise ValueError(_env_message(str(e))) from None
     finally:
         _CONFIG_FILE.reset(token)
+
+
+def _env_message(error: str) -> str:
+    """pydantic-settings' 'error parsing value for field "x" from source "EnvSettingsSource"' as what to write."""
+    field = re.search(r'field "(\w+)"', error)
+    if field is None or "EnvSettingsSource" not in error:
+        return error
+    name = field.group(1)
+    return (f"CLSTREAM_{name.upper()} is not valid JSON; a setting of several values takes a JSON list, "
+            f"e.g. CLSTREAM_{name.upper()}='[\"a\", \"b\"]' (or the flag --{name.replace('_', '-')} a b)")
 
 
 def _with_default(text: str, default: Any) -> str:

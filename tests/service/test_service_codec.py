@@ -124,8 +124,8 @@ def test_png_and_jpeg_images_decode_to_the_schema():
 
 @pytest.mark.parametrize("data,words", [
     (b"", "empty"),
-    (b"definitely not an image", "could not be decoded"),
-    (b"GIF89a" + b"\0" * 64, "could not be decoded"),
+    (b"definitely not an image", "not a JPEG or PNG file (it starts with b'definite'); expected a JPEG or PNG file"),
+    (b"GIF89a" + b"\0" * 64, "not a JPEG or PNG file (it starts with b'GIF89a\\x00\\x00')"),
     (None, "could not be decoded"),  # a truncated PNG
     (b"\0" * 100_001, "at most 100000"),
 ])

@@ -84,7 +84,7 @@ def test_metrics_serve_every_named_metric_with_sane_values(start, connect, strea
             for s in family.samples:
                 assert family.type != "counter" or s.name.endswith(("_total", "_created")), s.name
                 assert set(s.labels) <= {"bucket", "train_bucket", "eval_bucket", "class", "family", "metric",
-                                         "method", "code", "outcome", "le"}, s
+                                         "method", "code", "outcome", "reason", "le"}, s
                 if name.endswith("_ratio"):
                     assert -1.0 <= s.value <= 1.0, s
 

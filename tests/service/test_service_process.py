@@ -74,7 +74,7 @@ def test_bad_settings_exit_2_without_a_traceback():
 
 def test_ordinary_mistakes_are_one_line_that_names_the_setting(tmp_path):
     """Exit 2 and one line: pydantic's errors without the input echoed back or its URL, a config file's syntax
-    error with the file's name, the flag --selection needs."""
+    error with the file's name, the flag --selection needs, the JSON list a list variable takes."""
     (tmp_path / "server.toml").write_text("lr = [\n")
     for argv, words in [
         (["--config", str(tmp_path / "server.toml")], f"config file {tmp_path / 'server.toml'} is not valid TOML"),
@@ -84,6 +84,8 @@ def test_ordinary_mistakes_are_one_line_that_names_the_setting(tmp_path):
     ]:
         line = one_line_error(["-m", "server.main", *argv])
         assert words in line and "input_value" not in line and "pydantic.dev" not in line, line
+    line = one_line_error(["-m", "server.main"], env={**os.environ, "CLSTREAM_AUTH_TOKENS": "s3cret"})
+    assert "CLSTREAM_AUTH_TOKENS is not valid JSON; a setting of several values takes a JSON list" in line, line
 
 
 def test_a_busy_port_names_the_port_what_it_is_for_and_the_flag():
