@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Iterator
@@ -167,7 +168,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             if len(batch.sample_ids) != len(y):
                 raise InvalidArgument("sample_ids", f"{len(batch.sample_ids)} ids for {len(y)} samples; expected one "
                                                     "per sample, or none")
-            ids = torch.tensor(batch.sample_ids, dtype=torch.int64)
+            # identities are the stream's own: two streams' sample 7 are two samples (a hash of both, wrapping)
+            ids = torch.tensor(batch.sample_ids, dtype=torch.int64) * 1_000_003 + zlib.crc32(batch.stream_id.encode())
         return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema, ids, batch.bucket_batches)
 
     def Train(self, request_iterator, context):

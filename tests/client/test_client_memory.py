@@ -26,7 +26,7 @@ def test_the_servers_memory_holds_every_buckets_count_with_no_capacity(service, 
     assert report["config"]["within_bucket"] == "shuffled"  # the report says which order the buckets had
 
 
-def test_a_capacity_that_cuts_a_share_is_announced_by_the_client_and_reported(service, small_stream, capsys):
+def test_a_capacity_that_cuts_a_share_is_announced_by_the_client_and_reported(service, small_stream, capsys, caplog):
     # half of each 200-sample bucket asked for, a capacity that holds two and a half buckets' shares
     report, status = replay(service, small_stream, buffer_capacity=250, retention="ratio", retain_ratio=0.5)
     err = capsys.readouterr().err
@@ -35,6 +35,7 @@ def test_a_capacity_that_cuts_a_share_is_announced_by_the_client_and_reported(se
     kept, asked = status.buffer["by_bucket"], status.buffer["asked_by_bucket"]
     assert asked == {0: 100, 1: 100, 2: 100} and sum(kept.values()) == 250 and kept[2] < 100
     assert report["buffer"]["cut_warning"] in warning
+    assert "holds fewer than asked, kept/asked per bucket" in caplog.text  # the server's log says so too
 
 
 @pytest.mark.parametrize("config", [dict(buffer_capacity=1000), dict(retention="ratio", retain_ratio=1.0)],
