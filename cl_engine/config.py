@@ -19,7 +19,7 @@ class LearnerConfig(BaseModel):
     model: str = Field("mlp", description=f"network: one of {', '.join(MODELS)}")
     strategy: Literal["naive", "replay", "gem", "agem"] = Field(
         "replay", description="naive: plain SGD; replay: experience replay; gem, agem: gradient constraints")
-    lr: float = Field(0.1, gt=0, description="SGD learning rate (with a cosine schedule: at each bucket's start)")
+    lr: float = Field(0.1, gt=0, description="SGD learning rate")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="constant, or cosine: annealed from lr to 0 over each bucket's batches (all its "
                                 "epochs), restarting at every bucket, as the course study on CLEAR-10 did")
