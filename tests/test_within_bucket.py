@@ -60,3 +60,16 @@ def test_the_replay_client_refuses_it_too_before_contacting_a_server():
     err = one_line_error(["-m", "client", "stream", "--target", "127.0.0.1:9", "--dataset", "digits-rotated",
                           "--within-bucket", "upload-time"])
     assert "digits-rotated has no upload dates" in err
+
+
+def test_upload_time_is_refused_for_a_clear_release_without_dates(tmp_path):
+    import shutil
+
+    from test_streams_clear import write_neurips2021
+
+    root = tmp_path / "clear10-public"
+    write_neurips2021(root, per_class=1)
+    shutil.rmtree(root / "labeled_metadata")  # the release as shipped without its metadata: no upload dates
+    err = one_line_error(["-m", "cl_engine", "run", "--dataset", f"clear:{root}", "--image-size", "8",
+                          "--within-bucket", "upload-time"])
+    assert "has 30 samples without an upload date" in err and "use --within-bucket shuffled" in err
