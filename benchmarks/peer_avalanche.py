@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -64,7 +65,10 @@ from cl_engine.metrics import gem_metrics  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
 from cl_engine.streams import StreamOptions  # noqa: E402
 
-STRATEGIES = ("naive", "replay", "gem", "agem")
+# replay-defaults: each library's replay as a user types it, everything else at its defaults: ours
+# `--strategy replay --buffer-capacity 500` (reservoir-end, shuffled buckets), the peer's Replay(mem_size=500)
+# (ExperienceBalancedBuffer, shuffled experiences)
+STRATEGIES = ("naive", "replay", "replay-defaults", "gem", "agem")
 STREAMS = ("digits-rotated", "digits-permuted")
 EVAL_MB = 512
 SECTION = "peer_avalanche"
@@ -74,6 +78,8 @@ SECTION = "peer_avalanche"
 
 def our_config(strategy: str, args, seed: int, num_buckets: int) -> LearnerConfig:
     kw = dict(model="mlp", strategy=strategy, lr=args.lr, seed=seed, device="cpu")
+    if strategy == "replay-defaults":
+        return LearnerConfig(**{**kw, "strategy": "replay"}, buffer_capacity=args.replay_capacity)
     if strategy == "replay":
         kw.update(buffer_capacity=args.replay_capacity, retention=args.our_replay_retention)
         if args.our_replay_retention == "per-bucket":  # Avalanche's ExperienceBalancedBuffer, in our terms
@@ -122,12 +128,22 @@ class _EvalCPU:
         Learner.evaluate_all = evaluate_all
 
 
-def run_ours(stream, strategy: str, args, seed: int) -> dict:
+def in_stream_order(stream):
+    """The stream, its own order standing in for upload time (the digits streams have no dates), so that
+    `within="upload-time"` trains each bucket's first pass in the order Avalanche gets unshuffled."""
+    return dataclasses.replace(stream, info={**stream.info, "samples_without_upload_time": 0})
+
+
+def run_ours(stream, strategy: str, args, seed: int, shuffle: bool | None = None) -> dict:
+    shuffle = args.peer_shuffle if shuffle is None else shuffle
     config = our_config(strategy, args, seed, len(stream))
     seed_everything(seed)
     _EvalCPU.install()
     eval_cpu0, cpu0 = _EvalCPU.seconds, time.thread_time()
-    report = run_stream(stream, config, batch_size=args.batch_size, epochs=args.epochs, progress=False)
+    if not shuffle:
+        stream = in_stream_order(stream)
+    report = run_stream(stream, config, batch_size=args.batch_size, epochs=args.epochs, progress=False,
+                        within="shuffled" if shuffle else "upload-time")
     train_cpu = time.thread_time() - cpu0 - (_EvalCPU.seconds - eval_cpu0)
     R = np.array(report["accuracy_matrix"])
     b = np.array(report["initial_accuracy"])
@@ -161,6 +177,8 @@ def peer_strategy(strategy: str, model, args, num_buckets: int):
                   eval_every=-1)
     if strategy == "naive":
         return Naive(**common)
+    if strategy == "replay-defaults":
+        return Replay(mem_size=args.replay_capacity, **common)
     if strategy == "replay":
         if args.peer_replay_storage == "balanced":  # Avalanche's own default: ExperienceBalancedBuffer
             return Replay(mem_size=args.replay_capacity, **common)
@@ -176,7 +194,7 @@ def peer_strategy(strategy: str, model, args, num_buckets: int):
 
 
 def run_peer(stream, strategy: str, args, seed: int, shuffle: bool | None = None) -> dict:
-    shuffle = args.peer_shuffle if shuffle is None else shuffle
+    shuffle = (args.peer_shuffle or strategy == "replay-defaults") if shuffle is None else shuffle
     config = our_config(strategy, args, seed, len(stream))
     model = build_model(config.model, stream.input_shape, stream.num_classes)
     model.load_state_dict(initial_state(config, stream))
@@ -299,9 +317,10 @@ def main(argv=None) -> int:
                         "default here), reservoir (online, our engine's default: a bucket also replays its own "
                         "samples) or per-bucket (filled at each bucket's end and split evenly over buckets, what "
                         "Avalanche's default ExperienceBalancedBuffer does)")
-    p.add_argument("--peer-shuffle", action="store_true",
-                   help="let Avalanche shuffle each experience (its default). Off: it trains on the stream's "
-                        "own order, the batches our engine gets, so both see the same data in the same order")
+    p.add_argument("--peer-shuffle", action=argparse.BooleanOptionalAction, default=True,
+                   help="both libraries shuffle each bucket (their defaults: ours seeded per pass, the peer's "
+                        "per experience). Off: both train each bucket's first pass in the stream's own order, the "
+                        "same batches. replay-defaults always shuffles")
     p.add_argument("--section", default=SECTION, help="name of the BENCHMARKS.md section to rewrite")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1,
@@ -326,7 +345,7 @@ def main(argv=None) -> int:
 
     # Equivalence: identical batches (Avalanche unshuffled, our first pass keeps stream order).
     s0 = streams[args.streams[0]]
-    eq_ours = run_ours(s0, "naive", args, args.seed)
+    eq_ours = run_ours(s0, "naive", args, args.seed, shuffle=False)
     eq_peer = run_peer(s0, "naive", args, args.seed, shuffle=False)
     eq = {"stream": args.streams[0], "strategy": "naive", "peer_shuffle": False,
           "max_abs_diff_R": float(np.nanmax(np.abs(np.array(eq_ours["R"]) - np.array(eq_peer["R"])))),
@@ -402,7 +421,9 @@ def publish(out: dict, path: Path, markdown: Path, section: str) -> None:
         f"Settings: MLP 64-100-100-10, SGD lr {st['lr']}, batch {st['batch_size']}, {st['epochs']} epoch(s); replay "
         f"memory {st['replay_capacity']} (ours: {st['our_replay_retention']}; peer storage: "
         f"{'ReservoirSamplingBuffer' if st['peer_replay_storage'] == 'reservoir' else 'ExperienceBalancedBuffer'}); "
-        f"peer data order: {'shuffled per experience' if st['peer_shuffle'] else 'the stream order, as ours'}; "
+        f"data order: {'each bucket shuffled by both (ours seeded per pass, the peer per experience)' if st['peer_shuffle'] else 'the stream order for both'}; "
+        "replay-defaults: each library's replay at its defaults with the same memory size (ours reservoir-end, "
+        "the peer's Replay: ExperienceBalancedBuffer, shuffled); "
         f"GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}, GEM margin "
         f"{st['memory_strength']}. Time = training only (evaluation excluded for both).",
         "",

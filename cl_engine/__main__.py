@@ -12,6 +12,7 @@ from .config import LearnerConfig, validation_message
 from .learner import resolve_device
 from .report import format_table, jsonable, write_json
 from .run import run_stream
+from .schedule import check_within
 from .streams import BUILDERS, StreamOptions, build_stream
 
 
@@ -34,6 +35,8 @@ def add_learner_flags(p: argparse.ArgumentParser) -> None:
                    help=f["strategy"].description)
     p.add_argument("--model", default=f["model"].default, help=f["model"].description)
     p.add_argument("--lr", type=float, default=f["lr"].default, help=f["lr"].description)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=f["lr_schedule"].default,
+                   help=f["lr_schedule"].description)
     p.add_argument("--momentum", type=float, default=f["momentum"].default, help=f["momentum"].description)
     p.add_argument("--weight-decay", type=float, default=f["weight_decay"].default, help=f["weight_decay"].description)
     p.add_argument("--buffer-capacity", type=int, default=f["buffer_capacity"].default,
@@ -55,6 +58,11 @@ def add_learner_flags(p: argparse.ArgumentParser) -> None:
                    help=f["memory_strength"].description)
     p.add_argument("--agem-sample-size", type=int, default=f["agem_sample_size"].default,
                    help=f["agem_sample_size"].description)
+    p.add_argument("--augment", choices=["none", "crop-flip"], default=None,
+                   help=f"{f['augment'].description} (default: the stream's: crop-flip for CLEAR images, else none)")
+    p.add_argument("--uint8-inputs", choices=["scale", "imagenet"], default=None,
+                   help=f"{f['uint8_inputs'].description} (default: the stream's: imagenet for CLEAR images, else "
+                        "scale)")
     p.add_argument("--seed", type=int, default=f["seed"].default, help=f["seed"].description)
     p.add_argument("--device", default="auto", help=f["device"].description)
 
@@ -64,7 +72,7 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
     if args.retain_ratio is not None and retention is None:
         retention = "ratio"
     values = dict(
-        model=args.model, strategy=args.strategy, lr=args.lr, momentum=args.momentum,
+        model=args.model, strategy=args.strategy, lr=args.lr, lr_schedule=args.lr_schedule, momentum=args.momentum,
         weight_decay=args.weight_decay, buffer_capacity=args.buffer_capacity, retention=retention,
         selection=args.selection, class_balanced=args.class_balanced, candidate_pool=args.candidate_pool,
         replay_batch_size=args.replay_batch_size, memory_per_bucket=args.memory_per_bucket,
@@ -73,6 +81,9 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
     )
     if args.retain_ratio is not None:
         values["retain_ratio"] = args.retain_ratio
+    for name in ("augment", "uint8_inputs"):  # unset: the stream's default (run_stream applies it)
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
     return LearnerConfig(**values)
 
 
@@ -135,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     add_learner_flags(run)
     run.add_argument("--batch-size", type=int, default=10, help="samples per training step")
     run.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
+    run.add_argument("--within-bucket", choices=["shuffled", "upload-time"], default="shuffled",
+                     help="order inside a bucket: shuffled (seeded, every pass), or upload-time (the first pass in "
+                          "upload order, a live stream's; needs dated samples)")
     run.add_argument("--report", default=None, help="write the JSON report here")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--threads", type=int, default=None,
@@ -145,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         config = learner_config(args)
         resolve_device(config.device)
         stream = build_stream(args.dataset, stream_options(args), args.order)
+        check_within(args.within_bucket, stream.name, stream.undated_samples)
     except ValidationError as e:
         print(f"error: {validation_message(e)}", file=sys.stderr)
         return 2
@@ -156,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(f"stream {stream.name}: {len(stream)} buckets, {sum(len(b.train) for b in stream.buckets)} training "
               f"samples; strategy {config.strategy}, model {config.model}", file=sys.stderr)
-    report = run_stream(stream, config, args.batch_size, args.epochs, progress=not args.quiet)
+    report = run_stream(stream, config, args.batch_size, args.epochs, progress=not args.quiet,
+                        within=args.within_bucket)
     report["config"].update(dataset=args.dataset, order=args.order)
     print(format_table(jsonable(report)))
     print(f"trained {report['samples_trained']} samples in {report['train_seconds']:.2f}s "

@@ -1,8 +1,15 @@
 """The replay memory: preallocated tensors with a hard capacity, and accounting by bucket and class.
 
-Slots 0..size-1 hold samples; each carries its label, the bucket it came from and a keep-first
-priority (see selection.py). Storage is allocated once, on the first write, in the shape and
-dtype of the first samples, so memory never grows past `capacity` samples.
+Slots 0..size-1 hold samples as they arrived (uint8 images stay uint8); each carries its label,
+the bucket it came from, its sample identity (`ids`: the dataset index, or a hash of its contents
+where the sender gave none; see `content_ids`) and a keep-first priority (see selection.py).
+Storage is allocated in the shape and dtype of the first samples. A bounded memory
+(`ReplayBuffer(capacity)`) allocates its capacity once and never grows past it; an unbounded one
+(`ReplayBuffer(None)`) holds exactly what its retention asks: `reserve` grows it as buckets arrive.
+
+What leaves the memory to be learned from is viewed on the way out (views.py): `sample` gives
+the training view (augmented afresh on every draw), `grouped` (GEM's constraints) the evaluation
+view; `get` gives samples as stored. Both views are the identity unless the learner sets them.
 
 Every change (write, keep, or setting `size`) bumps `version`, so that what is derived from the
 contents (the buckets held, the memories grouped by bucket for GEM) is computed once per change
@@ -10,22 +17,62 @@ instead of once per step. Change the contents only through those.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
+def content_ids(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """An int64 identity per sample from its contents (equal samples, equal ids), for senders that give
+    none: a random linear hash of the sample's bytes, wrapping in int64, computed `chunk` samples at a
+    time, so no wide copy of a large batch is ever made."""
+    flat = x.reshape(len(x), -1)
+    if flat.dtype.is_floating_point:
+        flat = flat.float().view(torch.int32)
+    g = torch.Generator().manual_seed(1234)
+    weights = torch.randint(-(2 ** 62), 2 ** 62, (flat.shape[1],), generator=g, dtype=torch.int64).to(x.device) | 1
+    return torch.cat([(flat[i: i + chunk].long() * weights).sum(dim=1) for i in range(0, len(flat), chunk)]
+                     or [torch.empty(0, dtype=torch.int64, device=x.device)])
+
+
 class ReplayBuffer:
-    def __init__(self, capacity: int, device: torch.device | str = "cpu"):
-        if capacity < 0:
+    def __init__(self, capacity: int | None, device: torch.device | str = "cpu"):
+        if capacity is not None and capacity < 0:
             raise ValueError(f"buffer capacity must be >= 0, got {capacity}")
-        self.capacity = capacity
+        self.limit = capacity  # None: unbounded, grown by `reserve`
+        self.capacity = capacity or 0  # slots allocated now
         self.device = torch.device(device)
         self.version = 0  # bumped by every change to the contents
         self._derived: dict = {}  # cached views of the contents, valid for one version
         self._size = 0
         self.x: torch.Tensor | None = None
-        self.y = torch.empty(capacity, dtype=torch.int64, device=self.device)
-        self.bucket = torch.empty(capacity, dtype=torch.int64, device=self.device)
-        self.priority = torch.empty(capacity, dtype=torch.float32, device=self.device)
+        self.y = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
+        self.bucket = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
+        self.ids = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
+        self.priority = torch.empty(self.capacity, dtype=torch.float32, device=self.device)
+        self.training_view: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+        self.evaluation_view: Callable[[torch.Tensor], torch.Tensor] = lambda x: x
+
+    @property
+    def bounded(self) -> bool:
+        return self.limit is not None
+
+    def reserve(self, n: int) -> None:
+        """Make room for n samples in all: an unbounded memory grows to n slots (keeping its contents);
+        a bounded one only checks that n fits."""
+        if n <= self.capacity:
+            return
+        if self.bounded:
+            raise ValueError(f"{n} samples do not fit a memory of capacity {self.limit}")
+        for name in ("x", "y", "bucket", "ids", "priority"):
+            old = getattr(self, name)
+            if old is None:
+                continue
+            new = torch.empty((n, *old.shape[1:]), dtype=old.dtype, device=self.device)
+            new[: self.size] = old[: self.size]
+            setattr(self, name, new)
+        self.capacity = n
+        self._changed()
 
     @property
     def size(self) -> int:
@@ -56,14 +103,16 @@ class ReplayBuffer:
             raise ValueError(f"buffer holds samples of shape {tuple(self.x.shape[1:])}, got {tuple(x.shape[1:])}")
 
     def write(self, slots: torch.Tensor, x: torch.Tensor, y: torch.Tensor, bucket: torch.Tensor | int,
-              priority: torch.Tensor | float = 0.0) -> None:
-        """Store samples into `slots` (distinct, each < size or == the next free slot onwards)."""
+              priority: torch.Tensor | float = 0.0, ids: torch.Tensor | None = None) -> None:
+        """Store samples into `slots` (distinct, each < size or == the next free slot onwards).
+        `ids`: their identities (None: from their contents)."""
         if len(slots) == 0:
             return
         self._ensure_storage(x)
         slots = slots.to(self.device)
         self.x.index_copy_(0, slots, x.to(self.device, self.x.dtype))
         self.y.index_copy_(0, slots, y.to(self.device, torch.int64))
+        self.ids.index_copy_(0, slots, (content_ids(x) if ids is None else ids).to(self.device, torch.int64))
         for column, value in ((self.bucket, bucket), (self.priority, priority)):
             if isinstance(value, torch.Tensor) and value.ndim:
                 column.index_copy_(0, slots, value.to(self.device, column.dtype))
@@ -71,7 +120,8 @@ class ReplayBuffer:
                 column.index_fill_(0, slots, value)
         self.size = max(self.size, int(slots.max()) + 1)  # a change, even when size stays
 
-    def append(self, x: torch.Tensor, y: torch.Tensor, bucket: int, priority: float = 0.0) -> None:
+    def append(self, x: torch.Tensor, y: torch.Tensor, bucket: int, priority: float = 0.0,
+               ids: torch.Tensor | None = None) -> None:
         """Store samples in the next free slots: slice copies, cheaper than `write`'s scatter."""
         n = len(y)
         if self.size + n > self.capacity:
@@ -79,6 +129,7 @@ class ReplayBuffer:
         self._ensure_storage(x)
         rows = slice(self.size, self.size + n)
         self.x[rows], self.y[rows], self.bucket[rows], self.priority[rows] = x, y, bucket, priority
+        self.ids[rows] = content_ids(x) if ids is None else ids
         self.size = self.size + n
 
     def keep(self, slots: torch.Tensor) -> None:
@@ -88,6 +139,7 @@ class ReplayBuffer:
         if self.x is not None:
             self.x[:n] = self.x[slots]
         self.y[:n], self.bucket[:n], self.priority[:n] = self.y[slots], self.bucket[slots], self.priority[slots]
+        self.ids[:n] = self.ids[slots]
         self.size = n
 
     def get(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,14 +155,16 @@ class ReplayBuffer:
 
     def sample(self, n: int, generator: torch.Generator, buckets: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """n samples drawn uniformly without replacement (all of them if fewer are held)."""
+        """n samples drawn uniformly without replacement (all of them if fewer are held), in their
+        training view."""
         if buckets is None:  # every filled slot: the permutation is the slots themselves
             picks = torch.randperm(self.size, generator=generator)[:n] if self.size > n else torch.arange(self.size)
         else:
             picks = self.slots(buckets)
             if len(picks) > n:
                 picks = picks[torch.randperm(len(picks), generator=generator)[:n].to(self.device)]
-        return self.get(picks)
+        x, y = self.get(picks)
+        return self.training_view(x), y
 
     def buckets_held(self) -> list[int]:
         return list(self._cached("held", lambda: sorted(self.bucket[: self.size].unique().tolist())))
@@ -123,7 +177,10 @@ class ReplayBuffer:
         length, in the order asked for (as bucket retention keeps them), x and y are views of the
         storage, no copy; otherwise they are gathered once per version of the contents.
         """
-        return self._cached(("grouped", tuple(buckets)), lambda: self._grouped(buckets))
+        def compute():
+            x, y, counts = self._grouped(buckets)
+            return self.evaluation_view(x), y, counts
+        return self._cached(("grouped", tuple(buckets)), compute)
 
     def _runs(self) -> dict[int, tuple[int, int]]:
         """bucket -> (first slot, count) when every bucket occupies one run of slots, else {}."""
@@ -170,31 +227,33 @@ class ReplayBuffer:
 
     def bytes_per_sample(self) -> int:
         sample = 0 if self.x is None else self.x[0].numel() * self.x.element_size()
-        return sample + self.y.element_size() + self.bucket.element_size() + self.priority.element_size()
+        return sample + sum(t.element_size() for t in (self.y, self.bucket, self.ids, self.priority))
 
     def nbytes(self) -> int:
-        """Bytes held by the preallocated storage (the full capacity, filled or not)."""
+        """Bytes held by the allocated storage (the full capacity, filled or not)."""
         return self.capacity * self.bytes_per_sample()
 
     def state_dict(self) -> dict:
         n = self.size
         return {
-            "capacity": self.capacity,
+            "capacity": self.limit,
             "x": None if self.x is None else self.x[:n].cpu().clone(),
             "sample_shape": None if self.x is None else tuple(self.x.shape[1:]),
             "dtype": None if self.x is None else str(self.x.dtype).removeprefix("torch."),
             "y": self.y[:n].cpu().clone(),
             "bucket": self.bucket[:n].cpu().clone(),
+            "ids": self.ids[:n].cpu().clone(),
             "priority": self.priority[:n].cpu().clone(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state["capacity"] != self.capacity:
-            raise ValueError(f"checkpoint buffer capacity {state['capacity']} != configured {self.capacity}")
+        if state["capacity"] != self.limit:
+            raise ValueError(f"checkpoint buffer capacity {state['capacity']} != configured {self.limit}")
         self.x = None
         self.size = 0
+        n = len(state["y"])
+        self.reserve(n)
         if state["x"] is not None:
             self.x = torch.empty((self.capacity, *state["sample_shape"]), dtype=getattr(torch, state["dtype"]),
                                  device=self.device)
-            n = len(state["y"])
-            self.write(torch.arange(n), state["x"], state["y"], state["bucket"], state["priority"])
+            self.write(torch.arange(n), state["x"], state["y"], state["bucket"], state["priority"], state.get("ids"))

@@ -10,6 +10,9 @@ from .models import MODELS
 from .selection import SELECTIONS
 
 
+RESERVOIR_CAPACITY = 1000  # a reservoir's capacity when none is given: it has no share to follow
+
+
 class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -17,15 +20,22 @@ class LearnerConfig(BaseModel):
     strategy: Literal["naive", "replay", "gem", "agem"] = Field(
         "replay", description="naive: plain SGD; replay: experience replay; gem, agem: gradient constraints")
     lr: float = Field(0.1, gt=0, le=3e38, description="SGD learning rate")  # float32 must hold it (SGD scales by it)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant, or cosine: annealed from lr to 0 over each bucket's batches (all its "
+                                "epochs), restarting at every bucket, as the course study on CLEAR-10 did")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(0.0, ge=0, description="SGD weight decay (L2)")
     # Replay memory. Capacity is a hard bound on samples held, whatever the retention.
-    buffer_capacity: int = Field(1000, ge=0, description="samples the replay memory can hold")
+    buffer_capacity: int | None = Field(
+        None, ge=0, description="samples the replay memory can hold at most; default: 1000 for reservoir "
+                                "retention, unbounded for ratio and per-bucket retention (the memory grows to "
+                                "hold exactly the asked share or count of every bucket)")
     retention: Literal["reservoir", "reservoir-end", "ratio", "per-bucket"] | None = Field(
         None, description="reservoir (online, fixed capacity), reservoir-end (the same reservoir, its writes "
                           "applied at the end of each bucket: a bucket replays finished buckets only), ratio (a "
                           "share of each bucket, chosen at its end), per-bucket (a fixed count of each bucket); "
-                          "default: reservoir for replay, per-bucket for GEM and A-GEM")
+                          "default: reservoir-end for replay (it measures best, and matches Avalanche's Replay: "
+                          "docs/engine.md), reservoir with class_balanced, per-bucket for GEM and A-GEM")
     retain_ratio: float = Field(0.05, gt=0, le=1, description="share of each bucket retained (ratio retention)")
     selection: Literal[SELECTIONS] = Field("random", description="which samples a bucket leaves behind")
     class_balanced: bool = Field(False, description="reservoir retention evicts from the largest class")
@@ -38,6 +48,14 @@ class LearnerConfig(BaseModel):
     agem_sample_size: int = Field(256, ge=1, description="A-GEM: memories drawn for the reference gradient")
     clip_grad_norm: float = Field(0.0, ge=0, description="update-size guard: scale each step's gradient to this "
                                   "global L2 norm at most; 0 = off (see docs/safety.md)")
+    augment: Literal["none", "crop-flip"] = Field(
+        "none", description="training augmentation the learner applies to every sample each time it trains on it, "
+                            "new or replayed: none, or crop-flip (random resized crop 8-100% and horizontal flip, "
+                            "torchvision's, batched on the learner's device); the memory keeps samples as they "
+                            "arrived")
+    uint8_inputs: Literal["scale", "imagenet"] = Field(
+        "scale", description="how uint8 samples (kept as uint8 in the memory) become model inputs: scale to [0, 1], "
+                             "or scale and normalise by ImageNet's mean and std")
     prequential_window: int = Field(1000, ge=1, description="samples in the prequential accuracy window")
     seed: int = Field(0, description="seed of the model's initialisation, the batch order and the memory's draws")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
@@ -49,7 +67,12 @@ class LearnerConfig(BaseModel):
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.retention is None:
-            self.retention = "reservoir" if self.strategy in ("naive", "replay") else "per-bucket"
+            if self.strategy in ("gem", "agem"):
+                self.retention = "per-bucket"
+            else:  # a class-balanced reservoir evicts by the memory's classes as they stand: online only
+                self.retention = "reservoir" if self.class_balanced or self.strategy == "naive" else "reservoir-end"
+        if self.buffer_capacity is None and self.retention in ("reservoir", "reservoir-end"):
+            self.buffer_capacity = RESERVOIR_CAPACITY
         if self.retention in ("reservoir", "reservoir-end") and self.selection != "random":
             raise ValueError(f"selection {self.selection!r} needs ratio or per-bucket retention: add --retain-ratio "
                              "R (e.g. 0.05) or --retention per-bucket; reservoir retention is uniform random by "

@@ -7,6 +7,7 @@ registered held-out set.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -21,8 +22,11 @@ from .models import build_model
 from .retention import BucketRetention, ReservoirRetention
 from .streams.base import SampleSet, ScaledSet, TensorSet
 from .strategies import STRATEGIES, Context
+from .lr_schedule import lr_at
+from .views import InputView
 
 EVAL_BATCH = 512
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class StepResult:
     total: int
     loss: float
     version: int
+    lr: float  # the learning rate of this step
     skipped: str | None = None  # why the batch was consumed but not learned (guard.REASONS); None: learned
 
     @property
@@ -66,9 +71,13 @@ class Learner:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.view = InputView(config.augment, config.uint8_inputs)
+        self.augment_generator = torch.Generator().manual_seed(config.seed + 1)  # crops: apart from the memory's draws
         strategy_cls = STRATEGIES[config.strategy]
         capacity = config.buffer_capacity if strategy_cls.uses_memory else 0
         self.buffer = ReplayBuffer(capacity, self.device)
+        self.buffer.training_view = self.training_view
+        self.buffer.evaluation_view = self.view.evaluation
         if config.retention in ("reservoir", "reservoir-end"):
             self.retention = ReservoirRetention(self.buffer, config.class_balanced,
                                                 deferred=config.retention == "reservoir-end")
@@ -86,6 +95,8 @@ class Learner:
         self.seconds = {"consolidate": 0.0, "evaluate": 0.0}  # time spent in end_bucket, by part
         self.version = 0  # one per applied update
         self.open_bucket = 0  # the bucket being trained; buckets before it are finished
+        self.planned_batches: int | None = None  # the open bucket's batches, all epochs (the lr schedule's T)
+        self.bucket_step = 0  # batches of the open bucket observed so far
 
     # -- training -------------------------------------------------------------------------------
 
@@ -97,15 +108,28 @@ class Learner:
             raise ValueError(f"labels have shape {tuple(y.shape)}; expected ({x.shape[0]},), one per sample")
         if x.shape[0] == 0:
             raise ValueError("empty batch; expected at least one sample")
-        if not x.is_floating_point():
-            raise ValueError(f"samples have dtype {x.dtype}; expected a float tensor")
-        if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):  # a finite sum: all finite
+        if not x.is_floating_point() and x.dtype != torch.uint8:
+            raise ValueError(f"samples have dtype {x.dtype}; expected a float or uint8 tensor")
+        if x.is_floating_point() and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):  # a finite sum: all finite
             raise ValueError("samples contain NaN or Inf")
         if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError(f"labels have dtype {y.dtype}; expected integers")
         low, high = (int(v) for v in torch.aminmax(y))
         if low < 0 or high >= self.num_classes:
             raise ValueError(f"labels span {low}..{high}; expected 0..{self.num_classes - 1}")
+
+    def plan_bucket(self, bucket: int, batches: int | None) -> None:
+        """Declare how many batches (all epochs) the open bucket will have, before its first; the cosine
+        learning-rate schedule needs it. The first declaration of a bucket holds; None declares nothing.
+        ValueError when the schedule needs a plan and the bucket has none."""
+        self.check_bucket(bucket)
+        if batches is not None and batches < 1:
+            raise ValueError(f"got {batches}; expected the bucket's planned batch count, at least 1")
+        if self.planned_batches is None and batches is not None:
+            self.planned_batches = int(batches)
+        if self.config.lr_schedule == "cosine" and self.planned_batches is None:
+            raise ValueError("got none; the cosine learning-rate schedule needs the bucket's planned batch count "
+                             "(all epochs) with its first batch")
 
     def check_bucket(self, bucket: int) -> None:
         if bucket < self.open_bucket:
@@ -114,8 +138,11 @@ class Learner:
             raise ValueError(f"bucket {bucket} is not the open bucket {self.open_bucket}; buckets are trained in "
                              f"order, so end bucket {self.open_bucket} first")
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepResult:
+    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, ids: torch.Tensor | None = None) -> StepResult:
         """Score the batch with the current model, then take one update step on it.
+
+        `ids`: each sample's identity within its bucket (its dataset index), so the memory is offered
+        each sample once however many epochs repeat it; None: identities from the samples' contents.
 
         A step the guard refuses (non-finite loss, gradient or resulting weights) changes nothing:
         no weights, no memory, no counters but its skip count; the result says why (`skipped`)."""
@@ -123,23 +150,28 @@ class Learner:
         self.check_batch(x, y)
         if self.version == 0 and not self.matrix.initial and self.eval_sets:
             self.matrix.set_initial(self.evaluate_all())
-        x = x.to(self.device, torch.float32)
+        if self.config.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.config.lr_schedule, self.config.lr, self.bucket_step, self.planned_batches)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.bucket_step += 1  # by position: a batch the guard refuses takes its step of the schedule too
+        x = x.to(self.device) if x.dtype == torch.uint8 else x.to(self.device, torch.float32)  # stored as arrived
         y = y.to(self.device, torch.int64)
         saved = [b.clone() for b in self.model.buffers()]  # batch-norm statistics move in the forward pass
-        out = self.strategy.observe(x, y, bucket)
+        out = self.strategy.observe(self.training_view(x), y, bucket)
         if out.skipped is not None:
             with torch.no_grad():
                 for b, old in zip(self.model.buffers(), saved):
                     b.copy_(old)
-            return StepResult(0, y.shape[0], out.loss, self.version, out.skipped)
+            return StepResult(0, y.shape[0], out.loss, self.version, lr, out.skipped)
         if self.strategy.uses_memory:
-            self.retention.observe(x, y, bucket, self.generator)
+            self.retention.observe(x, y, bucket, self.generator, ids=ids)
         correct, n = int((out.logits.argmax(dim=1) == y).sum()), y.shape[0]
         self.prequential.add(correct, n)
         self.counters["samples_trained"] += n
         self.counters["batches_trained"] += 1
         self.version += 1
-        return StepResult(correct, n, out.loss, self.version)
+        return StepResult(correct, n, out.loss, self.version, lr)
 
     def end_bucket(self, bucket: int, bucket_size: int | None = None) -> dict[int, float]:
         """Consolidate the memory, measure every held-out set, and open the next bucket.
@@ -151,13 +183,28 @@ class Learner:
         t0 = time.perf_counter()
         if self.strategy.uses_memory:
             self.retention.end_bucket(bucket, self.logits, self.config.selection, self.generator, bucket_size)
+            self._warn_if_cut(bucket)
         t1 = time.perf_counter()
         row = self.evaluate_all()
         self.matrix.add_row(bucket, row)
         self.open_bucket += 1
+        self.planned_batches, self.bucket_step = None, 0
         self.seconds["consolidate"] += t1 - t0
         self.seconds["evaluate"] += time.perf_counter() - t1
         return row
+
+    def _warn_if_cut(self, bucket: int) -> None:
+        asked = getattr(self.retention, "asked", {})
+        kept = self.buffer.counts_by_bucket()
+        short = {b: (kept.get(b, 0), k) for b, k in asked.items() if kept.get(b, 0) < k}
+        if short:
+            log.warning("after bucket %d the replay memory (capacity %s) holds fewer than asked, kept/asked per "
+                        "bucket: %s", bucket, self.buffer.limit,
+                        ", ".join(f"{b}: {k}/{a}" for b, (k, a) in sorted(short.items())))
+
+    def training_view(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the model trains on it: viewed afresh (augmented, where configured) at every use."""
+        return self.view.training(x, self.augment_generator)
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -165,7 +212,7 @@ class Learner:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         was_training = self.model.training
         self.model.eval()
-        out = torch.cat([self.model(x[i: i + EVAL_BATCH].to(self.device, torch.float32))
+        out = torch.cat([self.model(self.view.evaluation(x[i: i + EVAL_BATCH].to(self.device)))
                          for i in range(0, len(x), EVAL_BATCH)])
         self.model.train(was_training)
         return out
@@ -204,9 +251,10 @@ class Learner:
             **self.counters,
             "prequential_accuracy": self.prequential.accuracy,
             "prequential_accuracy_overall": self.prequential.overall_accuracy,
-            "buffer": {"size": len(self.buffer), "capacity": self.buffer.capacity,
-                       "by_bucket": self.buffer.counts_by_bucket(), "by_class": self.buffer.counts_by_class(),
-                       "bytes": self.buffer.nbytes()},
+            "buffer": {"size": len(self.buffer), "capacity": self.buffer.capacity, "bounded": self.buffer.bounded,
+                       "by_bucket": self.buffer.counts_by_bucket(),
+                       "asked_by_bucket": dict(getattr(self.retention, "asked", {})),
+                       "by_class": self.buffer.counts_by_class(), "bytes": self.buffer.nbytes()},
         }
 
     # -- checkpoint state -----------------------------------------------------------------------
@@ -220,6 +268,7 @@ class Learner:
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
             "buffer": self.buffer.state_dict(),
             "retention": self.retention.state_dict(),
             "matrix": self.matrix.state_dict(),
@@ -227,6 +276,8 @@ class Learner:
             "counters": dict(self.counters),
             "version": self.version,
             "open_bucket": self.open_bucket,
+            "planned_batches": self.planned_batches,
+            "bucket_step": self.bucket_step,
             "eval_sets": {b: (s.x.cpu(), s.labels.cpu()) for b, s in self.eval_sets.items()  # uint8 stays uint8
                           if isinstance(s, TensorSet) or (isinstance(s, ScaledSet) and s.transform is None)},
         }
@@ -235,6 +286,8 @@ class Learner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if "augment_generator" in state:  # absent from checkpoints written before augmentation moved here
+            self.augment_generator.set_state(state["augment_generator"])
         self.buffer.load_state_dict(state["buffer"])
         self.retention.load_state_dict(state["retention"])
         self.matrix.load_state_dict(state["matrix"])
@@ -242,6 +295,8 @@ class Learner:
         self.counters.update(state["counters"])
         self.version = state["version"]
         self.open_bucket = state["open_bucket"]
+        self.planned_batches = state.get("planned_batches")  # absent from checkpoints before lr schedules
+        self.bucket_step = state.get("bucket_step", 0)
         for b, (x, y) in state["eval_sets"].items():
             self.eval_sets[b] = ScaledSet(x, y) if x.dtype == torch.uint8 else TensorSet(x, y)
 

@@ -9,8 +9,13 @@
 - `BucketRetention` (the seed study's way, and GEM's per-bucket memory): during a bucket, a
   bounded reservoir of candidates is kept; at the end of the bucket they are scored with the
   model as it stands and the k of highest priority are retained, k = ratio × bucket size or a
-  fixed count per bucket. When the memory is full, room is made evenly: the largest bucket
-  gives up its lowest-priority samples first, so every bucket keeps a fair share.
+  fixed count per bucket (`asked`, per bucket). An unbounded memory grows to hold every bucket's
+  k; a bounded one that is full makes room evenly: the largest bucket gives up its
+  lowest-priority samples first, so every bucket keeps a fair share (`cut_warning` says so).
+
+Both are offered each sample of a bucket once, however many epochs the bucket is trained for:
+a sample whose identity (buffer.py's `ids`) was offered earlier in the bucket is not offered
+again, so no sample ever takes two places in the memory.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from .buffer import ReplayBuffer
+from .buffer import ReplayBuffer, content_ids
 from .selection import priority
 
 Scorer = Callable[[torch.Tensor], torch.Tensor]
@@ -52,16 +57,81 @@ def last_writes(slots: list[int]) -> list[int]:
     return keep[::-1]
 
 
-def store(buffer: ReplayBuffer, x: torch.Tensor, y: torch.Tensor, bucket: int, slots: list[int]) -> None:
+def store(buffer: ReplayBuffer, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, bucket: int,
+          slots: list[int]) -> None:
     """Arrival i into slots[i] (-1: not kept; a slot written twice keeps the later arrival). Arrivals
     that all go to the next free slots, as while a memory fills, are appended by slice copies."""
     if slots == list(range(buffer.size, buffer.size + len(slots))):
-        buffer.append(x, y, bucket)
+        buffer.append(x, y, bucket, ids=ids)
         return
     keep = last_writes(slots)
     if keep:
         index, target = torch.tensor([keep, [slots[i] for i in keep]])
-        buffer.write(target, x.index_select(0, index.to(x.device)), y.index_select(0, index.to(y.device)), bucket)
+        buffer.write(target, x.index_select(0, index.to(x.device)), y.index_select(0, index.to(y.device)), bucket,
+                     ids=ids.index_select(0, index.to(ids.device)))
+
+
+def asked_per_bucket(retention: str, sizes: list[int], ratio: float, per_bucket: int) -> list[int]:
+    """The memories each bucket of `sizes` samples asks for under ratio or per-bucket retention."""
+    if retention == "per-bucket":
+        return [per_bucket] * len(sizes)
+    return [max(1, round(ratio * n)) for n in sizes]
+
+
+def cut_warning(asked: list[int], capacity: int | None) -> str | None:
+    """What a capacity takes from the buckets' asked memories, in one sentence; None when nothing."""
+    if capacity is None or sum(asked) <= capacity:
+        return None
+    total, first_cut = 0, 0
+    for b, k in enumerate(asked):
+        total += k
+        if total > capacity:
+            first_cut = b
+            break
+    return (f"buffer capacity {capacity} holds fewer memories than the {sum(asked)} asked ({asked[0]} a bucket"
+            f"{'' if len(set(asked)) == 1 else ' or so'}): from bucket {first_cut} on, every bucket's share is cut "
+            "to fit; leave the capacity out to keep them all (kept vs asked per bucket: the report's buffer)")
+
+
+def memory_cut_warning(config: dict, sizes: list[int]) -> str | None:
+    """For a learner configuration (LearnerConfig.model_dump(), or the server's effective one) and the
+    sizes of the buckets to come: the sentence announcing that the memory will keep less than asked."""
+    if config.get("strategy") == "naive" or config.get("retention") not in ("ratio", "per-bucket"):
+        return None
+    asked = asked_per_bucket(config["retention"], sizes, config["retain_ratio"], config["memory_per_bucket"])
+    if max(asked, default=0) > config["candidate_pool"]:
+        return (f"candidate pool {config['candidate_pool']} is smaller than the {max(asked)} memories a bucket asks "
+                "for: such buckets keep at most the pool; raise --candidate-pool")
+    return cut_warning(asked, config.get("buffer_capacity"))
+
+
+class FirstOffers:
+    """The identities offered to a memory in the open bucket, so each sample is offered once per bucket."""
+
+    def __init__(self):
+        self.offered: set[int] = set()
+
+    def new(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor | None):
+        """(x, y, ids) of the samples not offered before in this bucket (ids None: from the contents)."""
+        ids = content_ids(x) if ids is None else ids.to(torch.int64)
+        fresh = []
+        for i, sample in enumerate(ids.tolist()):
+            if sample not in self.offered:
+                self.offered.add(sample)
+                fresh.append(i)
+        if len(fresh) == len(ids):
+            return x, y, ids
+        index = torch.tensor(fresh, dtype=torch.int64)
+        return x[index.to(x.device)], y[index.to(y.device)], ids[index.to(ids.device)]
+
+    def clear(self) -> None:
+        self.offered.clear()
+
+    def state_dict(self) -> list[int]:
+        return sorted(self.offered)
+
+    def load_state_dict(self, state: list[int] | None) -> None:
+        self.offered = set(state or [])
 
 
 def balanced_quota(group_sizes: dict[int, int], capacity: int) -> dict[int, int]:
@@ -95,11 +165,16 @@ class ReservoirRetention:
         self.deferred = deferred
         self.seen = 0
         self.seen_per_class: dict[int, int] = {}
-        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # deferred: slot -> (sample, label)
+        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # deferred: slot -> (x, y, id)
+        self.offers = FirstOffers()
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator) -> None:
+    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator,
+                ids: torch.Tensor | None = None) -> None:
         buf = self.buffer
         if buf.capacity == 0:
+            return
+        x, y, ids = self.offers.new(x, y, ids)
+        if len(y) == 0:
             return
         if self.class_balanced:
             slots = self._class_balanced_slots(y, generator)
@@ -109,10 +184,10 @@ class ReservoirRetention:
             slots = reservoir_slots(self.seen, len(y), buf.capacity, size, generator)
         self.seen += len(y)
         if not self.deferred:
-            store(buf, x, y, bucket, slots)
+            store(buf, x, y, ids, bucket, slots)
             return
         for i in last_writes(slots):
-            self.pending[slots[i]] = (x[i].clone(), y[i].clone())
+            self.pending[slots[i]] = (x[i].clone(), y[i].clone(), ids[i].clone())
 
     def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> list[int]:
         buf = self.buffer
@@ -143,32 +218,36 @@ class ReservoirRetention:
     def end_bucket(self, bucket: int, scorer: Scorer, selection: str, generator: torch.Generator,
                    bucket_size: int | None = None) -> None:
         """Online: nothing to consolidate. Deferred: the bucket's writes land now."""
+        self.offers.clear()
         if self.pending:
-            self.buffer.write(*self._pending_rows(), bucket)
+            slots, x, y, ids = self._pending_rows()
+            self.buffer.write(slots, x, y, bucket, ids=ids)
             self.pending.clear()
 
-    def _pending_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The pending writes as (slots, x, y), slots ascending."""
+    def _pending_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pending writes as (slots, x, y, ids), slots ascending."""
         slots = sorted(self.pending)
-        return (torch.tensor(slots), torch.stack([self.pending[s][0] for s in slots]),
-                torch.stack([self.pending[s][1] for s in slots]))
+        return (torch.tensor(slots), *(torch.stack([self.pending[s][k] for s in slots]) for k in range(3)))
 
     def state_dict(self) -> dict:
         pending = None
         if self.pending:
-            slots, x, y = self._pending_rows()
-            pending = {"slots": slots, "x": x.cpu(), "y": y.cpu()}
-        return {"seen": self.seen, "seen_per_class": dict(self.seen_per_class), "pending": pending}
+            slots, x, y, ids = self._pending_rows()
+            pending = {"slots": slots, "x": x.cpu(), "y": y.cpu(), "ids": ids.cpu()}
+        return {"seen": self.seen, "seen_per_class": dict(self.seen_per_class), "pending": pending,
+                "offered": self.offers.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.seen = state["seen"]
         self.seen_per_class = dict(state["seen_per_class"])
+        self.offers.load_state_dict(state.get("offered"))
         self.pending = {}
         pending = state.get("pending")  # absent from checkpoints written before deferred reservoirs
         if pending is not None:
             device = self.buffer.device
-            for s, x, y in zip(pending["slots"].tolist(), pending["x"], pending["y"]):
-                self.pending[s] = (x.to(device), y.to(device))
+            ids = pending.get("ids", content_ids(pending["x"]))
+            for s, x, y, i in zip(pending["slots"].tolist(), pending["x"], pending["y"], ids):
+                self.pending[s] = (x.to(device), y.to(device), i.to(device))
 
 
 class BucketRetention:
@@ -182,12 +261,18 @@ class BucketRetention:
         self.ratio = ratio
         self.per_bucket = per_bucket
         self.pool = ReplayBuffer(pool_size, buffer.device)
-        self.pool_seen = 0  # samples observed in the current bucket
+        self.pool_seen = 0  # distinct samples observed in the current bucket
+        self.offers = FirstOffers()
+        self.asked: dict[int, int] = {}  # bucket -> memories its retention asked for (kept: the buffer's counts)
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator) -> None:
+    def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator,
+                ids: torch.Tensor | None = None) -> None:
+        x, y, ids = self.offers.new(x, y, ids)
+        if len(y) == 0:
+            return
         slots = reservoir_slots(self.pool_seen, len(y), self.pool.capacity, self.pool.size, generator)
         self.pool_seen += len(y)
-        store(self.pool, x, y, bucket, slots)
+        store(self.pool, x, y, ids, bucket, slots)
 
     def quota(self, bucket_size: int) -> int:
         if self.per_bucket is not None:
@@ -196,52 +281,49 @@ class BucketRetention:
 
     def end_bucket(self, bucket: int, scorer: Scorer, selection: str, generator: torch.Generator,
                    bucket_size: int | None = None) -> None:
-        """Retain the bucket's k highest-priority distinct candidates, then fit the memory to capacity.
+        """Retain the bucket's k highest-priority candidates, then fit the memory to its capacity (a
+        bounded memory) or grow it to hold them (an unbounded one).
 
-        `bucket_size` is the number of distinct samples in the bucket (the caller knows it when a
-        bucket is trained for several epochs); it defaults to the number of samples observed.
+        `bucket_size` is the number of distinct samples in the bucket; it defaults to the number of
+        distinct samples observed (the pool is offered each sample once, whatever the epochs).
         """
         pool, buf = self.pool, self.buffer
         n_bucket = bucket_size if bucket_size is not None else self.pool_seen
         self.pool_seen = 0
-        if pool.size == 0 or buf.capacity == 0:
+        self.offers.clear()
+        if pool.size == 0 or buf.limit == 0:
             pool.size = 0
             return
-        x, y = pool.get(torch.unique(self._distinct(pool), sorted=True))
+        self.asked[bucket] = self.quota(n_bucket)
+        slots = torch.arange(pool.size, device=pool.device)
+        x, y = pool.get(slots)
+        ids = pool.ids[: pool.size].clone()
         scores = priority(selection, scorer(x), y, generator)
-        k = min(self.quota(n_bucket), len(y))
+        k = min(self.asked[bucket], len(y))
         chosen = torch.argsort(scores, descending=True, stable=True)[:k]
         pool.size = 0
 
         sizes = buf.counts_by_bucket()
         sizes[bucket] = sizes.get(bucket, 0) + k
-        quota = balanced_quota(sizes, buf.capacity)
+        quota = balanced_quota(sizes, buf.limit if buf.bounded else sum(sizes.values()))
         keep = [self._top_slots(b, q) for b, q in quota.items() if b != bucket]
         kept = torch.cat(keep) if keep else torch.empty(0, dtype=torch.int64, device=buf.device)
         buf.keep(kept)
         take = chosen[: quota[bucket]]
-        buf.write(torch.arange(buf.size, buf.size + len(take)), x[take], y[take], bucket, scores[take])
+        buf.reserve(buf.size + len(take))
+        buf.write(torch.arange(buf.size, buf.size + len(take)), x[take], y[take], bucket, scores[take], ids[take])
 
     def _top_slots(self, bucket: int, n: int) -> torch.Tensor:
         slots = self.buffer.slots(torch.tensor([bucket]))
         order = torch.argsort(self.buffer.priority[slots], descending=True, stable=True)
         return torch.sort(slots[order[:n]]).values
 
-    @staticmethod
-    def _distinct(pool: ReplayBuffer) -> torch.Tensor:
-        """One slot per distinct (sample, label): a bucket trained for several epochs repeats samples."""
-        flat = pool.x[: pool.size].reshape(pool.size, -1).double()
-        g = torch.Generator().manual_seed(1234)
-        key = flat @ torch.rand(flat.shape[1], generator=g, dtype=torch.float64).to(flat.device)
-        key = key * 1000 + pool.y[: pool.size].double()
-        _, inverse = torch.unique(key, return_inverse=True)
-        first = torch.full((int(inverse.max()) + 1,), pool.size, dtype=torch.int64, device=flat.device)
-        first.scatter_reduce_(0, inverse, torch.arange(pool.size, device=flat.device), "amin")
-        return first
-
     def state_dict(self) -> dict:
-        return {"pool": self.pool.state_dict(), "pool_seen": self.pool_seen}
+        return {"pool": self.pool.state_dict(), "pool_seen": self.pool_seen, "offered": self.offers.state_dict(),
+                "asked": dict(self.asked)}
 
     def load_state_dict(self, state: dict) -> None:
         self.pool.load_state_dict(state["pool"])
         self.pool_seen = state["pool_seen"]
+        self.offers.load_state_dict(state.get("offered"))
+        self.asked = dict(state.get("asked", {}))

@@ -131,6 +131,8 @@ class Batch:
     bucket: int
     x: Any
     y: Any
+    sample_ids: Any = None  # optional: each sample's identity within its bucket (its dataset index)
+    bucket_batches: int = 0  # optional: the bucket's planned batches, all epochs (a cosine lr schedule needs it)
 
 
 @dataclass(frozen=True)
@@ -331,6 +333,8 @@ class Client:
                 for i, b in enumerate(batches):
                     yield pb.TrainBatch(stream_id=b.stream_id, sequence=b.sequence, bucket=b.bucket,
                                         samples=wire.encode_samples(b.x), labels=wire.labels_list(b.y),
+                                        sample_ids=[] if b.sample_ids is None else wire.labels_list(b.sample_ids),
+                                        bucket_batches=b.bucket_batches,
                                         schema=schema.message() if schema is not None and i == 0 else None)
             except Exception as e:  # noqa: BLE001 - handed back to the caller below
                 failure.append(e)

@@ -77,6 +77,9 @@ def add_replay_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("replay")
     g.add_argument("--batch-size", type=int, default=10, help="samples per training batch")
     g.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
+    g.add_argument("--within-bucket", choices=["shuffled", "upload-time"], default="shuffled",
+                   help="order inside a bucket: shuffled (seeded, every pass), or upload-time (the first pass in "
+                        "upload order, a live stream's; needs dated samples)")
     g.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")
     g.add_argument("--max-in-flight", type=int, default=16,
                    help="batches sent and not yet acknowledged, at most (0: no client-side bound)")
@@ -105,7 +108,8 @@ def replay_options(args: argparse.Namespace, seed: int | None):
                          ">= 0")
     if args.rate is not None and args.rate <= 0:
         raise ValueError(f"--rate must be > 0 samples per second, got {args.rate}")
-    return ReplayOptions(batch_size=args.batch_size, epochs=args.epochs, seed=seed, rate=args.rate,
+    return ReplayOptions(batch_size=args.batch_size, epochs=args.epochs, within_bucket=args.within_bucket, seed=seed,
+                         rate=args.rate,
                          max_in_flight=args.max_in_flight,
                          query_every=args.query_every, query_size=args.query_size, stream_id=args.stream_id,
                          reconnect_timeout=args.reconnect_timeout, durable_retries=max(0, args.durable_retries),
@@ -132,8 +136,11 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .replay import Replay
     from .report import build_report
 
+    from cl_engine.schedule import check_within
+
     options = replay_options(args, args.seed)
     stream = build_stream(args.dataset, stream_options(args), args.order)
+    check_within(options.within_bucket, stream.name, stream.undated_samples)  # a CLI mistake, before any contact
     with connect(args) as client:
         if not args.quiet:
             print(f"streaming {stream.name}: {len(stream)} buckets, {sum(len(b.train) for b in stream.buckets)} "

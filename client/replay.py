@@ -2,7 +2,9 @@
 
 The batches are exactly those of the in-process reference (`python -m cl_engine run`): the same
 `cl_engine.schedule.bucket_batches(n, batch_size, epochs, seed, bucket)` index order and the same
-`bucket.train.batch(index, train=True)`. Every bucket's held-out set is registered before the
+samples, as the stream stores them (`stored_batch`: an image stream's uint8 pixels, which the
+server's learner normalises and augments itself), each with its index in the bucket as its
+sample id, so the server's memory is offered each sample once however many epochs. Every bucket's held-out set is registered before the
 first batch, so the row before training and the forward-transfer entries are measured too. With
 the server's learner configured as the in-process one, the accuracy matrix is the same.
 
@@ -51,8 +53,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cl_engine.schedule import batches_per_bucket, bucket_batches
-from cl_engine.streams import Stream
+from cl_engine.retention import memory_cut_warning
+from cl_engine.schedule import batches_per_bucket, bucket_batches, check_within
+from cl_engine.streams import Stream, stored_batch
 
 from .api import Batch, BucketResult, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
 
@@ -74,6 +77,7 @@ def resumable(error: ServiceError) -> bool:
 class ReplayOptions:
     batch_size: int = 10
     epochs: int = 1  # passes over each bucket
+    within_bucket: str = "shuffled"  # order inside a bucket: shuffled | upload-time (cl_engine/schedule.py)
     seed: int | None = None  # order of the passes after the first; None: the server's learner seed
     rate: float | None = None  # samples per second at most; None: as fast as the server takes them
     max_in_flight: int = 16  # batches sent and not yet acknowledged, at most (0: as many as gRPC buffers)
@@ -90,10 +94,11 @@ class ReplayOptions:
 class Schedule:
     """The batches of every bucket and the sequence number of each (a function of position only)."""
 
-    def __init__(self, sizes: list[int], batch_size: int, epochs: int, seed: int):
+    def __init__(self, sizes: list[int], batch_size: int, epochs: int, seed: int, within: str = "shuffled"):
         if batch_size < 1 or epochs < 1:
             raise ValueError(f"batch size and epochs must be >= 1, got {batch_size} and {epochs}")
         self.sizes, self.batch_size, self.epochs, self.seed = list(sizes), batch_size, epochs, seed
+        self.within = within
         self.counts = [batches_per_bucket(n, batch_size, epochs) for n in self.sizes]
         self.first = [1 + sum(self.counts[:b]) for b in range(len(self.sizes))]
         self._start_samples = [epochs * sum(self.sizes[:b]) for b in range(len(self.sizes))]
@@ -123,7 +128,8 @@ class Schedule:
     def _bucket(self, bucket: int) -> tuple[list[torch.Tensor], np.ndarray]:
         cache = self._cache  # one bucket at a time; read once, as the request thread uses it too
         if cache is None or cache[0] != bucket:
-            batches = list(bucket_batches(self.sizes[bucket], self.batch_size, self.epochs, self.seed, bucket))
+            batches = list(bucket_batches(self.sizes[bucket], self.batch_size, self.epochs, self.seed, bucket,
+                                          self.within))
             offsets = np.concatenate([[0], np.cumsum([len(i) for i in batches])])
             cache = self._cache = (bucket, batches, offsets)
         return cache[1], cache[2]
@@ -142,10 +148,10 @@ def check_schema(status: ServerStatus, schema: Schema, target: str) -> None:
             f"{list(schema.input_shape)}. Use a server with an empty checkpoint directory for it")
 
 
-def default_stream_id(stream: Stream, batch_size: int, epochs: int, seed: int) -> str:
+def default_stream_id(stream: Stream, batch_size: int, epochs: int, seed: int, within: str = "shuffled") -> str:
     """Stable for the same stream and schedule, so running the same command again resumes it."""
-    key = json.dumps({"stream": stream.summary(), "batch_size": batch_size, "epochs": epochs, "seed": seed},
-                     sort_keys=True, default=str)
+    key = json.dumps({"stream": stream.summary(), "batch_size": batch_size, "epochs": epochs, "seed": seed,
+                      "within_bucket": within}, sort_keys=True, default=str)
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", stream.name).strip("-")[:80] or "stream"
     return f"{name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
@@ -176,6 +182,7 @@ class ReplayResult:
     final_status: ServerStatus | None = None
     durable: bool = False  # the final state is in an fsynced checkpoint (False only without server checkpoints)
     final_checkpoint: str = ""
+    cut_warning: str | None = None  # the server's memory keeps less than its retention asks (announced at start)
 
 
 class Replay:
@@ -200,9 +207,20 @@ class Replay:
         status = self._first_contact()
         self._check_schema(status)
         seed = o.seed if o.seed is not None else int(status.config.get("seed", 0))
-        schedule = Schedule([len(b.train) for b in self.stream.buckets], o.batch_size, o.epochs, seed)
-        stream_id = o.stream_id or default_stream_id(self.stream, o.batch_size, o.epochs, seed)
+        check_within(o.within_bucket, self.stream.name, self.stream.undated_samples)
+        schedule = Schedule([len(b.train) for b in self.stream.buckets], o.batch_size, o.epochs, seed,
+                            o.within_bucket)
+        stream_id = o.stream_id or default_stream_id(self.stream, o.batch_size, o.epochs, seed, o.within_bucket)
         self.result = r = ReplayResult(self.stream, o, seed, stream_id, self.client.target, schedule)
+        r.cut_warning = memory_cut_warning(status.config, schedule.sizes) if status.config else None
+        if r.cut_warning:
+            print(f"warning: the server's {r.cut_warning}", file=sys.stderr)
+        differ = {k: v for k, v in self.stream.learner_defaults.items() if status.config.get(k, v) != v}
+        if differ:
+            print("warning: this stream's training samples want the server's learner to run with "
+                  + ", ".join(f"{k}={v} (it has {status.config.get(k)})" for k, v in differ.items())
+                  + "; start it with " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in differ.items()),
+                  file=sys.stderr)
         n = len(self.stream)
         self._bars["buckets"] = tqdm(total=n, desc="buckets", unit="bucket", file=sys.stderr, disable=not o.progress,
                                      position=0)
@@ -381,14 +399,15 @@ class Replay:
                 sequence = first + k
                 if o.query_every and (sequence - 1) % o.query_every == 0:
                     self._query(bucket, k, sequence)
-                x, y = train.batch(batches[k], train=True)
+                x, y = stored_batch(train, batches[k])
                 if o.rate:  # a batch goes out once its last sample's time has come, not its first's
                     delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
                 sent += len(y)
                 self._sizes[sequence] = len(y)
-                yield Batch(r.stream_id, sequence, bucket, x, y)
+                yield Batch(r.stream_id, sequence, bucket, x, y, sample_ids=batches[k],
+                            bucket_batches=schedule.counts[bucket])
 
         t0 = time.perf_counter()
         try:

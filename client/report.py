@@ -58,7 +58,8 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
     return {
         "stream": r.stream.summary(),
         "strategy": s.config.get("strategy"),
-        "config": {**learner, "batch_size": o.batch_size, "epochs": o.epochs, "schedule_seed": r.seed,
+        "config": {**learner, "batch_size": o.batch_size, "epochs": o.epochs, "within_bucket": o.within_bucket,
+                   "schedule_seed": r.seed,
                    "rate": o.rate, "max_in_flight": o.max_in_flight, "query_every": o.query_every,
                    "query_size": o.query_size,
                    "stream_id": r.stream_id, **(config or {})},
@@ -74,7 +75,7 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
         "prequential_accuracy": s.prequential_accuracy_overall,
         "gem_projections": s.gem_projections,
         "qp_fallbacks": s.qp_fallbacks,
-        "buffer": s.buffer,
+        "buffer": {**s.buffer, "cut_warning": r.cut_warning},
         "torch": torch.__version__,
         "torch_threads": torch_threads,
         # What the client saw.

@@ -56,11 +56,13 @@ class DecodeLimits:
 def decode_samples(samples: pb.Samples, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
                    train: bool = False, pool: Executor | None = None, keep_uint8: bool = False) -> torch.Tensor:
     """A float32 tensor [n, *input_shape] with finite values, 1 <= n <= limits.max_samples.
-    `train` picks the training-time image transform where the transform has one; `pool` may
-    decode large images in parallel; `keep_uint8` returns a uint8 tensor as it came (unscaled)."""
+    `train` picks the training-time image transform where the transform has one, and keeps a uint8
+    tensor uint8 (the learner stores samples as they arrived and scales them itself); `pool` may
+    decode large images in parallel; `keep_uint8` keeps a uint8 tensor as it came for other uses too
+    (held-out sets)."""
     kind = samples.WhichOneof("payload")
     if kind == "tensor":
-        return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples, keep_uint8)
+        return decode_tensor(samples.tensor, f"{field}.tensor", input_shape, limits.max_samples, keep_uint8 or train)
     if kind == "images":
         return decode_images(samples.images, f"{field}.images", input_shape, limits, train, pool)
     raise InvalidArgument(field, "not set; expected `tensor` (raw samples) or `images` (JPEG/PNG files)")

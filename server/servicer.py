@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Iterator
@@ -167,7 +168,14 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         bucket = self._bucket(batch.bucket)
         schema = self._schema(batch, within)  # the worker establishes it once a batch of it is applied
         x, y = self._labelled(batch, schema, train=True)
-        return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema)
+        ids = None
+        if batch.sample_ids:
+            if len(batch.sample_ids) != len(y):
+                raise InvalidArgument("sample_ids", f"{len(batch.sample_ids)} ids for {len(y)} samples; expected one "
+                                                    "per sample, or none")
+            # identities are the stream's own: two streams' sample 7 are two samples (a hash of both, wrapping)
+            ids = torch.tensor(batch.sample_ids, dtype=torch.int64) * 1_000_003 + zlib.crc32(batch.stream_id.encode())
+        return TrainOp(scope, batch.stream_id, batch.sequence, bucket, x, y, schema, ids, batch.bucket_batches)
 
     def Train(self, request_iterator, context):
         def done(code: grpc.StatusCode) -> None:
@@ -379,7 +387,8 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
         metrics=learning_metrics(s["metrics"]),
         forgetting_per_bucket=s["forgetting_per_bucket"],
         buffer=pb.BufferStatus(size=buffer["size"], capacity=buffer["capacity"], bytes=buffer["bytes"],
-                               by_bucket=buffer["by_bucket"], by_class=buffer["by_class"]),
+                               by_bucket=buffer["by_bucket"], by_class=buffer["by_class"],
+                               asked_by_bucket=buffer.get("asked_by_bucket", {}), bounded=buffer.get("bounded", True)),
         gem_projections=s["projections"], qp_fallbacks=s["qp_fallbacks"],
         applied_sequences=s["applied_sequences"], eval_buckets=s["eval_buckets"],
         queue_depth=queue_depth, queue_capacity=queue_capacity,

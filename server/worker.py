@@ -100,6 +100,8 @@ class TrainOp(Op):
     x: torch.Tensor
     y: torch.Tensor
     schema: Schema
+    ids: torch.Tensor | None = None  # sample identities within the bucket (TrainBatch.sample_ids), if sent
+    bucket_batches: int = 0  # the bucket's planned batches (TrainBatch.bucket_batches); 0: not declared
 
 
 @dataclass
@@ -499,8 +501,12 @@ class TrainingWorker:
         except ValueError as e:
             raise InvalidArgument("samples", str(e)) from None
         self.marks.admit(self.applied, op.stream_id)  # may drop idle marks: only for a batch about to be applied
+        try:
+            learner.plan_bucket(op.bucket, op.bucket_batches or None)
+        except ValueError as e:
+            raise InvalidArgument("bucket_batches", str(e)) from None
         t0 = time.perf_counter()
-        step = learner.observe(op.x, op.y, op.bucket)
+        step = learner.observe(op.x, op.y, op.bucket, ids=op.ids)
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
         self._adopt(learner, op.schema)
         self.applied[op.stream_id] = op.sequence  # a skipped step's batch is consumed too: exactly-once holds

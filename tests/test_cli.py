@@ -94,7 +94,7 @@ def test_the_help_shows_the_defaults():
     done = subprocess.run([sys.executable, "-m", "cl_engine", "run", "--help"], capture_output=True, text=True,
                           timeout=120)
     text = " ".join(done.stdout.split())  # argparse wraps lines
-    for words in ("SGD learning rate (default: 0.1)", "SGD momentum (default: 0.0)", "(default: 1000)",
+    for words in ("SGD learning rate (default: 0.1)", "SGD momentum (default: 0.0)", "default: 1000 for reservoir retention, unbounded for ratio",
                   "samples per training step (default: 10)",
                   "--device DEVICE auto, cpu, cuda or cuda:N (default: auto)"):
         assert words in text, words

@@ -24,7 +24,7 @@ def test_buffer_preallocates_and_accounts_by_bucket_and_class():
     assert buf.x.shape == (6, 4) and len(buf) == 4
     assert buf.counts_by_bucket() == {2: 4}
     assert buf.counts_by_class() == {0: 1, 1: 1, 2: 1, 3: 1}
-    assert buf.nbytes() == 6 * (4 * 4 + 8 + 8 + 4)
+    assert buf.nbytes() == 6 * (4 * 4 + 8 + 8 + 8 + 4)  # sample, label, bucket, id, priority
     bx, by = buf.sample(10, gen())
     assert len(by) == 4 and sorted(by.tolist()) == [0, 1, 2, 3]
 

@@ -18,7 +18,7 @@ from cl_engine.streams.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet
 NAMES = ["BACKGROUND", "baseball", "bus"]
 CLEAR10_NAMES = ["BACKGROUND", "baseball", "bus", "camera", "cosplay", "dress", "hockey", "laptop", "racing",
                  "soccer", "sweater"]
-BUCKETS = range(0, 11)  # 0 is the unlabeled pre-training bucket: present on disk, skipped by the loader
+BUCKETS = range(0, 11)  # 0 is the pre-training bucket: on disk, listed as labelled only where a release says so
 DIM = 2048
 
 
@@ -63,10 +63,13 @@ def upload_times(b: int, n: int) -> list[int]:
 
 
 def write_current_split(folder: Path, names=NAMES, per_class: int = 2, images: bool = True,
-                        features: bool = True, special: dict | None = None) -> dict[int, list[str]]:
+                        features: bool = True, special: dict | None = None,
+                        labeled_zero: bool = False) -> dict[int, list[str]]:
     """A split folder of the current release; returns {bucket: flickr ids in upload-time order}.
 
-    `special` maps a flickr id to an image kind (gray, rgba, palette, corrupt, missing).
+    `special` maps a flickr id to an image kind (gray, rgba, palette, corrupt, missing). Bucket 0's
+    files are written; labeled_metadata.json lists it only with `labeled_zero` (as CLEAR-100's does,
+    CLEAR-10's does not).
     """
     special = special or {}
     folder.mkdir(parents=True)
@@ -97,6 +100,8 @@ def write_current_split(folder: Path, names=NAMES, per_class: int = 2, images: b
                 torch.save(vectors, folder / pth_rel)
                 feature_index[str(b)][name] = pth_rel
         expected[b] = [fid for _, fid in sorted(timed)]
+    if not labeled_zero:
+        del index["0"], feature_index["0"]
     (folder / "labeled_metadata.json").write_text(json.dumps(index))
     if features:
         (folder / "features" / "moco_b0" / "features.json").write_text(json.dumps(feature_index))
@@ -120,13 +125,16 @@ def current(tmp_path_factory):
     return write_current(tmp_path_factory.mktemp("current") / "clear10")
 
 
-def write_neurips2021(root: Path, names=NAMES, per_class: int = 5, seeds=(0,)) -> dict[int, list[str]]:
-    """The NeurIPS 2021 release; returns {bucket: image paths in upload-time order}."""
+def write_neurips2021(root: Path, names=NAMES, per_class: int = 5, seeds=(0,),
+                      indices: list | None = list(range(1, 11))) -> dict[int, list[str]]:
+    """The NeurIPS 2021 release; returns {bucket: image paths in upload-time order}. Every bucket 0..10
+    has its labelled file lists; training_folder/bucket_indices.json lists `indices` (None: no such file)."""
     root.mkdir(parents=True)
     (root / "class_names.txt").write_text("\n".join(names))
     training = root / "training_folder"
     training.mkdir()
-    (training / "bucket_indices.json").write_text(json.dumps(list(BUCKETS)))
+    if indices is not None:
+        (training / "bucket_indices.json").write_text(json.dumps(indices))
     expected = {}
     for b in BUCKETS:
         times = iter(upload_times(b, len(names) * per_class))
@@ -504,3 +512,43 @@ def test_end_to_end_neurips2021_features_iid(neurips2021, tmp_path):
     matrix = report["accuracy_matrix"]
     assert len(matrix) == 10 and all(len(row) == 10 and None not in row for row in matrix)
     assert report["stream"]["input_shape"] == [DIM] and report["stream"]["test_sizes"] == [4] * 10
+
+
+# -- which buckets: bucket_indices.json and a labelled bucket 0 -------------------------------------------------------
+
+
+def test_a_current_release_that_labels_bucket_0_trains_on_it_as_the_official_loaders(tmp_path):
+    write_current_split(tmp_path / "clear100" / "train", labeled_zero=True, features=False)
+    stream = clear(tmp_path / "clear100", image_size=8)
+    assert [b.name for b in stream.buckets] == [str(b) for b in range(0, 11)]  # 11 updates, as Avalanche/Renate
+    assert stream.info["skipped_labeled_buckets"] == []
+
+
+@pytest.mark.parametrize("indices", [list(range(1, 11)), [str(b) for b in range(0, 11)], [3, 1, 2]],
+                         ids=["1-10", "0-10 as strings", "a chosen order"])
+def test_neurips2021_trains_the_buckets_bucket_indices_json_lists_in_its_order(tmp_path, indices):
+    root = tmp_path / "clear10-public"
+    write_neurips2021(root, per_class=1, indices=indices)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is skipped, so nothing is warned about
+        stream = clear(root, image_size=8)
+    assert [b.name for b in stream.buckets] == [str(int(b)) for b in indices]
+    assert stream.info["skipped_labeled_buckets"] == []
+    assert stream.info["bucket_list"] == str(root / "training_folder" / "bucket_indices.json")
+
+
+def test_neurips2021_without_bucket_indices_skips_bucket_0_and_reports_it(tmp_path):
+    root = tmp_path / "clear10-public"
+    write_neurips2021(root, per_class=1, indices=None)
+    with pytest.warns(UserWarning, match="bucket 0 is labelled"):
+        stream = clear(root, image_size=8)
+    assert [b.name for b in stream.buckets] == [str(b) for b in range(1, 11)]
+    assert stream.info["skipped_labeled_buckets"] == [0] and stream.info["bucket_list"] is None
+    assert stream.summary()["skipped_labeled_buckets"] == [0]  # in the report's stream section
+
+
+def test_a_bucket_indices_json_that_is_not_a_list_is_refused(tmp_path):
+    root = tmp_path / "clear10-public"
+    write_neurips2021(root, per_class=1, indices={"buckets": [1]})
+    with pytest.raises(ClearLayoutError, match="bucket_indices.json holds a dict, expected a list"):
+        clear(root, image_size=8)

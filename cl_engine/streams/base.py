@@ -27,6 +27,14 @@ class SampleSet(Protocol):
         ...
 
 
+def stored_batch(samples: SampleSet, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples `index` as they arrive at the learner to be trained on: a set that can give them
+    un-augmented in their compact form (`stored`, e.g. an image set's uint8 pixels, which the learner
+    views and augments itself: views.py) does; any other gives its training batch."""
+    stored = getattr(samples, "stored", None)
+    return stored(index) if stored is not None else samples.batch(index, train=True)
+
+
 class TensorSet:
     """A SampleSet held in memory as one float32 tensor and one int64 label tensor."""
 
@@ -86,6 +94,9 @@ class Stream:
     class_names: list[str] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     value_range: tuple[float, float] | None = None  # every sample value lies in it (None: not declared)
+    # learner settings its stored samples need (e.g. {"augment": "crop-flip", "uint8_inputs": "imagenet"}
+    # for an image stream whose training samples are uint8 pixels): the default of those settings
+    learner_defaults: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.class_names:
@@ -97,6 +108,11 @@ class Stream:
 
     def __len__(self) -> int:
         return len(self.buckets)
+
+    @property
+    def undated_samples(self) -> int | None:
+        """Samples without an upload date (None: the stream has no upload dates at all)."""
+        return self.info.get("samples_without_upload_time")
 
     def summary(self) -> dict:
         return {
@@ -126,6 +142,9 @@ class SubsetSet:
     def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return self.base.batch(self.index[index], train)
 
+    def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return stored_batch(self.base, self.index[index])
+
 
 class ConcatSet:
     """A lazy concatenation of sets, in order."""
@@ -140,13 +159,19 @@ class ConcatSet:
         return self.labels.shape[0]
 
     def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._gather(index, lambda s, i: s.batch(i, train))
+
+    def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._gather(index, stored_batch)
+
+    def _gather(self, index: torch.Tensor, get) -> tuple[torch.Tensor, torch.Tensor]:
         index = index.long()
         owner = torch.searchsorted(self.starts, index, right=True) - 1
         xs: list[torch.Tensor] = []
         order: list[torch.Tensor] = []
         for k in owner.unique().tolist():
             at = (owner == k).nonzero().flatten()
-            x, _ = self.sets[k].batch(index[at] - self.starts[k], train)
+            x, _ = get(self.sets[k], index[at] - self.starts[k])
             xs.append(x)
             order.append(at)
         x = torch.cat(xs)[torch.argsort(torch.cat(order))]
@@ -164,5 +189,5 @@ def iid_buckets(stream: Stream, generator: torch.Generator) -> Stream:
     buckets = [Bucket(SubsetSet(everything, c), b.test, b.name) for c, b in zip(chunks, stream.buckets)]
     return Stream(
         f"{stream.name} (iid)", buckets, stream.input_shape, stream.num_classes, stream.class_names,
-        {**stream.info, "order": "iid"}, stream.value_range,
+        {**stream.info, "order": "iid"}, stream.value_range, stream.learner_defaults,
     )

@@ -12,9 +12,16 @@ PATH is one of
   "labeled_images/<b>/<class>/<id>.jpg <class index>"), `features/<type>/<b>/all.pth` (a saved tuple
   (tensor[N, 2048], labels) in all.txt order) and `testset_ratio_0.3/split_<seed>/<b>/{train,test}.txt`.
 
-Buckets are "1".."10", ordered as integers; bucket 0 (unlabeled, for pre-training) is skipped. Inside
-a bucket, samples are ordered by upload time (DATE_UPLOADED) where the metadata gives it; samples
-without one keep their file order, after the timed ones.
+Which buckets, as the official loaders (Avalanche's, Renate's) take them, ordered as integers:
+- current release: every bucket labeled_metadata.json lists. CLEAR-10 lists "1".."10" (its bucket 0
+  is unlabeled, for pre-training); a release that labels bucket 0 (CLEAR-100) trains on it too: 11
+  buckets.
+- NeurIPS 2021 release: the buckets training_folder/bucket_indices.json lists, in its order. Without
+  that file, the folders of training_folder/filelists except 0; a labelled bucket 0 skipped that
+  way (it has a filelists/0/all.txt) is reported (info["skipped_labeled_buckets"] and a warning).
+Inside a bucket, samples are ordered by upload time (DATE_UPLOADED) where the metadata gives it;
+samples without one keep their file order, after the timed ones (training shuffles them anyway
+unless asked for upload order: schedule.py).
 
 Protocols, as in the CLEAR paper:
 - streaming: a bucket is trained on and tested on in full. The test set of bucket i is then its own
@@ -112,6 +119,7 @@ def clear_stream(path: str | Path, mode: str = "images", protocol: str = "stream
             raise ClearLayoutError(root, f"buckets have feature vectors of sizes {sorted(shapes)}, expected one size")
         shape = shapes.pop()
     undated = sum(s.uploaded is None for _, train, test in buckets for s in train + (test or []))
+    info.setdefault("skipped_labeled_buckets", [])
     info.update(
         mode=mode, protocol=protocol, image_size=image_size if mode == "images" else None,
         feature_type=feature_type if mode == "features" else None,
@@ -124,7 +132,9 @@ def clear_stream(path: str | Path, mode: str = "images", protocol: str = "stream
     )
     # images: [0, 1] pixels after ImageNet normalisation; features: not declared (the default bound)
     value_range = normalised_range() if mode == "images" else None
-    return Stream(stream_name(names), stream_buckets, shape, len(names), names, info, value_range)
+    # images: training samples are stored as uint8 pixels; the learner normalises and augments them
+    defaults = {"augment": "crop-flip", "uint8_inputs": "imagenet"} if mode == "images" else {}
+    return Stream(stream_name(names), stream_buckets, shape, len(names), names, info, value_range, defaults)
 
 
 def stream_name(class_names: list[str]) -> str:
@@ -176,7 +186,7 @@ def _read_split_folder(root: Path, folder: Path, mode: str, feature_type: str):
     """Class names and {bucket: time-ordered samples} of one split folder of the current release."""
     names = _class_names(root, folder / "class_names.txt")
     index = _read_json(root, folder / "labeled_metadata.json")
-    buckets = _bucket_ids(root, index.keys(), folder / "labeled_metadata.json")
+    buckets = _bucket_ids(root, index.keys(), folder / "labeled_metadata.json", keep_zero=True)
     feature_index = None
     if mode == "features":
         features_json = folder / "features" / feature_type / "features.json"
@@ -213,7 +223,20 @@ def _neurips2021(root: Path, mode: str, protocol: str, split_seed: int, feature_
     filelists = training / "filelists"
     if not filelists.is_dir():
         raise ClearLayoutError(root, f"{filelists} is missing")
-    buckets = _bucket_ids(root, [d.name for d in filelists.iterdir() if d.is_dir()], filelists)
+    indices_json = training / "bucket_indices.json"
+    skipped_labeled = []
+    if indices_json.is_file():
+        listed = _read_json(root, indices_json)
+        if not isinstance(listed, list):
+            raise ClearLayoutError(root, f"{indices_json} holds a {type(listed).__name__}, expected a list of bucket "
+                                         "numbers")
+        buckets = list(_bucket_ids(root, listed, indices_json, keep_zero=True, sort=False))
+    else:
+        buckets = list(_bucket_ids(root, [d.name for d in filelists.iterdir() if d.is_dir()], filelists))
+        if (filelists / "0" / "all.txt").is_file():
+            skipped_labeled = [0]
+            warnings.warn(f"CLEAR at {root}: bucket 0 is labelled ({filelists / '0' / 'all.txt'}), but there is no "
+                          f"{indices_json} to say it is trained on: skipped, as CLEAR-10's pre-training bucket")
     split = training / "testset_ratio_0.3" / f"split_{split_seed}"
     if protocol == "iid" and not split.is_dir():
         seeds = sorted(d.name for d in split.parent.glob("split_*"))
@@ -247,7 +270,8 @@ def _neurips2021(root: Path, mode: str, protocol: str, split_seed: int, feature_
                                              f"{all_txt} does not ({len(unknown)} such lines)")
             parts.append(_time_ordered([by_path[rel] for rel, _ in listed]))
         out.append((b, *parts))
-    info = {"release": "neurips2021", "root": str(root)}
+    info = {"release": "neurips2021", "root": str(root), "skipped_labeled_buckets": skipped_labeled,
+            "bucket_list": str(indices_json) if indices_json.is_file() else None}
     if protocol == "iid":
         info["split"] = str(split)
     return names, out, info
@@ -340,17 +364,18 @@ def _class_names(root: Path, file: Path) -> list[str]:
     return names
 
 
-def _bucket_ids(root: Path, names, where: Path) -> dict[int, str]:
-    """{bucket number: its name as written}, labeled buckets only, in integer order."""
+def _bucket_ids(root: Path, names, where: Path, keep_zero: bool = False, sort: bool = True) -> dict[int, str]:
+    """{bucket number: its name as written} in integer order (`sort`) or as listed; bucket 0 only if
+    `keep_zero`."""
     ids = {}
     for name in names:
         if not str(name).isdigit():
             raise ClearLayoutError(root, f"{where} has a bucket named {name!r}, expected bucket numbers 0..10")
-        if int(name) != 0:
+        if int(name) != 0 or keep_zero:
             ids[int(name)] = str(name)
     if not ids:
         raise ClearLayoutError(root, f"{where} has no labeled bucket (1, 2, …)")
-    return dict(sorted(ids.items()))
+    return dict(sorted(ids.items())) if sort else ids
 
 
 def _indexed_file(root: Path, folder: Path, index: dict, bucket: str, name: str, usual: str) -> Path:

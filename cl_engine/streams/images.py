@@ -85,6 +85,14 @@ def image_transforms(size: int) -> tuple[Callable, Callable]:
     return evaluation, training
 
 
+def stored_transform(size: int) -> Callable:
+    """PIL image -> uint8 [3, size, size]: the evaluation transform's geometry (resize, centre crop),
+    not normalised; what the learner stores, and views (views.py) as the evaluation transform's output."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.PILToTensor()])
+
+
 class ImageSet:
     """Labelled image files, decoded per batch. Build it from paths that passed `usable_images`."""
 
@@ -99,12 +107,13 @@ class ImageSet:
         self.skipped = skipped
         self.undecodable: set[int] = set()
         self.evaluation, self.training = image_transforms(size)
+        self.store = stored_transform(size)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def _load(self, i: int, transform: Callable) -> torch.Tensor:
-        blank = torch.zeros(3, self.size, self.size)
+    def _load(self, i: int, transform: Callable, blank: torch.Tensor | None = None) -> torch.Tensor:
+        blank = torch.zeros(3, self.size, self.size) if blank is None else blank
         if i in self.undecodable:
             return blank
         try:
@@ -122,3 +131,13 @@ class ImageSet:
         if index.numel() == 0:
             return torch.empty(0, 3, self.size, self.size), self.labels[index]
         return torch.stack([self._load(int(i), transform) for i in index]), self.labels[index]
+
+    def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples `index` as uint8 [n, 3, size, size], resized and centre cropped, for the learner to
+        normalise and augment itself (a failed decode: the mean image, as in `batch`)."""
+        index = index.long()
+        mean = torch.tensor([round(255 * m) for m in IMAGENET_MEAN], dtype=torch.uint8).view(3, 1, 1)
+        blank = mean.expand(3, self.size, self.size).clone()
+        if index.numel() == 0:
+            return torch.empty(0, 3, self.size, self.size, dtype=torch.uint8), self.labels[index]
+        return torch.stack([self._load(int(i), self.store, blank) for i in index]), self.labels[index]

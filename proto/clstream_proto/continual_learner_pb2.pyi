@@ -55,20 +55,24 @@ class Samples(_message.Message):
     def __init__(self, tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ...) -> None: ...
 
 class TrainBatch(_message.Message):
-    __slots__ = ("stream_id", "sequence", "bucket", "samples", "labels", "schema")
+    __slots__ = ("stream_id", "sequence", "bucket", "samples", "labels", "schema", "sample_ids", "bucket_batches")
     STREAM_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_IDS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_BATCHES_FIELD_NUMBER: _ClassVar[int]
     stream_id: str
     sequence: int
     bucket: int
     samples: Samples
     labels: _containers.RepeatedScalarFieldContainer[int]
     schema: Schema
-    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., bucket: _Optional[int] = ..., samples: _Optional[_Union[Samples, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ...) -> None: ...
+    sample_ids: _containers.RepeatedScalarFieldContainer[int]
+    bucket_batches: int
+    def __init__(self, stream_id: _Optional[str] = ..., sequence: _Optional[int] = ..., bucket: _Optional[int] = ..., samples: _Optional[_Union[Samples, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., sample_ids: _Optional[_Iterable[int]] = ..., bucket_batches: _Optional[int] = ...) -> None: ...
 
 class TrainAck(_message.Message):
     __slots__ = ("stream_id", "sequence", "applied", "duplicate", "accuracy", "loss", "model_version", "samples_trained", "applied_sequence", "durable_sequence", "learned", "skip_reason")
@@ -264,7 +268,7 @@ class ForgetStreamResponse(_message.Message):
     def __init__(self, stream_id: _Optional[str] = ..., forgotten: _Optional[bool] = ..., sequence: _Optional[int] = ..., streams_known: _Optional[int] = ...) -> None: ...
 
 class BufferStatus(_message.Message):
-    __slots__ = ("size", "capacity", "bytes", "by_bucket", "by_class")
+    __slots__ = ("size", "capacity", "bytes", "by_bucket", "by_class", "asked_by_bucket", "bounded")
     class ByBucketEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -279,17 +283,28 @@ class BufferStatus(_message.Message):
         key: int
         value: int
         def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    class AskedByBucketEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     BY_BUCKET_FIELD_NUMBER: _ClassVar[int]
     BY_CLASS_FIELD_NUMBER: _ClassVar[int]
+    ASKED_BY_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    BOUNDED_FIELD_NUMBER: _ClassVar[int]
     size: int
     capacity: int
     bytes: int
     by_bucket: _containers.ScalarMap[int, int]
     by_class: _containers.ScalarMap[int, int]
-    def __init__(self, size: _Optional[int] = ..., capacity: _Optional[int] = ..., bytes: _Optional[int] = ..., by_bucket: _Optional[_Mapping[int, int]] = ..., by_class: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    asked_by_bucket: _containers.ScalarMap[int, int]
+    bounded: bool
+    def __init__(self, size: _Optional[int] = ..., capacity: _Optional[int] = ..., bytes: _Optional[int] = ..., by_bucket: _Optional[_Mapping[int, int]] = ..., by_class: _Optional[_Mapping[int, int]] = ..., asked_by_bucket: _Optional[_Mapping[int, int]] = ..., bounded: _Optional[bool] = ...) -> None: ...
 
 class DriftStatus(_message.Message):
     __slots__ = ("statistic", "threshold", "events", "last_event_version")

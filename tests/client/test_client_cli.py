@@ -283,12 +283,14 @@ def test_the_help_shows_the_defaults():
                   "at most (0: no client-side bound) (default: 16)"):
         assert words in stream, words
     demo = help_of("client", "demo")
-    for words in ("SGD learning rate (default: 0.1)", "samples the replay memory can hold (default: 1000)",
+    for words in ("SGD learning rate (default: 0.1)", "samples the replay memory can hold at most; default: 1000 for "
+                  "reservoir retention, unbounded for ratio and per-bucket retention",
                   "(default: out/demo)", "gRPC port (0: a free one) (default: 0)"):
         assert words in demo, words
     server = help_of("server.main")
     for words in ("gRPC port; 0 picks a free one (default: 50051)", "metrics port; 0 picks a free one (default: 9464)",
-                  "SGD learning rate (default: 0.1)", "samples the replay memory can hold (default: 1000)",
+                  "SGD learning rate (default: 0.1)", "samples the replay memory can hold at most; default: 1000 for "
+                  "reservoir retention, unbounded for ratio and per-bucket retention",
                   "serve Prometheus metrics over HTTP (default: True)"):
         assert words in server, words
 

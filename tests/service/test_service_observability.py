@@ -292,7 +292,7 @@ def test_a_gem_run_exports_its_projections_buffer_bytes_and_every_learning_metri
             assert value(m, "clstream_learning_metric_ratio", family=family, metric=label) == pytest.approx(expected)
     assert sum(not math.isnan(getattr(status.metrics, key)) for _, _, key in LEARNING_METRICS) >= 8
     buffer = service.worker.learner.buffer
-    per_sample = sum(t.nbytes for t in (buffer.x, buffer.y, buffer.bucket, buffer.priority)) / buffer.capacity
+    per_sample = sum(t.nbytes for t in (buffer.x, buffer.y, buffer.bucket, buffer.ids, buffer.priority)) / buffer.capacity
     assert value(m, "clstream_buffer_allocated_bytes") == status.buffer.bytes == per_sample * buffer.capacity
     assert status.buffer.by_class and sum(status.buffer.by_class.values()) == status.buffer.size == 40
     for c, n in status.buffer.by_class.items():

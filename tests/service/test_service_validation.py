@@ -48,6 +48,8 @@ def good(stream, sequence=100, bucket=1, **changes) -> pb.TrainBatch:
             batch.labels.extend(value)
         elif key == "schema":
             batch.schema.CopyFrom(value)
+        elif key == "sample_ids":
+            batch.sample_ids.extend(value)
         else:
             setattr(batch, key, value)
     return batch
@@ -90,6 +92,8 @@ CASES = {
     "negative label": (dict(labels=[0] * 9 + [-3]), INVALID, "labels: label -3"),
     "label overflow": (dict(labels=[2**63 - 1] * 10), INVALID, "labels"),
     "too few labels": (dict(labels=[1] * 9), INVALID, "9 labels for 10 samples"),
+    "too few sample ids": (dict(sample_ids=[1, 2, 3]), INVALID, "sample_ids: 3 ids for 10 samples; expected one per "
+                                                                "sample, or none"),
     "undecodable image": (dict(samples=pb.Samples(images=pb.EncodedImages(images=[b"\xff\xd8garbage"] * 10))),
                           INVALID, "samples.images.images[0]"),
     "decompression bomb": (dict(samples=pb.Samples(images=pb.EncodedImages(images=[png_declaring(60000, 60000)]
