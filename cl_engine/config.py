@@ -36,8 +36,11 @@ class LearnerConfig(BaseModel):
     memory_strength: float = Field(0.5, ge=0, description="GEM's margin γ in the dual QP")
     qp_eps: float = Field(1e-3, gt=0, description="GEM: ε added to the Gram matrix's diagonal")
     agem_sample_size: int = Field(256, ge=1, description="A-GEM: memories drawn for the reference gradient")
-    clip_grad_norm: float = Field(0.0, ge=0, description="update-size guard: scale each step's gradient to this "
-                                  "global L2 norm at most; 0 = off (see docs/safety.md)")
+    gradient_outlier_ratio: float = Field(10.0, ge=0, description="update-size guard: a step whose gradient norm "
+                                          "is more than this many times the running typical norm is not applied "
+                                          "(gradient_outlier); 0 = off")
+    clip_grad_norm: float = Field(0.0, ge=0, description="scale each step's gradient to this global L2 norm at "
+                                  "most; 0 = off (it changes results on the normal streams: BENCHMARKS.md)")
     prequential_window: int = Field(1000, ge=1, description="samples in the prequential accuracy window")
     seed: int = Field(0, description="seed of the model's initialisation, the batch order and the memory's draws")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")

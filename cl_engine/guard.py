@@ -9,8 +9,18 @@ the step is applied directly; only a step that could overflow (an absurd learnin
 gradient) is applied on a backup copy of the weights and momentum, checked, and undone if any
 weight came out non-finite. Nothing here changes the arithmetic of a finite step.
 
+The update-size guard (`gradient_outlier_ratio`, default 10): a step whose gradient norm is more
+than that many times the running typical norm is not applied (`gradient_outlier`). A finite but
+absurd batch (constant 1e4 samples, say) has a gradient hundreds of times the usual one and would
+undo in one step what the stream taught; the stream's own batches stay far below the bar (measured
+in BENCHMARKS.md: not one step skipped on the embedded streams, so their results are unchanged).
+The typical norm is an exponential average over the steps taken (factor `OUTLIER_DECAY`), into which
+a refused step enters capped at the bar: one outlier barely moves it, while a lasting change of scale
+(a new kind of data) lifts it by ratio-fold within tens of steps and is learned from again. The
+check starts after `OUTLIER_WARMUP` steps, the first ones setting the typical norm.
+
 Optional gradient-norm clipping (`clip_grad_norm` > 0) scales the gradient to that global L2
-norm at most, the update-size guard; off by default (see docs/safety.md).
+norm at most; off by default, as it changes results on the normal streams (see docs/server.md).
 """
 from __future__ import annotations
 
@@ -23,8 +33,10 @@ from .sgd import sgd_step
 
 log = logging.getLogger(__name__)
 
-REASONS = ("non_finite_loss", "non_finite_gradient", "non_finite_weights")
+REASONS = ("non_finite_loss", "non_finite_gradient", "non_finite_weights", "gradient_outlier")
 SAFE_BOUND = 1e30  # far below float32's 3.4e38: an update bounded by it cannot overflow a weight
+OUTLIER_WARMUP = 20  # steps that set the typical gradient norm before the outlier check starts
+OUTLIER_DECAY = 0.99  # the typical norm's exponential average: about the last hundred steps
 
 
 class NonFinite(ArithmeticError):
@@ -49,11 +61,14 @@ class StepGuard:
     Counts skipped steps by reason into `counters` (keys `skipped_<reason>`)."""
 
     def __init__(self, optimizer: torch.optim.SGD, params: list[torch.Tensor], counters: dict[str, int],
-                 clip_grad_norm: float = 0.0):
+                 clip_grad_norm: float = 0.0, outlier_ratio: float = 0.0):
         self.optimizer = optimizer
         self.params = params
         self.counters = counters
         self.clip = clip_grad_norm
+        self.outlier_ratio = outlier_ratio
+        self.typical_norm = 0.0  # running average of the gradient norms (see the module docstring)
+        self.norms_seen = 0
         self.streak = 0  # consecutive skipped steps, logged once per streak
         for reason in REASONS:
             counters.setdefault(f"skipped_{reason}", 0)
@@ -87,6 +102,8 @@ class StepGuard:
             return self.skip("non_finite_loss")
         if not math.isfinite(g_norm):
             return self.skip("non_finite_gradient")
+        if self._outlier(g_norm):
+            return self.skip("gradient_outlier")
         if self.clip and g_norm > self.clip:
             torch._foreach_mul_(present, self.clip / (g_norm + 1e-6))
             g_norm = self.clip
@@ -97,6 +114,24 @@ class StepGuard:
             self.applied()
             return None
         return self._step_with_backup(grads)
+
+    def _outlier(self, g_norm: float) -> bool:
+        """Whether `g_norm` is past the bar; updates the typical norm (a refused norm enters capped)."""
+        if not self.outlier_ratio:
+            return False
+        bar = self.outlier_ratio * self.typical_norm
+        outlier = self.norms_seen >= OUTLIER_WARMUP and g_norm > bar
+        seen = min(g_norm, bar) if outlier else g_norm
+        self.norms_seen += 1
+        decay = min(OUTLIER_DECAY, 1 - 1 / self.norms_seen)  # a plain mean over the warm-up steps
+        self.typical_norm = decay * self.typical_norm + (1 - decay) * seen
+        return outlier
+
+    def state_dict(self) -> dict:
+        return {"typical_norm": self.typical_norm, "norms_seen": self.norms_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.typical_norm, self.norms_seen = float(state["typical_norm"]), int(state["norms_seen"])
 
     def _step_with_backup(self, grads: list[torch.Tensor | None]) -> str | None:
         """A step that might overflow: applied on a backup, undone if any weight is then not finite."""

@@ -225,6 +225,7 @@ class Learner:
             "matrix": self.matrix.state_dict(),
             "prequential": self.prequential.state_dict(),
             "counters": dict(self.counters),
+            "guard": self.strategy.guard.state_dict(),
             "version": self.version,
             "open_bucket": self.open_bucket,
             "eval_sets": {b: (s.x.cpu(), s.labels.cpu()) for b, s in self.eval_sets.items() if isinstance(s, TensorSet)},
@@ -239,6 +240,8 @@ class Learner:
         self.matrix.load_state_dict(state["matrix"])
         self.prequential.load_state_dict(state["prequential"])
         self.counters.update(state["counters"])
+        if "guard" in state:  # checkpoints written before the update-size guard start it afresh
+            self.strategy.guard.load_state_dict(state["guard"])
         self.version = state["version"]
         self.open_bucket = state["open_bucket"]
         for b, (x, y) in state["eval_sets"].items():

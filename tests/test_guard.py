@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cl_engine import Learner, LearnerConfig, build_stream
-from cl_engine.guard import StepGuard
+from cl_engine.guard import OUTLIER_WARMUP, StepGuard
 from cl_engine.sgd import sgd_step
 
 STREAM = build_stream("digits-rotated", order="time")
@@ -105,3 +105,45 @@ def test_clipping_bounds_the_update_of_one_batch():
     moved = torch.linalg.vector_norm(torch.cat([(p.detach() - b).reshape(-1)
                                                 for p, b in zip(learner.model.parameters(), before)]))
     assert 0 < float(moved) <= 0.1 * 0.5 * (1 + 1e-4)
+
+
+def learner_past_the_warm_up(**config):
+    """A learner that has taken more steps than the outlier check's warm-up."""
+    learner = Learner(LearnerConfig(**config), STREAM.input_shape, STREAM.num_classes)
+    for x, y in batches(0, OUTLIER_WARMUP + 10):
+        learner.observe(x, y, 0)
+    return learner
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_finite_but_absurd_batch_is_refused_as_a_gradient_outlier(name):
+    learner = learner_past_the_warm_up(**STRATEGIES[name])
+    before, counters, held = weights(learner), dict(learner.counters), len(learner.buffer)
+    x, y = next(batches(1, 1))
+    step = learner.observe(torch.full_like(x, 1e4), y, 0)  # inside the default value range
+    assert step.skipped == "gradient_outlier" and not step.learned
+    assert_unchanged(learner, before, counters)
+    assert len(learner.buffer) == held
+    assert learner.counters["skipped_gradient_outlier"] == 1
+
+
+def test_without_the_outlier_guard_the_same_batch_is_learned():
+    learner = learner_past_the_warm_up(strategy="naive", gradient_outlier_ratio=0)
+    x, y = next(batches(1, 1))
+    assert learner.observe(torch.full_like(x, 1e4), y, 0).learned
+
+
+def test_a_lasting_change_of_scale_is_learned_from_again():
+    """Inputs that stay 50 times larger are refused at first, then the typical norm catches up."""
+    learner = learner_past_the_warm_up(strategy="naive", lr=1e-4)
+    results = [learner.observe(x * 50, y, 0) for x, y in batches(1, 60)]
+    assert not results[0].learned
+    assert all(r.learned for r in results[-20:])
+
+
+def test_the_typical_norm_survives_a_restore():
+    learner = learner_past_the_warm_up(strategy="replay")
+    restored = Learner.from_state_dict(learner.state_dict())
+    assert restored.strategy.guard.state_dict() == learner.strategy.guard.state_dict()
+    x, y = next(batches(1, 1))
+    assert restored.observe(torch.full_like(x, 1e4), y, 0).skipped == "gradient_outlier"
