@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/update_guard.py render benchmarks/results/update_guard.json
 
 Every run of docs/engine.md's results table (benchmarks/strategies.py's RUNS, same settings), per seed,
-three times: guards off (gradient_outlier_ratio 0, no clipping), the default (gradient_outlier_ratio
-10), and gradient-norm clipping at 1.0 (about the median gradient norm of these streams) with the
-outlier guard off. For each it records ACC, the largest difference of the accuracy matrix from the
+three times: the update-size guard off (gradient_outlier_ratio 0, max_update_ratio 0), the default
+(10 and 1), and gradient-norm clipping at 1.0 (about the median gradient norm of these streams) with
+the update-size guard off. For each it records ACC, the largest difference of the accuracy matrix from the
 unguarded run, and the steps the guard refused. Then, from a model trained on one bucket, one batch of
 constant 1e4 (inside the default value range) under each: the held-out accuracy before and after.
 
@@ -34,21 +34,28 @@ from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.schedule import bucket_batches  # noqa: E402
 
 SECTION = "update_guard"
-GUARDS = {"off": dict(gradient_outlier_ratio=0.0),
-          "outlier 10 (default)": dict(gradient_outlier_ratio=10.0),
-          "clip 1.0": dict(gradient_outlier_ratio=0.0, clip_grad_norm=1.0)}
+OFF = dict(gradient_outlier_ratio=0.0, max_update_ratio=0.0)
+GUARDS = {"off": OFF,
+          "default": dict(gradient_outlier_ratio=10.0, max_update_ratio=1.0),
+          "clip 1.0": dict(OFF, clip_grad_norm=1.0)}
 
 
 RATIOS: list[float] = []  # each checked step's gradient norm / the typical norm, while recording
+UPDATES: list[float] = []  # each step's update bound / the weights' norm (at least 1)
 
 
-def recording(outlier):
-    """StepGuard._outlier, also noting how far each checked norm is from the bar (changes nothing)."""
-    def wrapped(self, g_norm):
+def recording(outlier, too_large):
+    """StepGuard's two checks, also noting how far each step is from their bars (changes nothing)."""
+    def checked_outlier(self, g_norm):
         if self.outlier_ratio and self.norms_seen >= OUTLIER_WARMUP:
             RATIOS.append(g_norm / self.typical_norm)
         return outlier(self, g_norm)
-    return wrapped
+
+    def checked_update(self, update, p_norm):
+        if self.update_ratio:
+            UPDATES.append(update / max(p_norm, 1.0))
+        return too_large(self, update, p_norm)
+    return checked_outlier, checked_update
 
 
 def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
@@ -81,7 +88,7 @@ def main() -> int:
     p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(1)
-    StepGuard._outlier = recording(StepGuard._outlier)
+    StepGuard._outlier, StepGuard._too_large = recording(StepGuard._outlier, StepGuard._too_large)
     t0 = time.perf_counter()
     rows = []
     for dataset in args.datasets:
@@ -91,12 +98,14 @@ def main() -> int:
             for seed in range(args.seeds):
                 for name, guard in GUARDS.items():
                     RATIOS.clear()
+                    UPDATES.clear()
                     config = LearnerConfig(lr=0.1, seed=seed, device="cpu", **options, **guard)
                     report = run_stream(streams[order], config, batch_size=10, progress=False)
                     runs[name].append({"acc": report["metrics"]["acc"], "matrix": report["accuracy_matrix"],
                                        "skipped_steps": report["skipped_steps"],
                                        "batches_trained": report["batches_trained"],
-                                       "largest_norm_ratio": max(RATIOS, default=None)})
+                                       "largest_norm_ratio": max(RATIOS, default=None),
+                                       "largest_update_ratio": max(UPDATES, default=None)})
             row = {"dataset": dataset, "run": label, "runs": runs, "summary": {}}
             for name in GUARDS:
                 row["summary"][name] = {
@@ -104,8 +113,8 @@ def main() -> int:
                     "max_matrix_diff_from_off": max(max_diff(r["matrix"], o["matrix"])
                                                     for r, o in zip(runs[name], runs["off"])),
                     "skipped": sum(sum(r["skipped_steps"].values()) for r in runs[name]),
-                    "largest_norm_ratio": max((r["largest_norm_ratio"] for r in runs[name]
-                                               if r["largest_norm_ratio"] is not None), default=None)}
+                    **{k: max((r[k] for r in runs[name] if r[k] is not None), default=None)
+                       for k in ("largest_norm_ratio", "largest_update_ratio")}}
             rows.append(row)
             print(f"{dataset:16} {label:46} " + "  ".join(
                 f"{n}: acc {s['acc_mean']:.3f} diff {s['max_matrix_diff_from_off']:.3f} skipped {s['skipped']}"
@@ -128,14 +137,16 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
              "Every run of docs/engine.md's results table, " + f"{out['seeds']} seeds, under each guard: mean ACC, the "
              "largest difference of any accuracy-matrix entry from the unguarded run (same seed), steps refused; "
              "and, under the default, the largest ratio of a step's gradient norm to the typical norm that the "
-             "guard saw (it refuses above 10).", "",
+             "guard saw (it refuses above 10) and the largest update bound as a fraction of the weights' norm "
+             "(it refuses above 1).", "",
              "| stream | run | " + " | ".join(f"{n}: ACC % / max ΔR pt / skipped" for n in names)
-             + " | largest norm / typical |", "|---|---|" + "---|" * (len(names) + 1)]
+             + " | largest norm / typical | largest update / weights |", "|---|---|" + "---|" * (len(names) + 2)]
     for r in out["results"]:
         cells = [f"{100 * s['acc_mean']:.1f} / {100 * s['max_matrix_diff_from_off']:.1f} / {s['skipped']}"
                  for s in (r["summary"][n] for n in names)]
-        ratio = r["summary"]["outlier 10 (default)"]["largest_norm_ratio"]
-        lines.append(f"| {r['dataset']} | {r['run']} | " + " | ".join(cells) + f" | {ratio:.1f} |")
+        d = r["summary"]["default"]
+        lines.append(f"| {r['dataset']} | {r['run']} | " + " | ".join(cells)
+                     + f" | {d['largest_norm_ratio']:.1f} | {d['largest_update_ratio']:.3f} |")
     lines += ["", "One batch of 10 samples of constant 1e4 (inside the default value range |x| ≤ 1e4) sent to a "
               "replay model trained on bucket 0 (3 passes); held-out accuracy of bucket 0 before → after:", "",
               "| stream | seed | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]

@@ -19,6 +19,13 @@ a refused step enters capped at the bar: one outlier barely moves it, while a la
 (a new kind of data) lifts it by ratio-fold within tens of steps and is learned from again. The
 check starts after `OUTLIER_WARMUP` steps, the first ones setting the typical norm.
 
+Its second half (`max_update_ratio`, default 1): a step whose update could be larger than that
+fraction of the weights' own norm (at least 1) is not applied (`update_too_large`). That is a
+learning rate that makes the loss explode: the first such step would throw the weights far from
+anything learned, where the next logits overflow. Normal steps move the weights by a few per cent
+at most (BENCHMARKS.md). The update is bounded as for the overflow check below, from norms the
+guard reads anyway, so this costs nothing.
+
 Optional gradient-norm clipping (`clip_grad_norm` > 0) scales the gradient to that global L2
 norm at most; off by default, as it changes results on the normal streams (see docs/server.md).
 """
@@ -33,7 +40,7 @@ from .sgd import sgd_step
 
 log = logging.getLogger(__name__)
 
-REASONS = ("non_finite_loss", "non_finite_gradient", "non_finite_weights", "gradient_outlier")
+REASONS = ("non_finite_loss", "non_finite_gradient", "non_finite_weights", "gradient_outlier", "update_too_large")
 SAFE_BOUND = 1e30  # far below float32's 3.4e38: an update bounded by it cannot overflow a weight
 OUTLIER_WARMUP = 20  # steps that set the typical gradient norm before the outlier check starts
 OUTLIER_DECAY = 0.99  # the typical norm's exponential average: about the last hundred steps
@@ -61,12 +68,13 @@ class StepGuard:
     Counts skipped steps by reason into `counters` (keys `skipped_<reason>`)."""
 
     def __init__(self, optimizer: torch.optim.SGD, params: list[torch.Tensor], counters: dict[str, int],
-                 clip_grad_norm: float = 0.0, outlier_ratio: float = 0.0):
+                 clip_grad_norm: float = 0.0, outlier_ratio: float = 0.0, update_ratio: float = 0.0):
         self.optimizer = optimizer
         self.params = params
         self.counters = counters
         self.clip = clip_grad_norm
         self.outlier_ratio = outlier_ratio
+        self.update_ratio = update_ratio
         self.typical_norm = 0.0  # running average of the gradient norms (see the module docstring)
         self.norms_seen = 0
         self.streak = 0  # consecutive skipped steps, logged once per streak
@@ -109,6 +117,8 @@ class StepGuard:
             g_norm = self.clip
         grad_bound = g_norm + wd * p_norm
         update_bound = (1 + momentum) * (grad_bound + momentum * b_norm)
+        if self._too_large(lr * update_bound, p_norm):
+            return self.skip("update_too_large")
         if math.isfinite(p_norm) and p_norm + lr * update_bound < SAFE_BOUND:
             sgd_step(self.optimizer, self.params, grads)
             self.applied()
@@ -126,6 +136,10 @@ class StepGuard:
         decay = min(OUTLIER_DECAY, 1 - 1 / self.norms_seen)  # a plain mean over the warm-up steps
         self.typical_norm = decay * self.typical_norm + (1 - decay) * seen
         return outlier
+
+    def _too_large(self, update: float, p_norm: float) -> bool:
+        """Whether an update of norm at most `update` could move weights of norm `p_norm` too far."""
+        return bool(self.update_ratio) and update > self.update_ratio * max(p_norm, 1.0)
 
     def state_dict(self) -> dict:
         return {"typical_norm": self.typical_norm, "norms_seen": self.norms_seen}

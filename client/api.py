@@ -228,6 +228,7 @@ class ServerStatus:
     batches_since_checkpoint: int = 0
     checkpoint_error: str = ""  # why the server's last checkpoint failed; "" when it succeeded
     durable_sequences: dict[str, int] = field(default_factory=dict)
+    skipped_steps: dict[str, int] = field(default_factory=dict)  # steps the step guard refused, by reason
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -94,6 +94,7 @@ def status_dict(s: pb.Status) -> dict:
         "batches_since_checkpoint": s.batches_since_checkpoint,
         "checkpoint_error": s.checkpoint_error,
         "durable_sequences": dict(s.durable_sequences),
+        "skipped_steps": dict(s.skipped_steps),
         "drift": {"statistic": s.drift.statistic, "threshold": s.drift.threshold, "events": s.drift.events,
                   "last_event_version": s.drift.last_event_version},
         "last_checkpoint": s.last_checkpoint,

@@ -486,7 +486,7 @@ class TrainingWorker:
         self._dirty = True
         if not step.learned:
             return TrainResult(True, step.accuracy, step.loss, step.version, learner.counters["samples_trained"],
-                               op.sequence, step.skipped)
+                               op.sequence, self.durable_sequences.get(op.stream_id, 0), skip_reason=step.skipped)
         self.last_loss = step.loss
         if self.drift.update(1.0 - step.accuracy, step.total):
             self.last_drift_version = step.version

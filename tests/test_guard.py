@@ -59,7 +59,7 @@ def test_a_batch_with_a_non_finite_loss_changes_nothing(name, model):
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_a_step_that_would_overflow_the_weights_is_undone(name):
-    learner = learner_after_one_bucket(**STRATEGIES[name])
+    learner = learner_after_one_bucket(**STRATEGIES[name], max_update_ratio=0)  # the update-size guard off
     before, counters = weights(learner), dict(learner.counters)
     momentum = {id(p): s["momentum_buffer"].clone() for p, s in learner.optimizer.state.items()
                 if s.get("momentum_buffer") is not None}
@@ -127,8 +127,8 @@ def test_a_finite_but_absurd_batch_is_refused_as_a_gradient_outlier(name):
     assert learner.counters["skipped_gradient_outlier"] == 1
 
 
-def test_without_the_outlier_guard_the_same_batch_is_learned():
-    learner = learner_past_the_warm_up(strategy="naive", gradient_outlier_ratio=0)
+def test_without_the_update_size_guard_the_same_batch_is_learned():
+    learner = learner_past_the_warm_up(strategy="naive", gradient_outlier_ratio=0, max_update_ratio=0)
     x, y = next(batches(1, 1))
     assert learner.observe(torch.full_like(x, 1e4), y, 0).learned
 
@@ -147,3 +147,14 @@ def test_the_typical_norm_survives_a_restore():
     assert restored.strategy.guard.state_dict() == learner.strategy.guard.state_dict()
     x, y = next(batches(1, 1))
     assert restored.observe(torch.full_like(x, 1e4), y, 0).skipped == "gradient_outlier"
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_an_exploding_learning_rate_is_refused_before_it_moves_the_weights(name):
+    learner = learner_after_one_bucket(**STRATEGIES[name])
+    before, counters = weights(learner), dict(learner.counters)
+    learner.optimizer.param_groups[0]["lr"] = 1e4  # finite weights after the step, but thrown far away
+    x, y = next(batches(1, 1))
+    step = learner.observe(x, y, 1)
+    assert step.skipped == "update_too_large"
+    assert_unchanged(learner, before, counters)
