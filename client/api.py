@@ -229,6 +229,7 @@ class ServerStatus:
     checkpoint_error: str = ""  # why the server's last checkpoint failed; "" when it succeeded
     durable_sequences: dict[str, int] = field(default_factory=dict)
     skipped_steps: dict[str, int] = field(default_factory=dict)  # steps the step guard refused, by reason
+    promotion: dict = field(default_factory=dict)  # guarded promotion: promotions, rejections, last canary check
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -30,6 +30,7 @@ from .schema import Schema, SchemaHolder
 from .servicer import ContinualLearnerServicer
 from .settings import ServerSettings
 from .snapshot import SnapshotHolder
+from .promotion import PromotionOptions
 from .worker import TrainingWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ class Service:
             checkpoint_every_batches=settings.checkpoint_every_batches,
             checkpoint_every_seconds=settings.checkpoint_every_seconds,
             drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
-                              settings.drift_alpha))
+                              settings.drift_alpha),
+            promotion=PromotionOptions(settings.guarded_promotion, settings.promotion_every_batches,
+                                       settings.promotion_tolerance))
         if settings.learner_process:
             self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
                                          log_level=logging.getLevelName(settings.log_level.upper()),

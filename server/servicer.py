@@ -368,5 +368,6 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
         batches_since_checkpoint=s["batches_since_checkpoint"], checkpoint_error=s["checkpoint_error"],
         durable_sequences=s["durable_sequences"],
         skipped_steps=s["skipped_steps"],
+        promotion=pb.PromotionStatus(**s["promotion"]),
     )
 

@@ -49,12 +49,14 @@ from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable,
                      Unavailable)
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
+from .promotion import Promotion, PromotionOptions
 from .snapshot import SnapshotHolder
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = frozenset({"format", "schema", "learner", "applied_sequences", "drift", "last_loss",
                              "last_drift_version", "written_at"})
+CHECKPOINT_OPTIONAL_KEYS = frozenset({"promotion"})  # absent from checkpoints written before guarded promotion
 CHECKPOINT_RETRY_SECONDS = (1.0, 60.0)  # back-off between periodic checkpoint attempts after a failure
 
 
@@ -165,7 +167,8 @@ def check_checkpoint(state: dict, config: LearnerConfig, schemas: SchemaHolder, 
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"checkpoint {path}: format {found!r}; this server reads {CHECKPOINT_FORMAT}")
-    missing, unknown = sorted(CHECKPOINT_KEYS - state.keys()), sorted(state.keys() - CHECKPOINT_KEYS)
+    missing = sorted(CHECKPOINT_KEYS - state.keys())
+    unknown = sorted(state.keys() - CHECKPOINT_KEYS - CHECKPOINT_OPTIONAL_KEYS)
     if missing or unknown:
         raise ValueError(f"checkpoint {path} verifies but is incomplete or foreign: "
                          f"missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; move it aside "
@@ -219,6 +222,7 @@ class WorkerOptions:
     checkpoint_every_batches: int = 0
     checkpoint_every_seconds: float = 0.0
     drift: PageHinkley = field(default_factory=PageHinkley)
+    promotion: PromotionOptions = field(default_factory=PromotionOptions)
 
 
 class TrainingWorker:
@@ -230,14 +234,15 @@ class TrainingWorker:
                    snapshot_interval=options.snapshot_interval, max_streams=options.max_streams,
                    checkpoints=checkpoints, checkpoint_every_batches=options.checkpoint_every_batches,
                    checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
-                   status_wanted=status_wanted, on_durability=on_durability)
+                   status_wanted=status_wanted, on_durability=on_durability, promotion=options.promotion)
 
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
                  max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
                  checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
                  drift: PageHinkley | None = None, status_wanted: threading.Event | None = None,
-                 on_durability: Callable[[bool, str], None] | None = None):
+                 on_durability: Callable[[bool, str], None] | None = None,
+                 promotion: PromotionOptions | None = None):
         self.config = config
         self.schemas = schemas
         self.snapshots = snapshots
@@ -250,6 +255,7 @@ class TrainingWorker:
         self.checkpoint_every_batches = checkpoint_every_batches
         self.checkpoint_every_seconds = checkpoint_every_seconds
         self.drift = drift or PageHinkley()
+        self.promotion = Promotion(promotion or PromotionOptions())  # which version serves (server/promotion.py)
         # State that only the worker thread touches once it runs.
         self.learner: Learner | None = None
         self.applied: dict[str, int] = {}  # stream_id → applied high-water mark
@@ -297,6 +303,7 @@ class TrainingWorker:
         self.last_drift_version = state["last_drift_version"]
         self.last_checkpoint = str(path or "")
         self.last_checkpoint_time = state["written_at"]
+        self.promotion.load_state_dict(state.get("promotion"), self.learner)
 
     def start(self) -> None:
         self.begin()
@@ -429,6 +436,8 @@ class TrainingWorker:
         idle = self.queue.empty()
         train = isinstance(op, TrainOp)
         snapshot = not train or idle or now - self._last_snapshot >= self.snapshot_interval
+        if train and self.learner is not None:
+            self.promotion.trained(self.learner)  # before a checkpoint, which then holds the decision
         if self.checkpoints is not None and self._dirty and train and now >= self._checkpoint_retry_at and (
                 (self.checkpoint_every_batches and self._batches_since_checkpoint >= self.checkpoint_every_batches)
                 or (self.checkpoint_every_seconds and time.time() - self.last_checkpoint_time
@@ -514,6 +523,7 @@ class TrainingWorker:
         t0 = time.perf_counter()
         if not already:
             learner.end_bucket(op.bucket, bucket_size=op.bucket_size)  # the weights do not change: no new snapshot
+            self.promotion.check(learner)  # guarded promotion: each bucket end is a check
             self._dirty = True
         if self.checkpoints is not None and op.bucket >= self._durable_open_bucket:
             if self._checkpoint() is None:
@@ -592,15 +602,17 @@ class TrainingWorker:
             "drift": self.drift.state_dict(),
             "last_loss": self.last_loss,
             "last_drift_version": self.last_drift_version,
+            "promotion": self.promotion.state_dict(),
             "written_at": time.time(),
         }
 
     def _publish(self, snapshot: bool, status: bool = True) -> None:
         learner = self.learner
         current = self.snapshots.current()
-        if (snapshot and learner is not None and (current is None or current.version != learner.version)
-                and self._servable(learner)):
-            self.snapshots.publish_model(learner.model, learner.version, learner.device)
+        model, version = self.promotion.serving(learner) if learner is not None else (None, 0)
+        if (snapshot and learner is not None and (current is None or current.version != version)
+                and (model is not learner.model or self._servable(learner))):  # a promoted model passed its check
+            self.snapshots.publish_model(model, version, learner.device)
             self.metrics.snapshots.inc()
             self._last_snapshot = time.monotonic()
         if status:
@@ -636,6 +648,7 @@ class TrainingWorker:
             "batches_since_checkpoint": self._batches_since_checkpoint,
             "checkpoint_error": self.checkpoint_error,
             "durable_sequences": dict(self.durable_sequences),
+            "promotion": self.promotion.status(),
         }
         if learner is None:
             return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,

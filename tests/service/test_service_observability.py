@@ -41,6 +41,7 @@ EXPECTED = {  # name in the exposition → type
     "clstream_end_bucket_seconds": "histogram", "clstream_duplicate_batches": "counter",
     "clstream_rejected_batches": "counter", "clstream_serving": "gauge", "clstream_eval_sets": "gauge",
     "clstream_train_streams_open": "gauge", "clstream_served_samples": "counter",
+    "clstream_skipped_steps": "counter", "clstream_promotion_decisions": "counter",
 }
 
 
@@ -84,7 +85,7 @@ def test_metrics_serve_every_named_metric_with_sane_values(start, connect, strea
             for s in family.samples:
                 assert family.type != "counter" or s.name.endswith(("_total", "_created")), s.name
                 assert set(s.labels) <= {"bucket", "train_bucket", "eval_bucket", "class", "family", "metric",
-                                         "method", "code", "outcome", "le"}, s
+                                         "method", "code", "outcome", "le", "reason", "decision", "model"}, s
                 if name.endswith("_ratio"):
                     assert -1.0 <= s.value <= 1.0, s
 
