@@ -99,6 +99,7 @@ def status_dict(s: pb.Status) -> dict:
                       "rejections": s.promotion.rejections, "canary_accuracy": s.promotion.canary_accuracy,
                       "serving_canary_accuracy": s.promotion.serving_canary_accuracy,
                       "last_rejection": s.promotion.last_rejection},
+        "rollback_versions": list(s.rollback_versions),
         "drift": {"statistic": s.drift.statistic, "threshold": s.drift.threshold, "events": s.drift.events,
                   "last_event_version": s.drift.last_event_version},
         "last_checkpoint": s.last_checkpoint,

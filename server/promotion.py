@@ -74,13 +74,14 @@ class Promotion:
             self._take(learner)
         return self.model, self.version
 
-    def trained(self, learner: Learner) -> None:
-        """After a training batch: check when `every_batches` have passed since the last check."""
+    def trained(self, learner: Learner) -> bool | None:
+        """After a training batch: check when `every_batches` have passed since the last check (as `check`)."""
         if not self.enabled:
-            return
+            return None
         self.batches_since_check += 1
         if self.batches_since_check >= self.options.every_batches:
-            self.check(learner)
+            return self.check(learner)
+        return None
 
     def check(self, learner: Learner) -> bool | None:
         """The canary check of the learner's version: True promoted, False rejected, None nothing new."""
@@ -104,6 +105,13 @@ class Promotion:
         log.info("model version %d promoted to serving (canary accuracy %.4f, serving had %.4f)", self.version,
                  self.canary_accuracy, self.serving_accuracy)
         return True
+
+    def reset(self, learner: Learner) -> None:
+        """After a rollback: `learner`'s version serves at once, the new baseline."""
+        if self.enabled:
+            self._take(learner)
+            self._served_cache = None
+            self.batches_since_check = 0
 
     def _served_accuracy(self, learner: Learner) -> float:
         key = (self.version, tuple(sorted(learner.eval_sets)))

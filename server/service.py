@@ -71,7 +71,8 @@ class Service:
             drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
                               settings.drift_alpha),
             promotion=PromotionOptions(settings.guarded_promotion, settings.promotion_every_batches,
-                                       settings.promotion_tolerance))
+                                       settings.promotion_tolerance),
+            rollback_keep=settings.rollback_keep)
         if settings.learner_process:
             self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
                                          log_level=logging.getLevelName(settings.log_level.upper()),

@@ -32,7 +32,7 @@ from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
 from .settings import ServerSettings
 from .snapshot import Snapshot, SnapshotHolder
-from .worker import CallScope, EndBucketOp, RegisterEvalOp, TrainingWorker, TrainOp
+from .worker import CallScope, EndBucketOp, RegisterEvalOp, RollbackOp, TrainingWorker, TrainOp
 
 log = logging.getLogger(__name__)
 MAX_STREAM_ID = 128
@@ -332,6 +332,18 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         return pb.EvaluateResponse(correct=correct, total=total, accuracy=correct / total, loss=loss / total,
                                    model_version=version)
 
+    # -- Rollback -------------------------------------------------------------------------------------
+
+    @_handle("Rollback")
+    def Rollback(self, request: pb.RollbackRequest, context) -> pb.RollbackResponse:
+        if request.to_version == 0:
+            raise InvalidArgument("to_version", "missing; expected one of GetStatus.rollback_versions")
+        op = RollbackOp(CallScope.of(context), request.to_version)
+        version, open_bucket, checkpoint, durable = _wait(
+            self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
+        return pb.RollbackResponse(model_version=version, open_bucket=open_bucket, checkpoint=checkpoint,
+                                   durable=durable)
+
     # -- GetStatus ------------------------------------------------------------------------------------
 
     @_handle("GetStatus")
@@ -369,5 +381,6 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
         durable_sequences=s["durable_sequences"],
         skipped_steps=s["skipped_steps"],
         promotion=pb.PromotionStatus(**s["promotion"]),
+        rollback_versions=s["rollback_versions"],
     )
 

@@ -98,6 +98,9 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                          "two canary checks (each bucket end is one too)")
     promotion_tolerance: float = Field(0.02, ge=0, le=1, description="with guarded_promotion: canary accuracy a new "
                                        "version may lose against the serving one (0.02: two points)")
+    rollback_keep: int = Field(3, ge=0, description="model versions kept for Rollback (each served at a bucket end, "
+                               "or promoted under guarded_promotion): a copy of the learner's state each, in memory "
+                               "and in every checkpoint; 0: none")
     # Drift detection (Page-Hinkley on the prequential error, see cl_engine/drift.py).
     drift_delta: float = Field(0.01, ge=0, description="change in error rate tolerated")
     drift_threshold: float = Field(100.0, gt=0, description="alarm threshold, in samples × error")
