@@ -57,6 +57,19 @@ def _norm(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors))).float()
 
 
+def _combined(norms: list[float]) -> float:
+    """The L2 norm of tensors whose own norms are `norms` (float64: no overflow from float32 norms)."""
+    return math.sqrt(math.fsum(n * n for n in norms))
+
+
+def _slices(*lengths: int) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for n in lengths:
+        out.append((start, start + n))
+        start += n
+    return out
+
+
 def all_finite(tensors) -> bool:
     """Whether every floating-point value of `tensors` is finite: one fused norm, one sync."""
     floats = [t.detach() for t in tensors if t.is_floating_point()]
@@ -102,10 +115,11 @@ class StepGuard:
         group = self.optimizer.param_groups[0]
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
         bufs = [b for b in (self.optimizer.state[p].get("momentum_buffer") for p in self.params) if b is not None]
-        device = losses.device
-        checks = torch.stack([losses.detach().float().sum(), _norm(present, device), _norm(self.params, device),
-                              _norm(bufs, device)])
-        loss_v, g_norm, p_norm, b_norm = checks.tolist()  # the one host sync of the guard
+        norms = torch._foreach_norm(present + self.params + bufs)  # one fused call for all three groups
+        checks = torch.stack([*norms, losses.detach().sum().to(norms[0].dtype)]).tolist()  # the one host sync
+        loss_v = checks[-1]
+        g_norm, p_norm, b_norm = (_combined(checks[a:b]) for a, b in _slices(len(present), len(self.params),
+                                                                             len(bufs)))
         if not math.isfinite(loss_v):
             return self.skip("non_finite_loss")
         if not math.isfinite(g_norm):
