@@ -43,4 +43,5 @@ def test_the_package_and_service_names():
     assert pb.DESCRIPTOR.package == "clstream.v1" and service.full_name == "clstream.v1.ContinualLearner"
     streaming = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
     assert streaming == {"Train": (True, True), "EndBucket": (False, False), "RegisterEvalSet": (True, False),
-                         "Predict": (False, False), "Evaluate": (True, False), "GetStatus": (False, False)}
+                         "Predict": (False, False), "Evaluate": (True, False), "GetStatus": (False, False),
+                         "Rollback": (False, False)}
