@@ -101,3 +101,20 @@ def test_without_guarded_promotion_the_shuffled_bucket_is_served(start, stream):
         status = client.status()
         assert status.serving_version == status.model_version
         assert not status.promotion["enabled"] and status.promotion["rejections"] == 0
+
+
+def test_a_rejected_learner_rolls_back_to_the_serving_version(start, stream):
+    service, client = trained_on_bucket_0(start, stream)
+    good, good_version = served_accuracy(client, stream)
+    train_bucket(client, stream, 1, shuffled=True)
+    status = client.status()
+    assert status.rollback_versions == [good_version]  # under guarded promotion: the promoted versions
+    client.rollback(good_version)
+    status = client.status()
+    assert status.model_version == status.serving_version == good_version and status.open_bucket == 1
+    assert status.promotion["rejections"] == 1
+    assert served_accuracy(client, stream) == (good, good_version)
+    train_bucket(client, stream, 1)  # the bucket again, with good labels: promoted
+    status = client.status()
+    assert status.promotion["promotions"] == 2 and status.serving_version == status.model_version
+    client.close()
