@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.request
 
 import grpc
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from client.api import Batch, Client, Schema, ServiceError
 from client.demo import server_flags
@@ -58,6 +60,13 @@ def check_served(client: Client, x, y) -> float:
     for p in client.predict(x[:50], top_k=3).predictions:
         assert all(math.isfinite(v) for v in p.top_probabilities), p
     return client.evaluate(x, y).accuracy
+
+
+def scrape(server: LocalServer) -> dict[str, float]:
+    """The server's /metrics page: {'name{label="v"}': value}."""
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    return {s.name + "".join(f'{{{k}="{v}"}}' for k, v in s.labels.items()): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 def next_sequence(client: Client) -> int:
@@ -103,6 +112,9 @@ def test_poison_batches_leave_the_served_accuracy_within_a_point(tmp_path, small
                 assert abs(after - before) <= 0.01, (value, before, after)
             status = client.status()
             assert status.skipped_steps["gradient_outlier"] == 1
+            metrics = scrape(server)  # the refusal is counted; the loss series is there and finite
+            assert metrics['clstream_skipped_steps_total{reason="gradient_outlier"}'] == 1
+            assert math.isfinite(metrics["clstream_train_loss"])
             # the stream goes on: good batches are learned again
             more = list(client.train(good_batches(small_stream, next_sequence(client), 1)))
             assert all(a.learned for a in more)
@@ -135,6 +147,8 @@ def test_an_exploding_learning_rate_leaves_the_served_model_as_it_was(tmp_path, 
             assert abs(check_served(client, x, y) - before) <= 0.01
             status = client.status()
             assert status.skipped_steps["update_too_large"] == len(acks)
+            metrics = scrape(server)
+            assert metrics['clstream_skipped_steps_total{reason="update_too_large"}'] == len(acks)
             assert client.health() == "SERVING"
             wait_durable(client)
         server.kill()
