@@ -103,8 +103,9 @@ def test_without_guarded_promotion_the_shuffled_bucket_is_served(start, stream):
         assert not status.promotion["enabled"] and status.promotion["rejections"] == 0
 
 
-def test_a_rejected_learner_rolls_back_to_the_serving_version(start, stream):
-    service, client = trained_on_bucket_0(start, stream)
+@pytest.mark.parametrize("learner_process", [False, True], ids=["thread", "learner-process"])
+def test_a_rejected_learner_rolls_back_to_the_serving_version(start, stream, learner_process):
+    service, client = trained_on_bucket_0(start, stream, learner_process=learner_process)
     good, good_version = served_accuracy(client, stream)
     train_bucket(client, stream, 1, shuffled=True)
     status = client.status()
