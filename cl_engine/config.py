@@ -39,8 +39,8 @@ class LearnerConfig(BaseModel):
     gradient_outlier_ratio: float = Field(10.0, ge=0, description="update-size guard: a step whose gradient norm "
                                           "is more than this many times the running typical norm is not applied "
                                           "(gradient_outlier); 0 = off")
-    max_update_ratio: float = Field(1.0, ge=0, description="update-size guard: a step whose update could be larger "
-                                    "than this fraction of the weights' norm (at least 1) is not applied "
+    max_update_ratio: float = Field(10.0, ge=0, description="update-size guard: a step whose update could be more "
+                                    "than this many times the weights' norm (at least 1) is not applied "
                                     "(update_too_large: a learning rate that makes the loss explode); 0 = off")
     clip_grad_norm: float = Field(0.0, ge=0, description="scale each step's gradient to this global L2 norm at "
                                   "most; 0 = off (it changes results on the normal streams: BENCHMARKS.md)")

@@ -19,12 +19,16 @@ a refused step enters capped at the bar: one outlier barely moves it, while a la
 (a new kind of data) lifts it by ratio-fold within tens of steps and is learned from again. The
 check starts after `OUTLIER_WARMUP` steps, the first ones setting the typical norm.
 
-Its second half (`max_update_ratio`, default 1): a step whose update could be larger than that
-fraction of the weights' own norm (at least 1) is not applied (`update_too_large`). That is a
-learning rate that makes the loss explode: the first such step would throw the weights far from
-anything learned, where the next logits overflow. Normal steps move the weights by a few per cent
-at most (BENCHMARKS.md). The update is bounded as for the overflow check below, from norms the
-guard reads anyway, so this costs nothing.
+Its second half (`max_update_ratio`, default 10): a step whose update could be more than that many
+times the weights' own norm (at least 1) is not applied (`update_too_large`). That is a learning
+rate that makes the loss explode: the first such step would throw the weights far from anything
+learned, where the next logits overflow. The digits MLP's steps move its weights by a tenth of
+their norm at most, but a fresh linear probe on large features (512-d, values up to about 10) at
+lr 0.1 moves its small weights by twice their norm: a bar of 1 would refuse every step of that
+legitimate run for ever, hence 10. A learning rate too large by less than that is not caught here
+(the outlier half catches the steps after it, guarded promotion keeps it from serving). The update
+is bounded as for the overflow check below, from norms the guard reads anyway, so this costs
+nothing.
 
 Optional gradient-norm clipping (`clip_grad_norm` > 0) scales the gradient to that global L2
 norm at most; off by default, as it changes results on the normal streams (see docs/server.md).

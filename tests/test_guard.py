@@ -158,3 +158,14 @@ def test_an_exploding_learning_rate_is_refused_before_it_moves_the_weights(name)
     step = learner.observe(x, y, 1)
     assert step.skipped == "update_too_large"
     assert_unchanged(learner, before, counters)
+
+
+def test_a_fresh_linear_probe_on_large_features_is_not_refused():
+    """Small initial weights and 512-d features up to about 10: its first steps move the weights by about
+    twice their norm. The update-size guard's default must let that legitimate run learn."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(11, 512, generator=g) * 3
+    learner = Learner(LearnerConfig(model="linear", strategy="naive", lr=0.1), (512,), 11)
+    for _ in range(100):
+        y = torch.randint(0, 11, (10,), generator=g)
+        assert learner.observe(torch.relu(centers[y] + 3 * torch.randn(10, 512, generator=g)), y, 0).learned
