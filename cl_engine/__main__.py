@@ -58,6 +58,12 @@ def add_learner_flags(p: argparse.ArgumentParser) -> None:
                    help=f["memory_strength"].description)
     p.add_argument("--agem-sample-size", type=int, default=f["agem_sample_size"].default,
                    help=f["agem_sample_size"].description)
+    p.add_argument("--gradient-outlier-ratio", type=float, default=f["gradient_outlier_ratio"].default,
+                   help=f["gradient_outlier_ratio"].description)
+    p.add_argument("--max-update-ratio", type=float, default=f["max_update_ratio"].default,
+                   help=f["max_update_ratio"].description)
+    p.add_argument("--clip-grad-norm", type=float, default=f["clip_grad_norm"].default,
+                   help=f["clip_grad_norm"].description)
     p.add_argument("--augment", choices=["none", "crop-flip"], default=None,
                    help=f"{f['augment'].description} (default: the stream's: crop-flip for CLEAR images, else none)")
     p.add_argument("--uint8-inputs", choices=["scale", "imagenet"], default=None,
@@ -76,7 +82,9 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
         weight_decay=args.weight_decay, buffer_capacity=args.buffer_capacity, retention=retention,
         selection=args.selection, class_balanced=args.class_balanced, candidate_pool=args.candidate_pool,
         replay_batch_size=args.replay_batch_size, memory_per_bucket=args.memory_per_bucket,
-        memory_strength=args.memory_strength, agem_sample_size=args.agem_sample_size, seed=args.seed,
+        memory_strength=args.memory_strength, agem_sample_size=args.agem_sample_size,
+        gradient_outlier_ratio=args.gradient_outlier_ratio, max_update_ratio=args.max_update_ratio,
+        clip_grad_norm=args.clip_grad_norm, seed=args.seed,
         device=args.device,
     )
     if args.retain_ratio is not None:

@@ -46,8 +46,14 @@ class LearnerConfig(BaseModel):
     memory_strength: float = Field(0.5, ge=0, description="GEM's margin γ in the dual QP")
     qp_eps: float = Field(1e-3, gt=0, description="GEM: ε added to the Gram matrix's diagonal")
     agem_sample_size: int = Field(256, ge=1, description="A-GEM: memories drawn for the reference gradient")
-    clip_grad_norm: float = Field(0.0, ge=0, description="update-size guard: scale each step's gradient to this "
-                                  "global L2 norm at most; 0 = off (see docs/safety.md)")
+    gradient_outlier_ratio: float = Field(10.0, ge=0, description="update-size guard: a step whose gradient norm "
+                                          "is more than this many times the running typical norm is not applied "
+                                          "(gradient_outlier); 0 = off")
+    max_update_ratio: float = Field(10.0, ge=0, description="update-size guard: a step whose update could be more "
+                                    "than this many times the weights' norm (at least 1) is not applied "
+                                    "(update_too_large: a learning rate that makes the loss explode); 0 = off")
+    clip_grad_norm: float = Field(0.0, ge=0, description="scale each step's gradient to this global L2 norm at "
+                                  "most; 0 = off (it changes results on the normal streams: BENCHMARKS.md)")
     augment: Literal["none", "crop-flip"] = Field(
         "none", description="training augmentation the learner applies to every sample each time it trains on it, "
                             "new or replayed: none, or crop-flip (random resized crop 8-100% and horizontal flip, "

@@ -274,6 +274,7 @@ class Learner:
             "matrix": self.matrix.state_dict(),
             "prequential": self.prequential.state_dict(),
             "counters": dict(self.counters),
+            "guard": self.strategy.guard.state_dict(),
             "version": self.version,
             "open_bucket": self.open_bucket,
             "planned_batches": self.planned_batches,
@@ -293,6 +294,8 @@ class Learner:
         self.matrix.load_state_dict(state["matrix"])
         self.prequential.load_state_dict(state["prequential"])
         self.counters.update(state["counters"])
+        if "guard" in state:  # checkpoints written before the update-size guard start it afresh
+            self.strategy.guard.load_state_dict(state["guard"])
         self.version = state["version"]
         self.open_bucket = state["open_bucket"]
         self.planned_batches = state.get("planned_batches")  # absent from checkpoints before lr schedules

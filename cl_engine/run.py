@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .config import LearnerConfig
+from .guard import REASONS
 from .learner import Learner
 from .metrics import forgetting_per_bucket
 from .retention import memory_cut_warning
@@ -88,6 +89,7 @@ def build_report(learner: Learner, stream: Stream, run_settings: dict, train_sec
         "prequential_accuracy": status["prequential_accuracy_overall"],
         "gem_projections": learner.counters["projections"],
         "qp_fallbacks": learner.counters["qp_fallbacks"],
+        "skipped_steps": {r: learner.counters[f"skipped_{r}"] for r in REASONS},
         "buffer": status["buffer"],
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -164,6 +164,14 @@ class BucketResult:
 
 
 @dataclass(frozen=True)
+class RollbackResult:
+    model_version: int  # now learning and serving
+    open_bucket: int
+    checkpoint: str
+    durable: bool  # in an fsynced checkpoint; False only when the server has no checkpoint directory
+
+
+@dataclass(frozen=True)
 class EvalSetResult:
     bucket: int
     num_samples: int
@@ -230,6 +238,9 @@ class ServerStatus:
     batches_since_checkpoint: int = 0
     checkpoint_error: str = ""  # why the server's last checkpoint failed; "" when it succeeded
     durable_sequences: dict[str, int] = field(default_factory=dict)
+    skipped_steps: dict[str, int] = field(default_factory=dict)  # steps the step guard refused, by reason
+    promotion: dict = field(default_factory=dict)  # guarded promotion: promotions, rejections, last canary check
+    rollback_versions: list[int] = field(default_factory=list)  # model versions kept for Rollback, oldest first
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -433,6 +444,14 @@ class Client:
         return {"stream_id": r.stream_id, "forgotten": r.forgotten, "sequence": r.sequence,
                 "streams_known": r.streams_known}
 
+    def rollback(self, to_version: int, timeout: float | None = _DEFAULT) -> RollbackResult:
+        """Put the learner and serving back to a kept model version (status().rollback_versions), bit for
+        bit; the streams' marks stay (RELIABILITY.md). Not retried: GetStatus says whether it happened."""
+        r = self._run("Rollback", lambda: self._stub.Rollback(
+            pb.RollbackRequest(to_version=to_version), timeout=self._timeout(timeout), metadata=self._metadata),
+            NO_RETRY)
+        return RollbackResult(r.model_version, r.open_bucket, r.checkpoint, r.durable)
+
     def status(self, timeout: float | None = _DEFAULT, retry: RetryPolicy | None = _DEFAULT) -> ServerStatus:
         r = self._run("GetStatus", lambda: self._stub.GetStatus(
             pb.GetStatusRequest(), timeout=self._timeout(timeout), metadata=self._metadata), retry)
@@ -440,4 +459,4 @@ class Client:
 
 
 __all__ = ["Batch", "BucketResult", "Client", "EvalSetResult", "EvaluateResult", "NO_RETRY", "Prediction",
-           "PredictResult", "RetryPolicy", "Schema", "ServerStatus", "ServiceError", "TrainAck"]
+           "PredictResult", "RetryPolicy", "RollbackResult", "Schema", "ServerStatus", "ServiceError", "TrainAck"]

@@ -253,6 +253,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("streams: " + ", ".join(f"{k} at {v}" for k, v in s["applied_sequences"].items()))
     if s["last_checkpoint"]:
         print(f"last checkpoint: {s['last_checkpoint']}")
+    p = s["promotion"]
+    if p.get("enabled"):
+        print(f"guarded promotion: {p['promotions']} promoted, {p['rejections']} rejected"
+              + (f" (last: {p['last_rejection']})" if p["last_rejection"] else ""))
+    if s["rollback_versions"]:
+        print("rollback versions: " + ", ".join(map(str, s["rollback_versions"])))
     if s["accuracy_matrix"] or s["eval_buckets"]:
         print(format_table(s))
     return 0
@@ -269,6 +275,14 @@ def cmd_forget_stream(args: argparse.Namespace) -> int:
     else:
         print(f"the server keeps no mark for stream {r['stream_id']!r}; nothing to forget ({r['streams_known']} "
               "streams known)")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        r = client.rollback(args.to_version)
+    where = f"durable in {r.checkpoint}" if r.durable else "in memory only (the server has no checkpoint directory)"
+    print(f"{args.target}: learner and serving back at model version {r.model_version}, open bucket "
+          f"{r.open_bucket}; {where}. Batches applied after it are forgotten; their sequences stay applied")
     return 0
 
 
@@ -401,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("stream_id", help="the stream id, as in `clstream-client status`")
     forget.add_argument("--json", action="store_true", help="the answer as JSON")
     forget.set_defaults(func=cmd_forget_stream)
+    rollback = sub.add_parser("rollback", help="put the learner and serving back to a kept model version "
+                                               "(`status --json`: rollback_versions)")
+    add_connection_flags(rollback)
+    rollback.add_argument("--to-version", type=int, default=None, help="the model version to return to (required)")
+    rollback.set_defaults(func=cmd_rollback)
 
     demo = sub.add_parser("demo", help="the main job: start a server, stream a dataset to it, report",
                           description="Start clstream-server on a free loopback port, stream the dataset to it "
@@ -470,10 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
 def check_flags(args: argparse.Namespace) -> None:
     """Ordinary mistakes, refused before anything starts or is written (ValueError naming the flag and what it
     expects)."""
-    for flag in ("count", "top_k", "threads"):
+    for flag in ("count", "top_k", "threads", "to_version"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.command == "rollback" and args.to_version is None:
+        raise ValueError("--to-version is required: one of the server's rollback_versions (`status --json`)")
     if getattr(args, "offset", 0) < 0:
         raise ValueError(f"--offset must be 0 or more, got {args.offset}")
     if args.command in ("publish", "consume"):

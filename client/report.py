@@ -75,6 +75,7 @@ def build_report(r: ReplayResult, config: dict | None = None, torch_threads: int
         "prequential_accuracy": s.prequential_accuracy_overall,
         "gem_projections": s.gem_projections,
         "qp_fallbacks": s.qp_fallbacks,
+        "skipped_steps": s.skipped_steps,
         "buffer": {**s.buffer, "cut_warning": r.cut_warning},
         "torch": torch.__version__,
         "torch_threads": torch_threads,

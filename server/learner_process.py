@@ -42,14 +42,14 @@ from .errors import ServiceError, Unavailable
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
 from .snapshot import Snapshot, SnapshotHolder
-from .worker import (STATUS_WAIT_SECONDS, _STOP, EndBucketOp, ForgetStreamOp, Op, RegisterEvalOp, TrainingWorker, TrainOp,
-                     WorkerOptions, check_checkpoint, dropped, enqueue)
+from .worker import (STATUS_WAIT_SECONDS, _STOP, EndBucketOp, ForgetStreamOp, Op, RegisterEvalOp, RollbackOp,
+                     TrainingWorker, TrainOp, WorkerOptions, check_checkpoint, dropped, enqueue)
 
 log = logging.getLogger(__name__)
 PIPELINE = 8  # operations sent to the learner process and not yet answered, at most
 SHARED_TENSOR_BYTES = 1 << 20  # a tensor this large crosses through shared memory, a smaller one through the pipe
 START_SECONDS = 120.0  # how long start() waits for the learner process to load its checkpoint and report ready
-OPS = {cls.__name__: cls for cls in (TrainOp, EndBucketOp, RegisterEvalOp, ForgetStreamOp)}
+OPS = {cls.__name__: cls for cls in (TrainOp, EndBucketOp, RegisterEvalOp, ForgetStreamOp, RollbackOp)}
 
 
 @dataclass

@@ -67,6 +67,17 @@ class StatusCollector(Collector):
         for reason, n in s["skipped_steps"].items():
             skipped.add_metric([reason], n)
         yield skipped
+        promotion = s["promotion"]
+        decisions = CounterMetricFamily("clstream_promotion_decisions", "Guarded promotion's canary checks, by "
+                                        "decision (promoted, rejected: serving stayed on the last good version).",
+                                        labels=["decision"])
+        decisions.add_metric(["promoted"], promotion["promotions"])
+        decisions.add_metric(["rejected"], promotion["rejections"])
+        yield decisions
+        yield gauge("clstream_canary_accuracy_ratio", "Guarded promotion: canary accuracy at the last check, of the "
+                    "learner's version and of the serving one.", None, ["model"],
+                    [(("learner",), promotion["canary_accuracy"]),
+                     (("serving",), promotion["serving_canary_accuracy"])])
         yield counter("clstream_drift_events", "Drifts detected in the prequential error stream.",
                       s["drift"]["events"])
         yield gauge("clstream_model_version", "Model version: one per applied update.", s["version"])

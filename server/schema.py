@@ -20,7 +20,7 @@ MAX_CLASSES = 100_000
 MAX_NAME_CHARS = 256
 MAX_DIMS = 4
 MAX_SAMPLE_ELEMENTS = 3 * 1024 * 1024  # one sample of at most 3×1024×1024 values
-# The value bound of a schema that declares no range (docs/safety.md): wide enough for raw 8- and
+# The value bound of a schema that declares no range (docs/server.md, "Keeping a live model safe"): wide enough for raw 8- and
 # 12-bit pixels (0..4095) and standardised features, narrow enough that no product of inputs and
 # weights comes near float32's range; a constant 1e8, 1e20 or 3e38 batch is refused.
 DEFAULT_VALUE_BOUND = 1e4

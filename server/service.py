@@ -33,6 +33,7 @@ from .schema import Schema, SchemaHolder
 from .servicer import ContinualLearnerServicer
 from .settings import ServerSettings
 from .snapshot import SnapshotHolder
+from .promotion import PromotionOptions
 from .worker import TrainingWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,10 @@ class Service:
             checkpoint_every_seconds=settings.checkpoint_every_seconds,
             drift=PageHinkley(settings.drift_delta, settings.drift_threshold, settings.drift_min_samples,
                               settings.drift_alpha),
-            eval_budget=EvalSetBudget(settings.max_eval_total_samples, settings.max_eval_total_bytes))
+            eval_budget=EvalSetBudget(settings.max_eval_total_samples, settings.max_eval_total_bytes),
+            promotion=PromotionOptions(settings.guarded_promotion, settings.promotion_every_batches,
+                                       settings.promotion_tolerance),
+            rollback_keep=settings.rollback_keep)
         if settings.learner_process:
             self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
                                          log_level=logging.getLevelName(settings.log_level.upper()),

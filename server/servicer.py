@@ -35,7 +35,7 @@ from .schema import Schema, SchemaHolder
 from .schema_bounds import SchemaBounds
 from .settings import ServerSettings
 from .snapshot import Snapshot, SnapshotHolder
-from .worker import CallScope, EndBucketOp, ForgetStreamOp, RegisterEvalOp, TrainingWorker, TrainOp
+from .worker import CallScope, EndBucketOp, ForgetStreamOp, RegisterEvalOp, RollbackOp, TrainingWorker, TrainOp
 
 log = logging.getLogger(__name__)
 MAX_STREAM_ID = 128
@@ -362,6 +362,18 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         return pb.ForgetStreamResponse(stream_id=r.stream_id, forgotten=r.sequence is not None,
                                        sequence=r.sequence or 0, streams_known=r.streams_known)
 
+    # -- Rollback -------------------------------------------------------------------------------------
+
+    @_handle("Rollback")
+    def Rollback(self, request: pb.RollbackRequest, context) -> pb.RollbackResponse:
+        if request.to_version == 0:
+            raise InvalidArgument("to_version", "missing; expected one of GetStatus.rollback_versions")
+        op = RollbackOp(CallScope.of(context), request.to_version)
+        version, open_bucket, checkpoint, durable = _wait(
+            self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
+        return pb.RollbackResponse(model_version=version, open_bucket=open_bucket, checkpoint=checkpoint,
+                                   durable=durable)
+
     # -- GetStatus ------------------------------------------------------------------------------------
 
     @_handle("GetStatus")
@@ -399,5 +411,7 @@ def status_message(s: dict, serving_version: int, queue_depth: int, queue_capaci
         batches_since_checkpoint=s["batches_since_checkpoint"], checkpoint_error=s["checkpoint_error"],
         durable_sequences=s["durable_sequences"],
         skipped_steps=s["skipped_steps"],
+        promotion=pb.PromotionStatus(**s["promotion"]),
+        rollback_versions=s["rollback_versions"],
     )
 

@@ -122,6 +122,17 @@ class ServerSettings(BaseSettings, LearnerConfig):
     start_empty_on_corrupt: bool = Field(False, description="when every checkpoint in checkpoint_dir is corrupt, "
                                          "start with an empty model (the corrupt files are kept as *.corrupt) "
                                          "instead of refusing to start (exit 2)")
+    # Guarded promotion (server/promotion.py).
+    guarded_promotion: bool = Field(False, description="a new model version reaches serving only after its accuracy "
+                                    "on the registered held-out sets is not lower than the serving version's by "
+                                    "more than promotion_tolerance")
+    promotion_every_batches: int = Field(50, ge=1, description="with guarded_promotion: training batches between "
+                                         "two canary checks (each bucket end is one too)")
+    promotion_tolerance: float = Field(0.02, ge=0, le=1, description="with guarded_promotion: canary accuracy a new "
+                                       "version may lose against the serving one (0.02: two points)")
+    rollback_keep: int = Field(3, ge=0, description="model versions kept for Rollback (each served at a bucket end, "
+                               "or promoted under guarded_promotion): a copy of the learner's state each, in memory "
+                               "and in every checkpoint; 0: none")
     # Drift detection (Page-Hinkley on the prequential error, see cl_engine/drift.py).
     drift_delta: float = Field(0.01, ge=0, description="change in error rate tolerated")
     drift_threshold: float = Field(100.0, gt=0, description="alarm threshold, in samples × error")

@@ -49,14 +49,17 @@ from .eval_sets import EvalSetBudget
 from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable, ResourceExhausted, ServiceError,
                      Unavailable)
 from .metrics import ServerMetrics
+from .promotion import Promotion, PromotionOptions
+from .rollback import ServedVersions
 from .schema import Schema, SchemaHolder
-from .stream_marks import StreamMarks
 from .snapshot import SnapshotHolder
+from .stream_marks import StreamMarks
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = frozenset({"format", "schema", "learner", "applied_sequences", "drift", "last_loss",
                              "last_drift_version", "written_at"})
+CHECKPOINT_OPTIONAL_KEYS = frozenset({"promotion", "served_versions"})  # absent from checkpoints before issue 19
 CHECKPOINT_RETRY_SECONDS = (1.0, 60.0)  # back-off between periodic checkpoint attempts after a failure
 
 
@@ -109,6 +112,11 @@ class EndBucketOp(Op):
     bucket: int
     bucket_size: int | None
     expected: dict[str, int] = field(default_factory=dict)  # stream_id → sequence the caller expects applied
+
+
+@dataclass
+class RollbackOp(Op):
+    version: int
 
 
 @dataclass
@@ -181,7 +189,8 @@ def check_checkpoint(state: dict, config: LearnerConfig, schemas: SchemaHolder, 
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"checkpoint {path}: format {found!r}; this server reads {CHECKPOINT_FORMAT}")
-    missing, unknown = sorted(CHECKPOINT_KEYS - state.keys()), sorted(state.keys() - CHECKPOINT_KEYS)
+    missing = sorted(CHECKPOINT_KEYS - state.keys())
+    unknown = sorted(state.keys() - CHECKPOINT_KEYS - CHECKPOINT_OPTIONAL_KEYS)
     if missing or unknown:
         raise ValueError(f"checkpoint {path} verifies but is incomplete or foreign: "
                          f"missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; move it aside "
@@ -237,6 +246,8 @@ class WorkerOptions:
     checkpoint_every_seconds: float = 0.0
     drift: PageHinkley = field(default_factory=PageHinkley)
     eval_budget: EvalSetBudget = field(default_factory=EvalSetBudget)
+    promotion: PromotionOptions = field(default_factory=PromotionOptions)
+    rollback_keep: int = 3
 
 
 class TrainingWorker:
@@ -249,7 +260,8 @@ class TrainingWorker:
                    checkpoints=checkpoints, checkpoint_every_batches=options.checkpoint_every_batches,
                    checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
                    status_wanted=status_wanted, on_durability=on_durability, eval_budget=options.eval_budget,
-                   stream_mark_max_idle_seconds=options.stream_mark_max_idle_seconds)
+                   stream_mark_max_idle_seconds=options.stream_mark_max_idle_seconds, promotion=options.promotion,
+                   rollback_keep=options.rollback_keep)
 
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
@@ -257,7 +269,8 @@ class TrainingWorker:
                  checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
                  drift: PageHinkley | None = None, status_wanted: threading.Event | None = None,
                  on_durability: Callable[[bool, str], None] | None = None,
-                 eval_budget: EvalSetBudget | None = None, stream_mark_max_idle_seconds: float = 0.0):
+                 eval_budget: EvalSetBudget | None = None, stream_mark_max_idle_seconds: float = 0.0,
+                 promotion: PromotionOptions | None = None, rollback_keep: int = 3):
         self.config = config
         self.marks = StreamMarks(max_streams, stream_mark_max_idle_seconds)
         self.eval_budget = eval_budget or EvalSetBudget()
@@ -272,6 +285,8 @@ class TrainingWorker:
         self.checkpoint_every_batches = checkpoint_every_batches
         self.checkpoint_every_seconds = checkpoint_every_seconds
         self.drift = drift or PageHinkley()
+        self.promotion = Promotion(promotion or PromotionOptions())  # which version serves (server/promotion.py)
+        self.versions = ServedVersions(rollback_keep)  # served versions kept for Rollback (server/rollback.py)
         # State that only the worker thread touches once it runs.
         self.learner: Learner | None = None
         self.applied: dict[str, int] = {}  # stream_id → applied high-water mark
@@ -320,6 +335,8 @@ class TrainingWorker:
         self.last_drift_version = state["last_drift_version"]
         self.last_checkpoint = str(path or "")
         self.last_checkpoint_time = state["written_at"]
+        self.promotion.load_state_dict(state.get("promotion"), self.learner)
+        self.versions.load_state_dict(state.get("served_versions"))
 
     def start(self) -> None:
         self.begin()
@@ -447,6 +464,8 @@ class TrainingWorker:
             return self._register(op)
         if isinstance(op, ForgetStreamOp):
             return self._forget(op)
+        if isinstance(op, RollbackOp):
+            return self._rollback(op)
         raise TypeError(f"unknown operation {op!r}")
 
     def _after(self, op: Op) -> None:
@@ -454,6 +473,8 @@ class TrainingWorker:
         idle = self.queue.empty()
         train = isinstance(op, TrainOp)
         snapshot = not train or idle or now - self._last_snapshot >= self.snapshot_interval
+        if train and self.learner is not None and self.promotion.trained(self.learner):
+            self.versions.record(self.learner)  # before a checkpoint, which then holds the decision
         if self.checkpoints is not None and self._dirty and train and now >= self._checkpoint_retry_at and (
                 (self.checkpoint_every_batches and self._batches_since_checkpoint >= self.checkpoint_every_batches)
                 or (self.checkpoint_every_seconds and time.time() - self.last_checkpoint_time
@@ -543,6 +564,8 @@ class TrainingWorker:
         t0 = time.perf_counter()
         if not already:
             learner.end_bucket(op.bucket, bucket_size=op.bucket_size)  # the weights do not change: no new snapshot
+            if not self.promotion.enabled or self.promotion.check(learner):  # guarded: each bucket end is a check
+                self.versions.record(learner)  # a version served at a bucket end, kept for Rollback
             self._dirty = True
         if self.checkpoints is not None and op.bucket >= self._durable_open_bucket:
             if self._checkpoint() is None:
@@ -554,6 +577,20 @@ class TrainingWorker:
         R = learner.matrix.matrix()
         return EndBucketResult(op.bucket, R[op.bucket].tolist(), learner.metrics(), learner.version,
                                learner.open_bucket, already, self.last_checkpoint, self.checkpoints is not None)
+
+    def _rollback(self, op: RollbackOp) -> tuple[int, int, str, bool]:
+        """The learner and serving back to a kept version (server/rollback.py); durable when checkpoints are on."""
+        if self.learner is None:
+            raise FailedPrecondition("no model yet: nothing to roll back")
+        self.learner = self.versions.restore(op.version, self.learner, self.config.device)
+        self.promotion.reset(self.learner)
+        self._dirty = True
+        log.warning("rolled back to model version %d (open bucket %d); the streams' marks stay: batches applied "
+                    "after it are forgotten", op.version, self.learner.open_bucket)
+        if self.checkpoints is not None and self._checkpoint() is None:
+            raise NotDurable(f"the rollback to version {op.version}", f"the checkpoint failed: "
+                             f"{self.checkpoint_error}; it is applied in memory; fix the checkpoint volume")
+        return self.learner.version, self.learner.open_bucket, self.last_checkpoint, self.checkpoints is not None
 
     def _register(self, op: RegisterEvalOp) -> RegisterResult:
         learner = self._candidate(op.schema)
@@ -627,15 +664,18 @@ class TrainingWorker:
             "drift": self.drift.state_dict(),
             "last_loss": self.last_loss,
             "last_drift_version": self.last_drift_version,
+            "promotion": self.promotion.state_dict(),
+            "served_versions": self.versions.state_dict(),
             "written_at": time.time(),
         }
 
     def _publish(self, snapshot: bool, status: bool = True) -> None:
         learner = self.learner
         current = self.snapshots.current()
-        if (snapshot and learner is not None and (current is None or current.version != learner.version)
-                and self._servable(learner)):
-            self.snapshots.publish_model(learner.model, learner.version, learner.device)
+        model, version = self.promotion.serving(learner) if learner is not None else (None, 0)
+        if (snapshot and learner is not None and (current is None or current.version != version)
+                and (model is not learner.model or self._servable(learner))):  # a promoted model passed its check
+            self.snapshots.publish_model(model, version, learner.device)
             self.metrics.snapshots.inc()
             self._last_snapshot = time.monotonic()
         if status:
@@ -671,6 +711,8 @@ class TrainingWorker:
             "batches_since_checkpoint": self._batches_since_checkpoint,
             "checkpoint_error": self.checkpoint_error,
             "durable_sequences": dict(self.durable_sequences),
+            "promotion": self.promotion.status(),
+            "rollback_versions": self.versions.versions(),
         }
         if learner is None:
             return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from cl_engine import Learner, LearnerConfig, build_stream
-from cl_engine.guard import StepGuard
+from cl_engine.guard import OUTLIER_WARMUP, StepGuard
 from cl_engine.sgd import sgd_step
 
 STREAM = build_stream("digits-rotated", order="time")
@@ -59,7 +59,7 @@ def test_a_batch_with_a_non_finite_loss_changes_nothing(name, model):
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_a_step_that_would_overflow_the_weights_is_undone(name):
-    learner = learner_after_one_bucket(**STRATEGIES[name])
+    learner = learner_after_one_bucket(**STRATEGIES[name], max_update_ratio=0)  # the update-size guard off
     before, counters = weights(learner), dict(learner.counters)
     momentum = {id(p): s["momentum_buffer"].clone() for p, s in learner.optimizer.state.items()
                 if s.get("momentum_buffer") is not None}
@@ -105,3 +105,67 @@ def test_clipping_bounds_the_update_of_one_batch():
     moved = torch.linalg.vector_norm(torch.cat([(p.detach() - b).reshape(-1)
                                                 for p, b in zip(learner.model.parameters(), before)]))
     assert 0 < float(moved) <= 0.1 * 0.5 * (1 + 1e-4)
+
+
+def learner_past_the_warm_up(**config):
+    """A learner that has taken more steps than the outlier check's warm-up."""
+    learner = Learner(LearnerConfig(**config), STREAM.input_shape, STREAM.num_classes)
+    for x, y in batches(0, OUTLIER_WARMUP + 10):
+        learner.observe(x, y, 0)
+    return learner
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_finite_but_absurd_batch_is_refused_as_a_gradient_outlier(name):
+    learner = learner_past_the_warm_up(**STRATEGIES[name])
+    before, counters, held = weights(learner), dict(learner.counters), len(learner.buffer)
+    x, y = next(batches(1, 1))
+    step = learner.observe(torch.full_like(x, 1e4), y, 0)  # inside the default value range
+    assert step.skipped == "gradient_outlier" and not step.learned
+    assert_unchanged(learner, before, counters)
+    assert len(learner.buffer) == held
+    assert learner.counters["skipped_gradient_outlier"] == 1
+
+
+def test_without_the_update_size_guard_the_same_batch_is_learned():
+    learner = learner_past_the_warm_up(strategy="naive", gradient_outlier_ratio=0, max_update_ratio=0)
+    x, y = next(batches(1, 1))
+    assert learner.observe(torch.full_like(x, 1e4), y, 0).learned
+
+
+def test_a_lasting_change_of_scale_is_learned_from_again():
+    """Inputs that stay 50 times larger are refused at first, then the typical norm catches up."""
+    learner = learner_past_the_warm_up(strategy="naive", lr=1e-4)
+    results = [learner.observe(x * 50, y, 0) for x, y in batches(1, 60)]
+    assert not results[0].learned
+    assert all(r.learned for r in results[-20:])
+
+
+def test_the_typical_norm_survives_a_restore():
+    learner = learner_past_the_warm_up(strategy="replay")
+    restored = Learner.from_state_dict(learner.state_dict())
+    assert restored.strategy.guard.state_dict() == learner.strategy.guard.state_dict()
+    x, y = next(batches(1, 1))
+    assert restored.observe(torch.full_like(x, 1e4), y, 0).skipped == "gradient_outlier"
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_an_exploding_learning_rate_is_refused_before_it_moves_the_weights(name):
+    learner = learner_after_one_bucket(**STRATEGIES[name])
+    before, counters = weights(learner), dict(learner.counters)
+    learner.optimizer.param_groups[0]["lr"] = 1e4  # finite weights after the step, but thrown far away
+    x, y = next(batches(1, 1))
+    step = learner.observe(x, y, 1)
+    assert step.skipped == "update_too_large"
+    assert_unchanged(learner, before, counters)
+
+
+def test_a_fresh_linear_probe_on_large_features_is_not_refused():
+    """Small initial weights and 512-d features up to about 10: its first steps move the weights by about
+    twice their norm. The update-size guard's default must let that legitimate run learn."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(11, 512, generator=g) * 3
+    learner = Learner(LearnerConfig(model="linear", strategy="naive", lr=0.1), (512,), 11)
+    for _ in range(100):
+        y = torch.randint(0, 11, (10,), generator=g)
+        assert learner.observe(torch.relu(centers[y] + 3 * torch.randn(10, 512, generator=g)), y, 0).learned

@@ -51,7 +51,8 @@ class Strategy:
         self.ctx = ctx
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         self.linear = LinearPass(ctx.model) if linear_only(ctx.model) else None
-        self.guard = StepGuard(ctx.optimizer, self.params, ctx.counters, getattr(ctx.config, "clip_grad_norm", 0.0))
+        self.guard = StepGuard(ctx.optimizer, self.params, ctx.counters, ctx.config.clip_grad_norm,
+                               ctx.config.gradient_outlier_ratio, ctx.config.max_update_ratio)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         raise NotImplementedError

@@ -18,6 +18,24 @@ DTYPE_UINT8: DType
 DTYPE_FLOAT16: DType
 DTYPE_FLOAT32: DType
 
+class RollbackRequest(_message.Message):
+    __slots__ = ("to_version",)
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    to_version: int
+    def __init__(self, to_version: _Optional[int] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("model_version", "open_bucket", "checkpoint", "durable")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPEN_BUCKET_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    open_bucket: int
+    checkpoint: str
+    durable: bool
+    def __init__(self, model_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., checkpoint: _Optional[str] = ..., durable: _Optional[bool] = ...) -> None: ...
+
 class Schema(_message.Message):
     __slots__ = ("class_names", "input_shape", "value_min", "value_max")
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -318,8 +336,24 @@ class DriftStatus(_message.Message):
     last_event_version: int
     def __init__(self, statistic: _Optional[float] = ..., threshold: _Optional[float] = ..., events: _Optional[int] = ..., last_event_version: _Optional[int] = ...) -> None: ...
 
+class PromotionStatus(_message.Message):
+    __slots__ = ("enabled", "promotions", "rejections", "canary_accuracy", "serving_canary_accuracy", "last_rejection")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    PROMOTIONS_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    SERVING_CANARY_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LAST_REJECTION_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    promotions: int
+    rejections: int
+    canary_accuracy: float
+    serving_canary_accuracy: float
+    last_rejection: str
+    def __init__(self, enabled: _Optional[bool] = ..., promotions: _Optional[int] = ..., rejections: _Optional[int] = ..., canary_accuracy: _Optional[float] = ..., serving_canary_accuracy: _Optional[float] = ..., last_rejection: _Optional[str] = ...) -> None: ...
+
 class Status(_message.Message):
-    __slots__ = ("has_model", "schema", "model_version", "serving_version", "open_bucket", "samples_trained", "batches_trained", "prequential_accuracy", "prequential_accuracy_overall", "accuracy_matrix", "initial_accuracy", "metrics", "forgetting_per_bucket", "buffer", "gem_projections", "qp_fallbacks", "applied_sequences", "eval_buckets", "queue_depth", "queue_capacity", "drift", "last_checkpoint", "last_checkpoint_time", "config_json", "batches_since_checkpoint", "checkpoint_error", "durable_sequences", "skipped_steps")
+    __slots__ = ("has_model", "schema", "model_version", "serving_version", "open_bucket", "samples_trained", "batches_trained", "prequential_accuracy", "prequential_accuracy_overall", "accuracy_matrix", "initial_accuracy", "metrics", "forgetting_per_bucket", "buffer", "gem_projections", "qp_fallbacks", "applied_sequences", "eval_buckets", "queue_depth", "queue_capacity", "drift", "last_checkpoint", "last_checkpoint_time", "config_json", "batches_since_checkpoint", "checkpoint_error", "durable_sequences", "skipped_steps", "promotion", "rollback_versions")
     class AppliedSequencesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +403,8 @@ class Status(_message.Message):
     CHECKPOINT_ERROR_FIELD_NUMBER: _ClassVar[int]
     DURABLE_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    ROLLBACK_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     has_model: bool
     schema: Schema
     model_version: int
@@ -397,4 +433,6 @@ class Status(_message.Message):
     checkpoint_error: str
     durable_sequences: _containers.ScalarMap[str, int]
     skipped_steps: _containers.ScalarMap[str, int]
-    def __init__(self, has_model: _Optional[bool] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model_version: _Optional[int] = ..., serving_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., samples_trained: _Optional[int] = ..., batches_trained: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_accuracy_overall: _Optional[float] = ..., accuracy_matrix: _Optional[_Iterable[_Union[AccuracyRow, _Mapping]]] = ..., initial_accuracy: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., forgetting_per_bucket: _Optional[_Iterable[float]] = ..., buffer: _Optional[_Union[BufferStatus, _Mapping]] = ..., gem_projections: _Optional[int] = ..., qp_fallbacks: _Optional[int] = ..., applied_sequences: _Optional[_Mapping[str, int]] = ..., eval_buckets: _Optional[_Iterable[int]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., config_json: _Optional[str] = ..., batches_since_checkpoint: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., durable_sequences: _Optional[_Mapping[str, int]] = ..., skipped_steps: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    promotion: PromotionStatus
+    rollback_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, has_model: _Optional[bool] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model_version: _Optional[int] = ..., serving_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., samples_trained: _Optional[int] = ..., batches_trained: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_accuracy_overall: _Optional[float] = ..., accuracy_matrix: _Optional[_Iterable[_Union[AccuracyRow, _Mapping]]] = ..., initial_accuracy: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., forgetting_per_bucket: _Optional[_Iterable[float]] = ..., buffer: _Optional[_Union[BufferStatus, _Mapping]] = ..., gem_projections: _Optional[int] = ..., qp_fallbacks: _Optional[int] = ..., applied_sequences: _Optional[_Mapping[str, int]] = ..., eval_buckets: _Optional[_Iterable[int]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., config_json: _Optional[str] = ..., batches_since_checkpoint: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., durable_sequences: _Optional[_Mapping[str, int]] = ..., skipped_steps: _Optional[_Mapping[str, int]] = ..., promotion: _Optional[_Union[PromotionStatus, _Mapping]] = ..., rollback_versions: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -70,6 +70,11 @@ class ContinualLearnerStub:
                 request_serializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamRequest.SerializeToString,
                 response_deserializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamResponse.FromString,
                 _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/clstream.v1.ContinualLearner/Rollback',
+                request_serializer=clstream__proto_dot_continual__learner__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=clstream__proto_dot_continual__learner__pb2.RollbackResponse.FromString,
+                _registered_method=True)
 
 
 class ContinualLearnerServicer:
@@ -160,6 +165,19 @@ class ContinualLearnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rollback(self, request, context):
+        """Puts the learner and serving back to a model version kept for rollback
+        (Status.rollback_versions: the last rollback_keep versions served at a bucket end, or promoted
+        under guarded promotion), bit for bit: weights, optimizer, memory, accuracy matrix, open bucket.
+        The streams' applied marks stay: batches applied after that version are consumed and forgotten
+        (sent again, they are duplicates), buckets ended after it are open again. With checkpoints on,
+        OK means the rollback is durable ("not durable: ..." FAILED_PRECONDITION otherwise). A version
+        not kept is FAILED_PRECONDITION naming the kept ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContinualLearnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +215,11 @@ def add_ContinualLearnerServicer_to_server(servicer, server):
                     servicer.ForgetStream,
                     request_deserializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamRequest.FromString,
                     response_serializer=clstream__proto_dot_continual__learner__pb2.ForgetStreamResponse.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=clstream__proto_dot_continual__learner__pb2.RollbackRequest.FromString,
+                    response_serializer=clstream__proto_dot_continual__learner__pb2.RollbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +412,33 @@ class ContinualLearner:
             '/clstream.v1.ContinualLearner/ForgetStream',
             clstream__proto_dot_continual__learner__pb2.ForgetStreamRequest.SerializeToString,
             clstream__proto_dot_continual__learner__pb2.ForgetStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clstream.v1.ContinualLearner/Rollback',
+            clstream__proto_dot_continual__learner__pb2.RollbackRequest.SerializeToString,
+            clstream__proto_dot_continual__learner__pb2.RollbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

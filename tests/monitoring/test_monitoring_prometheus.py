@@ -136,6 +136,7 @@ def start_server(tmp_path: Path, monkeypatch):
     for key, value in (service.get("environment") or {}).items():
         if value is not None:
             monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("CLSTREAM_GUARDED_PROMOTION", "true")  # a pass-through: its series must carry data too
     settings = load_settings([], host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                              checkpoint_dir=tmp_path / "ckpt", device="cpu", shutdown_grace_seconds=1.0)
     return Service(settings).start()
@@ -308,6 +309,12 @@ def test_every_dashboard_and_rule_expression_against_real_prometheus(prometheus,
             and api.scalar("clstream_model_version") == played["version"]))
         time.sleep(2 * SCRAPE_SECONDS)  # a few more samples after the end, as a live dashboard would see
         end = time.time()
+        # the model-safety series carry data: one canary check per bucket end, both canary accuracies,
+        # the step guard's counters (zero on this healthy stream) for every reason
+        assert api.scalar("sum(clstream_promotion_decisions_total)") == BUCKETS
+        for model in ("learner", "serving"):
+            assert 0 < api.scalar(f'clstream_canary_accuracy_ratio{{model="{model}"}}') <= 1
+        assert api.scalar("count(clstream_skipped_steps_total)") == 5
 
         failures = []
         # -- the dashboard: every query as Grafana sends it ---------------------------------------------

@@ -42,6 +42,7 @@ EXPECTED = {  # name in the exposition → type
     "clstream_rejected_batches": "counter", "clstream_serving": "gauge", "clstream_eval_sets": "gauge",
     "clstream_train_streams_open": "gauge", "clstream_served_samples": "counter",
     "clstream_calls_open": "gauge", "clstream_calls_refused": "counter",
+    "clstream_skipped_steps": "counter", "clstream_promotion_decisions": "counter",
 }
 
 
@@ -85,7 +86,7 @@ def test_metrics_serve_every_named_metric_with_sane_values(start, connect, strea
             for s in family.samples:
                 assert family.type != "counter" or s.name.endswith(("_total", "_created")), s.name
                 assert set(s.labels) <= {"bucket", "train_bucket", "eval_bucket", "class", "family", "metric",
-                                         "method", "code", "outcome", "reason", "budget", "le"}, s
+                                         "method", "code", "outcome", "le", "reason", "budget", "decision", "model"}, s
                 if name.endswith("_ratio"):
                     assert -1.0 <= s.value <= 1.0, s
 
@@ -263,7 +264,7 @@ def test_reflection_lets_generic_tools_discover_the_service(start):
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
     service_descriptor = pool.FindServiceByName("clstream.v1.ContinualLearner")
     assert {m.name for m in service_descriptor.methods} == {"Train", "EndBucket", "RegisterEvalSet", "Predict",
-                                                            "Evaluate", "GetStatus", "ForgetStream"}
+                                                            "Evaluate", "GetStatus", "ForgetStream", "Rollback"}
     train = service_descriptor.methods_by_name["Train"]
     assert train.input_type.full_name == "clstream.v1.TrainBatch"
     assert "sequence" in train.input_type.fields_by_name
