@@ -42,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from cl_engine.streams import Stream
+from cl_engine.streams.base import stored_batch
 
 from .api import Batch, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
 from .replay import ReplayRefused, Schedule, check_schema, resumable
@@ -101,7 +102,7 @@ def connect_redis(url: str):
 class PublishOptions:
     batch_size: int = 10
     epochs: int = 1
-    seed: int = 0  # order of the passes after the first (as the learner's seed for `clstream-client stream`)
+    seed: int = 0  # order of the batches in every pass (`clstream-client stream` takes the learner's seed)
     rate: float | None = None  # samples per second at most, as a live producer; None: as fast as Redis takes them
     replace: bool = False  # delete an existing stream of that name (and its meta, held-out sets) first
     eval_chunk: int = 512
@@ -145,12 +146,13 @@ def publish(r, key: str, stream: Stream, options: PublishOptions, dataset: str =
     try:
         for b, bucket in enumerate(stream.buckets):
             for index in schedule.batches(b):
-                x, y = bucket.train.batch(index, train=True)
+                x, y = stored_batch(bucket.train, index)  # as the replay client sends them: as they arrived
                 if o.rate:  # an entry goes out once its last sample's time has come
                     delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
-                last = r.xadd(key, {"kind": TRAIN, "bucket": b, "x": to_npy(x.numpy()), "y": to_npy(y.numpy())})
+                last = r.xadd(key, {"kind": TRAIN, "bucket": b, "x": to_npy(x.numpy()), "y": to_npy(y.numpy()),
+                                    "ids": to_npy(index.numpy()), "bucket_batches": schedule.counts[b]})
                 sent += len(y)
                 bar.update(1)
             r.xadd(key, {"kind": END_BUCKET, "bucket": b, "last": last})
@@ -487,7 +489,7 @@ class Consumer:
                 entry = self._take(cancelled=finished)
                 if entry is None:
                     return
-                x, y = self._samples(entry)
+                x, y, ids = self._samples(entry)
                 if o.rate:
                     delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
@@ -495,7 +497,8 @@ class Consumer:
                 self.lease.check()  # again after the waits: a consumer that stalled in them sends nothing more
                 sent += len(y)
                 self._sizes[entry.sequence] = len(y)
-                yield Batch(res.stream_id, entry.sequence, entry.bucket, x, y)
+                yield Batch(res.stream_id, entry.sequence, entry.bucket, x, y, sample_ids=ids,
+                            bucket_batches=int(entry.fields.get(b"bucket_batches", 0)))
 
         try:
             for ack in self.client.train(requests(), schema=self.schema):
@@ -508,8 +511,9 @@ class Consumer:
                 finished.set()
 
     def _samples(self, entry: Entry):
-        """The entry's batch; its bytes are dropped once decoded (held only while unsent: a resend reads the
-        entry from Redis again, where it stays until acknowledged)."""
+        """The entry's batch and its samples' identities (None from a producer that wrote none); its bytes are
+        dropped once decoded (held only while unsent: a resend reads the entry from Redis again, where it stays
+        until acknowledged)."""
         fields = entry.fields
         if b"x" not in fields:
             found = self.r.xrange(self.key, entry.id, entry.id)
@@ -517,8 +521,9 @@ class Consumer:
                 raise RuntimeError(f"entry {entry.id} of {self.key} was deleted (trimmed?) before the server made it "
                                    "durable: it cannot be sent again. Trim only what every group has acknowledged")
             fields = found[0][1]
-        entry.fields = {k: v for k, v in fields.items() if k not in (b"x", b"y")}
-        return from_npy(fields[b"x"]), from_npy(fields[b"y"])
+        entry.fields = {k: v for k, v in fields.items() if k not in (b"x", b"y", b"ids")}
+        ids = from_npy(fields[b"ids"]) if b"ids" in fields else None
+        return from_npy(fields[b"x"]), from_npy(fields[b"y"]), ids
 
     def _record(self, ack: TrainAck) -> None:
         res = self.result

@@ -275,6 +275,7 @@ def cmd_forget_stream(args: argparse.Namespace) -> int:
     else:
         print(f"the server keeps no mark for stream {r['stream_id']!r}; nothing to forget ({r['streams_known']} "
               "streams known)")
+    return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=10, help="samples per entry (one training batch)")
     g.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
     g.add_argument("--seed", type=int, default=0,
-                   help="order of the passes after the first (`stream` takes the server's learner seed)")
+                   help="order of the batches in every pass (give the learner's seed to send what `stream` sends: it takes the server's)")
     g.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")
     publish.add_argument("--replace", action="store_true", help="delete an existing stream of that name first")
     publish.add_argument("--json", action="store_true", help="the summary as JSON")

@@ -120,7 +120,7 @@ def test_consumer_killed_twice_and_server_killed_once_ends_with_the_stream_train
     and claims a's pending entries. The server is SIGKILLed and restarted from its checkpoint. b is SIGKILLed:
     c claims b's pending entries and finishes. The result equals `clstream-client stream`'s on the same data."""
     config = learner()
-    summary = publish(redis_server, "digits")
+    summary = publish(redis_server, "digits", "--seed", str(config.seed))  # the order `stream` takes from the learner
     sid = summary["stream_id"]
     r = redis_server.client()
     train_sequences = [entry_sequence(i) for i, f in r.xrange("digits") if f[b"kind"] == TRAIN.encode()]

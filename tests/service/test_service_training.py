@@ -108,7 +108,7 @@ def test_predictions_during_training_carry_increasing_versions(start, connect, s
 def test_a_step_the_guard_refuses_is_acked_consumed_but_not_learned(start, connect, stream):
     """A learning rate that overflows every weight: each batch is applied (its sequence counts, exactly-once
     holds) but not learned; the ack names the guard's reason, and the model and its version stay as they were."""
-    stub = connect(start(lr=3e38))
+    stub = connect(start(lr=3e38, max_update_ratio=0))  # the update-size guard off: the weights overflow
     acks = list(stub.Train(train_batches(stream, 0, limit=3)))
     assert [(a.applied, a.learned, a.skip_reason, a.applied_sequence) for a in acks] == [
         (True, False, "non_finite_weights", s) for s in (1, 2, 3)]
