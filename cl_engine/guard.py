@@ -1,9 +1,16 @@
 """The step guard: a step whose loss or gradient is not finite is not applied, and a step that would
 leave non-finite weights is undone, so one bad batch never turns the model into NaN.
 
-Cost: one fused check per step. The norms of every gradient block, weight and SGD momentum buffer
-are taken by one `torch._foreach_norm` and read back together with the batch's summed loss in a
-single host sync (about 35 µs a step for the digits MLP on this CPU, 3× a plain SGD update). Those norms bound what the update can do: when
+The model's float buffers (batch-norm statistics) move in the forward pass, before the update: a
+step after which one is not finite is refused too (`non_finite_weights`; the learner puts the
+statistics back). So every applied step leaves every weight and statistic finite, and the server
+checks a model's weights once (when built, restored or rolled back) instead of before every
+publication.
+
+Cost: one fused check per step. The norms of every gradient block, weight, SGD momentum buffer and
+statistic are taken by one `torch._foreach_norm` and read back together with the batch's summed loss
+in a single host sync (about 35 µs a step for the digits MLP on this CPU, 3× a plain SGD update).
+Those norms bound what the update can do: when
 ‖p‖ + lr·(the update's norm bound) stays far below float32's range, no weight can overflow and
 the step is applied directly; only a step that could overflow (an absurd learning rate or
 gradient) is applied on a backup copy of the weights and momentum, checked, and undone if any
@@ -85,9 +92,11 @@ class StepGuard:
     Counts skipped steps by reason into `counters` (keys `skipped_<reason>`)."""
 
     def __init__(self, optimizer: torch.optim.SGD, params: list[torch.Tensor], counters: dict[str, int],
-                 clip_grad_norm: float = 0.0, outlier_ratio: float = 0.0, update_ratio: float = 0.0):
+                 clip_grad_norm: float = 0.0, outlier_ratio: float = 0.0, update_ratio: float = 0.0,
+                 statistics: list[torch.Tensor] | None = None):
         self.optimizer = optimizer
         self.params = params
+        self.statistics = statistics or []  # the model's float buffers (batch-norm statistics): the forward moved them
         self.counters = counters
         self.clip = clip_grad_norm
         self.outlier_ratio = outlier_ratio
@@ -119,15 +128,17 @@ class StepGuard:
         group = self.optimizer.param_groups[0]
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
         bufs = [b for b in (self.optimizer.state[p].get("momentum_buffer") for p in self.params) if b is not None]
-        norms = torch._foreach_norm(present + self.params + bufs)  # one fused call for all three groups
+        norms = torch._foreach_norm(present + self.params + bufs + self.statistics)  # one fused call for all groups
         checks = torch.stack([*norms, losses.detach().sum().to(norms[0].dtype)]).tolist()  # the one host sync
         loss_v = checks[-1]
-        g_norm, p_norm, b_norm = (_combined(checks[a:b]) for a, b in _slices(len(present), len(self.params),
-                                                                             len(bufs)))
+        g_norm, p_norm, b_norm, s_norm = (_combined(checks[a:b]) for a, b in _slices(
+            len(present), len(self.params), len(bufs), len(self.statistics)))
         if not math.isfinite(loss_v):
             return self.skip("non_finite_loss")
         if not math.isfinite(g_norm):
             return self.skip("non_finite_gradient")
+        if not math.isfinite(s_norm):  # the caller puts back the statistics the forward pass moved
+            return self.skip("non_finite_weights")
         if self._outlier(g_norm):
             return self.skip("gradient_outlier")
         if self.clip and g_norm > self.clip:

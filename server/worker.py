@@ -304,6 +304,7 @@ class TrainingWorker:
         self._checkpoint_retry_at = 0.0  # monotonic time before which no periodic attempt is made
         self._last_snapshot = 0.0
         self._unservable_version = -1  # the last version refused publication as non-finite (logged once)
+        self._finite_learner: Learner | None = None  # the learner whose weights were checked finite (see _servable)
         self._matrix_cache: tuple | None = None  # (learner, its matrix version, derived status)
         self._accepting = True
         self._thread: threading.Thread | None = None
@@ -686,9 +687,13 @@ class TrainingWorker:
                 self._status_built.notify_all()
 
     def _servable(self, learner: Learner) -> bool:
-        """A model with a non-finite weight or statistic never reaches serving (the step guard keeps
-        one from arising; this is the last line, e.g. for a checkpoint written before it)."""
+        """A model with a non-finite weight or statistic never reaches serving. Each learner (built,
+        restored from a checkpoint, rolled back) is checked once; after that the step guard vouches for
+        it, as it applies only steps that leave every weight and statistic finite (cl_engine/guard.py)."""
+        if learner is self._finite_learner:
+            return True
         if all_finite(learner.model.state_dict().values()):
+            self._finite_learner = learner
             return True
         if self._unservable_version != learner.version:
             self._unservable_version = learner.version

@@ -169,3 +169,22 @@ def test_a_fresh_linear_probe_on_large_features_is_not_refused():
     for _ in range(100):
         y = torch.randint(0, 11, (10,), generator=g)
         assert learner.observe(torch.relu(centers[y] + 3 * torch.randn(10, 512, generator=g)), y, 0).learned
+
+
+def test_a_step_that_leaves_a_non_finite_statistic_is_refused_and_the_statistics_put_back():
+    """Batch-norm statistics move in the forward pass, not in the update: the guard checks them too, so a
+    model the server checked once stays finite under every step it applies (server/worker.py, _servable)."""
+    learner = learner_after_one_bucket("reduced-resnet18", strategy="naive")
+    before, counters = weights(learner), dict(learner.counters)
+    norm = next(m for m in learner.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    def overflow(module, inputs, output):
+        if module.training:
+            module.running_var.data.fill_(float("inf"))  # .data: autograd saved it, but train mode never reads it
+
+    hook = norm.register_forward_hook(overflow)
+    step = learner.observe(*next(batches(1, 1)), 1)
+    hook.remove()
+    assert step.skipped == "non_finite_weights" and learner.counters["skipped_non_finite_weights"] == 1
+    assert_unchanged(learner, before, counters)
+    assert learner.observe(*next(batches(1, 1)), 1).learned

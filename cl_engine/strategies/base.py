@@ -52,7 +52,8 @@ class Strategy:
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         self.linear = LinearPass(ctx.model) if linear_only(ctx.model) else None
         self.guard = StepGuard(ctx.optimizer, self.params, ctx.counters, ctx.config.clip_grad_norm,
-                               ctx.config.gradient_outlier_ratio, ctx.config.max_update_ratio)
+                               ctx.config.gradient_outlier_ratio, ctx.config.max_update_ratio,
+                               [b for b in ctx.model.buffers() if b.is_floating_point()])
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         raise NotImplementedError
