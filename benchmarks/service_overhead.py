@@ -15,8 +15,9 @@ Four ways, back to back in every repetition (their order rotates):
   batch, plus end-of-bucket consolidation; evaluation excluded).
 - service-tensor: a fresh `clstream-server` child process (client.local_server) per run; this process
   registers the held-out sets, then per bucket streams the very batches run_stream uses
-  (cl_engine.schedule.bucket_batches, bucket.train.batch) as raw float32 tensors over one Train
-  stream, at most 16 batches unacknowledged (client.replay's default), then calls EndBucket.
+  (cl_engine.schedule.bucket_batches, bucket.train.batch) as raw float32 tensors with their sample ids,
+  as the replay client sends them, over one Train stream, at most 16 batches unacknowledged
+  (client.replay's default), then calls EndBucket.
   Time = wall time of the Train streams (first request built → last ack). EndBucket is left out: it
   evaluates the held-out sets (excluded on both sides) and consolidating a reservoir memory is a no-op.
 - service-process: service-tensor with `--learner-process` (the training worker in a process of its
@@ -160,23 +161,23 @@ def run_service(stream, args, seed: int, batch_size: int, variant: str, timed_js
         train_seconds, encode_seconds, png_seconds, samples, batches, R = 0.0, 0.0, 0.0, 0, 0, []
         client_cpu, server_cpu = 0.0, 0.0  # CPU seconds of each process during the Train streams
         for i, bucket in enumerate(stream.buckets):
-            plan = [bucket.train.batch(index, train=True) for index in
+            plan = [(*bucket.train.batch(index, train=True), index) for index in  # ids: as the replay client
                     bucket_batches(len(bucket.train), batch_size, 1, seed, i)]
             if variant == "service-png":
                 t0 = time.perf_counter()
-                plan = [(png_bytes(x), y) for x, y in plan]
+                plan = [(png_bytes(x), y, ids) for x, y, ids in plan]
                 png_seconds += time.perf_counter() - t0
             window = threading.Semaphore(MAX_IN_FLIGHT)
             first = seq + 1
 
             def requests():
                 nonlocal encode_seconds
-                for k, (x, y) in enumerate(plan):
+                for k, (x, y, ids) in enumerate(plan):
                     window.acquire()
                     t0 = time.perf_counter()
                     samples_msg = wire.encode_images(x) if variant == "service-png" else wire.encode_samples(x)
                     msg = pb.TrainBatch(stream_id=stream_id, sequence=first + k, bucket=i, samples=samples_msg,
-                                        labels=wire.labels_list(y))
+                                        labels=wire.labels_list(y), sample_ids=wire.labels_list(ids))
                     encode_seconds += time.perf_counter() - t0
                     yield msg
 
@@ -189,7 +190,7 @@ def run_service(stream, args, seed: int, batch_size: int, variant: str, timed_js
             server_cpu = None if s0 is None or s1 is None or server_cpu is None else server_cpu + s1 - s0
             seq += len(plan)
             batches += len(plan)
-            samples += sum(len(y) for _, y in plan)
+            samples += sum(len(y) for _, y, _ in plan)
             R.append(client.end_bucket(i, bucket_size=len(bucket.train)).row)
         final = client.status()
         metrics = scrape(server.metrics_url)
