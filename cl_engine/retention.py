@@ -165,7 +165,8 @@ class ReservoirRetention:
         self.deferred = deferred
         self.seen = 0
         self.seen_per_class: dict[int, int] = {}
-        self.pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # deferred: slot -> (x, y, id)
+        self.pending: set[int] = set()  # deferred: the slots written at the bucket's end
+        self._staged: list[torch.Tensor] | None = None  # deferred: their x, y, ids, row = slot (capacity rows)
         self.offers = FirstOffers()
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int, generator: torch.Generator,
@@ -186,8 +187,20 @@ class ReservoirRetention:
         if not self.deferred:
             store(buf, x, y, ids, bucket, slots)
             return
-        for i in last_writes(slots):
-            self.pending[slots[i]] = (x[i].clone(), y[i].clone(), ids[i].clone())
+        keep = last_writes(slots)
+        if keep:
+            self._stage(x, y, ids, keep, [slots[i] for i in keep])
+
+    def _stage(self, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor, rows: list[int], slots: list[int]) -> None:
+        """Arrivals `rows` become the pending writes of `slots`: one indexed copy per tensor into staging
+        tensors of the memory's capacity, allocated at the first write (a later write to a slot wins)."""
+        if self._staged is None:
+            self._staged = [torch.empty((self.buffer.capacity, *t.shape[1:]), dtype=t.dtype, device=t.device)
+                            for t in (x, y, ids)]
+        for staged, t in zip(self._staged, (x, y, ids)):
+            staged[torch.tensor(slots, device=staged.device)] = t[torch.tensor(rows, device=t.device)].to(
+                staged.device, staged.dtype)
+        self.pending.update(slots)
 
     def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> list[int]:
         buf = self.buffer
@@ -226,8 +239,8 @@ class ReservoirRetention:
 
     def _pending_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The pending writes as (slots, x, y, ids), slots ascending."""
-        slots = sorted(self.pending)
-        return (torch.tensor(slots), *(torch.stack([self.pending[s][k] for s in slots]) for k in range(3)))
+        slots = torch.tensor(sorted(self.pending))
+        return (slots, *(t[slots.to(t.device)] for t in self._staged))
 
     def state_dict(self) -> dict:
         pending = None
@@ -241,13 +254,14 @@ class ReservoirRetention:
         self.seen = state["seen"]
         self.seen_per_class = dict(state["seen_per_class"])
         self.offers.load_state_dict(state.get("offered"))
-        self.pending = {}
+        self.pending = set()
         pending = state.get("pending")  # absent from checkpoints written before deferred reservoirs
         if pending is not None:
             device = self.buffer.device
             ids = pending.get("ids", content_ids(pending["x"]))
-            for s, x, y, i in zip(pending["slots"].tolist(), pending["x"], pending["y"], ids):
-                self.pending[s] = (x.to(device), y.to(device), i.to(device))
+            slots = pending["slots"].tolist()
+            self._stage(pending["x"].to(device), pending["y"].to(device), ids.to(device), list(range(len(slots))),
+                        slots)
 
 
 class BucketRetention:
