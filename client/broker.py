@@ -44,8 +44,8 @@ from tqdm import tqdm
 from cl_engine.streams import Stream
 from cl_engine.streams.base import stored_batch
 
-from .api import Batch, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
-from .replay import ReplayRefused, Schedule, check_schema, resumable
+from .api import Batch, Client, Schema, ServerStatus, ServiceError, TrainAck
+from .replay import ReplayRefused, Schedule, check_schema, first_contact, resumable, wait_for_server
 
 FORMAT = "clstream-redis-stream/1"
 SEQUENCES_PER_MS = 1_000_000  # entry id MS-N → Train sequence MS * 1_000_000 + N
@@ -309,7 +309,7 @@ class Consumer:
         self.result = res = ConsumeResult(meta["stream_id"], self.name)
         self._ensure_group()
         self.lease = Lease(self.r, lease_key(self.key, self.group), self.name, o.lease, self._say)
-        status = self._first_contact()  # before waiting as a standby: a wrong --target fails at once
+        status = first_contact(self.client)  # before waiting as a standby: a wrong --target fails at once
         self.lease.acquire()
         status = self.client.status()  # after a standby's wait, where the active consumer left the server
         self._bar = tqdm(total=meta["batches"], desc=f"consume {self.key}", unit="batch", file=sys.stderr,
@@ -333,8 +333,8 @@ class Consumer:
                         res.resumes += 1
                         self._say(f"server unavailable ({e.code.name}: {e.details[:120]}); waiting up to "
                                   f"{o.reconnect_timeout:g}s to resume")
-                        status = self._wait_for_server()
-            res.final_status = self._wait_for_server()
+                        status = wait_for_server(self.client, self.options.reconnect_timeout)
+            res.final_status = wait_for_server(self.client, self.options.reconnect_timeout)
         finally:
             self._bar.close()
             self.lease.release()
@@ -349,20 +349,6 @@ class Consumer:
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise
-
-    def _first_contact(self) -> ServerStatus:
-        try:
-            return self.client.status()
-        except ServiceError as e:
-            if e.code != grpc.StatusCode.UNAVAILABLE:
-                raise
-            raise ServiceError(e.code, f"no server answers at {self.client.target} ({e.details}); start one, or "
-                                       "check --target", e.method) from None
-
-    def _wait_for_server(self) -> ServerStatus:
-        patient = RetryPolicy(attempts=1_000_000, initial_backoff=0.2, max_backoff=2.0,
-                              deadline=self.options.reconnect_timeout)
-        return self.client.status(retry=patient)
 
     def _claim(self) -> None:
         """Take every pending entry of the group (a dead consumer's, or this name's before a restart)."""
@@ -553,7 +539,7 @@ class Consumer:
             except ServiceError as e:
                 if e.code != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                mark = self._wait_for_server().applied_sequences.get(sid, 0)
+                mark = wait_for_server(self.client, self.options.reconnect_timeout).applied_sequences.get(sid, 0)
                 if mark < last:
                     raise ServiceError(grpc.StatusCode.ABORTED, f"the server's applied mark is {mark}, below the "
                                        f"bucket's last entry {last} ({e.details})", "EndBucket") from None

@@ -135,6 +135,24 @@ class Schedule:
         return cache[1], cache[2]
 
 
+def first_contact(client: Client) -> ServerStatus:
+    """The server's status with the client's own retries (seconds): the reconnect budget is for a server
+    that was there, not for one that never answered."""
+    try:
+        return client.status()
+    except ServiceError as e:
+        if e.code != grpc.StatusCode.UNAVAILABLE:
+            raise
+        raise ServiceError(e.code, f"no server answers at {client.target} ({e.details}); start one, or "
+                                   "check --target", e.method) from None
+
+
+def wait_for_server(client: Client, reconnect_timeout: float) -> ServerStatus:
+    """The server's status, waiting up to `reconnect_timeout` seconds for a server that went away."""
+    patient = RetryPolicy(attempts=1_000_000, initial_backoff=0.2, max_backoff=2.0, deadline=reconnect_timeout)
+    return client.status(retry=patient)
+
+
 def check_schema(status: ServerStatus, schema: Schema, target: str) -> None:
     """ReplayRefused when the server holds a model of another schema (classes or input shape; the value
     range is the server's to check)."""
@@ -204,7 +222,7 @@ class Replay:
     def run(self) -> ReplayResult:
         o = self.options
         t_start = time.perf_counter()
-        status = self._first_contact()
+        status = first_contact(self.client)
         self._check_schema(status)
         seed = o.seed if o.seed is not None else int(status.config.get("seed", 0))
         check_within(o.within_bucket, self.stream.name, self.stream.undated_samples)
@@ -252,31 +270,15 @@ class Replay:
                                   "acknowledged_sequence": self._applied}
                     self._say(f"server unavailable ({e.code.name}: {e.details[:120]}); waiting up to "
                               f"{o.reconnect_timeout:g}s to resume")
-                    status = self._wait_for_server()
+                    status = wait_for_server(self.client, self.options.reconnect_timeout)
                     bucket = None
             self._confirm_durable()
         finally:
             for bar in self._bars.values():
                 bar.close()
-        r.final_status = self._wait_for_server()
+        r.final_status = wait_for_server(self.client, self.options.reconnect_timeout)
         r.wall_seconds = time.perf_counter() - t_start
         return r
-
-    def _first_contact(self) -> ServerStatus:
-        """The server's status with the client's own retries (seconds): the reconnect budget is for a server
-        that was there, not for one that never answered."""
-        try:
-            return self.client.status()
-        except ServiceError as e:
-            if e.code != grpc.StatusCode.UNAVAILABLE:
-                raise
-            raise ServiceError(e.code, f"no server answers at {self.client.target} ({e.details}); start one, or "
-                                       "check --target", e.method) from None
-
-    def _wait_for_server(self) -> ServerStatus:
-        patient = RetryPolicy(attempts=1_000_000, initial_backoff=0.2, max_backoff=2.0,
-                              deadline=self.options.reconnect_timeout)
-        return self.client.status(retry=patient)
 
     def _resume_point(self, status: ServerStatus) -> int:
         """Re-register lost held-out sets; return the bucket to continue with, and note the applied mark."""
@@ -325,7 +327,7 @@ class Replay:
             except ServiceError as e:
                 if e.code != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
-                mark = self._wait_for_server().applied_sequences.get(r.stream_id, 0)
+                mark = wait_for_server(self.client, self.options.reconnect_timeout).applied_sequences.get(r.stream_id, 0)
                 if mark < last:
                     raise ServiceError(grpc.StatusCode.ABORTED, f"the server's applied mark is {mark}, below the "
                                        f"bucket's last sequence {last} ({e.details})", "EndBucket") from None
