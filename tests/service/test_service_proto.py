@@ -44,4 +44,4 @@ def test_the_package_and_service_names():
     streaming = {m.name: (m.client_streaming, m.server_streaming) for m in service.methods}
     assert streaming == {"Train": (True, True), "EndBucket": (False, False), "RegisterEvalSet": (True, False),
                          "Predict": (False, False), "Evaluate": (True, False), "GetStatus": (False, False),
-                         "ForgetStream": (False, False)}
+                         "ForgetStream": (False, False), "WatchModel": (False, True)}
