@@ -11,8 +11,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
-from service_helpers import channel_to, eval_chunks, train_batches, train_buckets
+from service_helpers import base_settings, channel_to, eval_chunks, train_batches, train_buckets
 from test_service_observability import scrape, value
+from test_service_security import OVERRIDE, TOKEN, creds, pki  # noqa: F401 (pki: a fixture)
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -164,3 +165,62 @@ def test_replica_lag_metrics_carry_data(start, connect, stream):
     assert value(families, "clstream_replica_lag_versions") == version
     assert value(families, "clstream_replica_lag_seconds") > 0
     assert health_of(stuck) == NOT_SERVING
+
+
+def test_watch_model_chunks_a_version_and_coalesces_for_a_slow_watcher(start, connect, stream):
+    """A learner whose messages are at most 16 KiB sends the ~70 KB model in several chunks; a watcher
+    that reads nothing while 15 versions are published gets the newest one, not a queue of them."""
+    learner = start(max_message_bytes=16 * 1024)
+    stub = connect(learner)
+    list(stub.Train(train_batches(stream, 0, limit=1)))
+    slow = connect(learner, **{"grpc.http2.bdp_probe": 0})  # flow control stays at its 64 KiB window
+    watch = slow.WatchModel(pb.WatchModelRequest(), timeout=60)
+    first = next(watch)
+    assert first.offset == 0 and first.model == "mlp" and first.total_bytes > 16 * 1024
+    assert list(first.schema.class_names) == list(stream.class_names)
+    acks = list(stub.Train(train_batches(stream, 0, first_sequence=2, limit=15)))  # 15 versions, unread
+    newest = acks[-1].model_version
+    versions, chunk = set(), first
+    while True:
+        assert chunk.ByteSize() <= 16 * 1024
+        versions.add(chunk.model_version)
+        if chunk.model_version == newest and chunk.offset + len(chunk.weights) == chunk.total_bytes:
+            break
+        chunk = next(watch)
+    assert chunk.latest_version == newest
+    assert len(versions) < 10  # skipped versions: coalesced, not queued
+    watch.cancel()
+
+    # A watcher that already has the current version gets nothing until a newer one is published.
+    again = connect(learner).WatchModel(pb.WatchModelRequest(have_learner_id=first.learner_id, have_version=newest),
+                                        timeout=60)
+    list(stub.Train(train_batches(stream, 0, first_sequence=100, limit=1)))
+    assert next(again).model_version == newest + 1
+    again.cancel()
+
+
+def test_a_replica_connects_to_the_learner_with_tls_and_its_token(start, connect, stream, pki):
+    learner = start(tls_cert_file=pki / "server.pem", tls_key_file=pki / "server.key",
+                    tls_client_ca_file=pki / "ca.pem", auth_tokens=[TOKEN])
+    tls = dict(follow_ca_file=pki / "ca.pem", follow_cert_file=pki / "client.pem", follow_key_file=pki / "client.key")
+    replica = replica_of(start, learner, follow_token=TOKEN, **tls)
+    tokenless = replica_of(start, learner, **tls)
+    stub = connect(learner, creds(pki, client="client"), **OVERRIDE)
+    md = (("authorization", f"Bearer {TOKEN}"),)
+    acks = list(stub.Train(train_batches(stream, 0, limit=3), metadata=md, timeout=30))
+    wait_for_version(connect(replica), acks[-1].model_version)
+    assert connect(tokenless).GetStatus(pb.GetStatusRequest()).serving_version == 0  # refused by the learner's auth
+    assert health_of(tokenless) == NOT_SERVING
+
+
+@pytest.mark.parametrize("settings, named", [
+    (dict(follow="127.0.0.1:1", checkpoint_dir="ckpt"), "checkpoint_dir"),
+    (dict(follow="127.0.0.1:1", learner_process=True), "learner_process"),
+    (dict(follow=" "), "follow is empty"),
+    (dict(follow_token="t"), "--follow"),
+    (dict(follow="127.0.0.1:1", follow_cert_file="c.pem"), "follow_key_file"),
+])
+def test_replica_settings_that_cannot_work_are_refused_naming_the_setting(settings, named):
+    with pytest.raises(ValueError) as e:
+        base_settings(**settings)
+    assert named in str(e.value)
