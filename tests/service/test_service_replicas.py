@@ -9,6 +9,8 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client.api import Client, lb_policy
+from client.cli import main as cli_main
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
 from service_helpers import base_settings, channel_to, eval_chunks, train_batches, train_buckets
@@ -224,3 +226,32 @@ def test_replica_settings_that_cannot_work_are_refused_naming_the_setting(settin
     with pytest.raises(ValueError) as e:
         base_settings(**settings)
     assert named in str(e.value)
+
+
+def test_clients_spread_predict_over_replicas_with_round_robin(start, connect, stream):
+    learner = start()
+    stub = connect(learner)
+    train_buckets(stub, stream, 1)
+    version = stub.GetStatus(pb.GetStatusRequest()).serving_version
+    replicas = [replica_of(start, learner), replica_of(start, learner)]
+    for replica in replicas:
+        wait_for_version(connect(replica), version)
+    target = "ipv4:" + ",".join(f"127.0.0.1:{r.port}" for r in replicas)
+    assert lb_policy(target) == "round_robin" and lb_policy("127.0.0.1:1") == "pick_first"
+    x, _ = stream.buckets[0].test.batch(torch.arange(8))
+    with Client(target) as client:  # round_robin: the target lists several addresses
+        answers = [client.predict(x) for _ in range(20)]
+    assert {a.model_version for a in answers} == {version}
+    served = [value(scrape(r), "clstream_predict_requests", "_total", code="OK") for r in replicas]
+    assert sum(served) == 20 and min(served) >= 5  # both replicas answered a share
+    with Client(target, lb="pick_first") as client:  # asked for: one address takes every call
+        for _ in range(10):
+            client.predict(x)
+    after = [value(scrape(r), "clstream_predict_requests", "_total", code="OK") for r in replicas]
+    assert sorted(a - s for a, s in zip(after, served)) == [0, 10]
+    with pytest.raises(ValueError, match="round_robin"):
+        Client(target, lb="random")
+    assert cli_main(["status", "--target", target, "--lb", "round_robin"]) == 0  # the CLI takes the same target
+    with pytest.raises(SystemExit) as e:
+        cli_main(["status", "--target", target, "--lb", "random"])
+    assert e.value.code == 2
