@@ -92,7 +92,9 @@ class Follower:
         empty = TrainingWorker(settings.learner_config(), SchemaHolder(), SnapshotHolder(), metrics, queue_size=1)
         empty.begin()
         self._empty_status = empty.status()  # what GetStatus says of training on a replica: none
-        r = metrics.registry
+        r = metrics.registry  # no learner status here: samples trained, buffer, matrix are the learner's metrics
+        Gauge("clstream_replica_serving_version", "Model version this replica serves (0: none yet).",
+              registry=r).set_function(lambda: self.snapshots.version)
         Gauge("clstream_replica_learner_version", "Newest model version the learner has published, as this "
               "replica last heard.", registry=r).set_function(lambda: self.learner_version)
         Gauge("clstream_replica_lag_versions", "Versions between the learner's newest and the one this replica "

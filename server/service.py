@@ -115,7 +115,8 @@ class Service:
         self.metrics_port = 0
         self._metrics_http = None
         self._serving = False
-        self.metrics.watch(self.worker.status, self._live)
+        if not self.replica:  # a replica trains nothing: it exports its own gauges (server/replica.py)
+            self.metrics.watch(self.worker.status, self._live)
 
     def _live(self) -> dict:
         return {"serving_version": self.snapshots.version, "queue_depth": self.worker.queue_depth,

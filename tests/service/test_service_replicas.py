@@ -147,7 +147,8 @@ def test_replica_lag_metrics_carry_data(start, connect, stream):
     replica = replica_of(start, learner)
     wait_for_version(connect(replica), version)
     families = scrape(replica)
-    assert value(families, "clstream_serving_version") == version
+    assert value(families, "clstream_replica_serving_version") == version
+    assert "clstream_samples_trained" not in families  # the learner's metrics stay the learner's
     assert value(families, "clstream_replica_learner_version") == version
     assert value(families, "clstream_replica_lag_versions") == 0
     assert value(families, "clstream_replica_lag_seconds") == 0
