@@ -256,3 +256,14 @@ def test_clients_spread_predict_over_replicas_with_round_robin(start, connect, s
     with pytest.raises(SystemExit) as e:
         cli_main(["status", "--target", target, "--lb", "random"])
     assert e.value.code == 2
+
+
+def test_a_replica_follows_a_learner_that_trains_in_its_own_process(start, connect, stream):
+    """--learner-process publishes through the server process's snapshots: replicas see those too."""
+    learner = start(learner_process=True)
+    stub = connect(learner)
+    acks = list(stub.Train(train_batches(stream, 0, limit=3), timeout=120))
+    replica = replica_of(start, learner)
+    wait_for_version(connect(replica), acks[-1].model_version)
+    assert [p.label for p in predict(connect(replica), stream).predictions] == \
+        [p.label for p in predict(stub, stream).predictions]
