@@ -152,6 +152,9 @@ class Follower:
                                 e.details() if hasattr(e, "details") else e, self.snapshots.version, wait)
             except BadVersion as e:
                 log.error("replica: %s; serving version %d, retrying in %.1fs", e, self.snapshots.version, wait)
+            except Exception:  # a bug must not end the following: log it, keep serving, try again
+                log.exception("replica: following the learner at %s failed; serving version %d, retrying in %.1fs",
+                              self.settings.follow, self.snapshots.version, wait)
             finally:
                 self.connected = False
             wait = low if got else min(high, wait * 2)
