@@ -94,7 +94,7 @@ class ModelWatch:
                 chunk.published_time = encoded.published_at
                 if schema is not None:
                     chunk.schema.CopyFrom(schema.to_proto())
-            room = max(1024, limit - chunk.ByteSize() - 16)  # 16: the weights field's tag and length
+            room = max(1, limit - chunk.ByteSize() - 16)  # 16: the weights field's tag and length
             chunk.weights = data[offset: offset + room]
             offset += len(chunk.weights)
             yield chunk
