@@ -7,7 +7,11 @@
         row = c.end_bucket(0).row
         print(c.predict(x_new).labels, c.status().metrics["acc"])
 
-Connection: insecure on loopback by default; `tls=True` (with optional CA bundle, and a client
+Connection: `target` is anything gRPC's name resolution takes (HOST:PORT, dns:///NAME:PORT,
+ipv4:127.0.0.1:5001,127.0.0.1:5002, ...). Calls go to one address unless `lb="round_robin"`, which
+spreads them over every address the name resolves to (one connection each): the way to spread
+Predict over prediction replicas. A target that lists several addresses gets round_robin unless told
+otherwise. Insecure on loopback by default; `tls=True` (with optional CA bundle, and a client
 certificate and key for mutual TLS) for anything else. A bearer token travels as
 `authorization: Bearer <token>` metadata on every call, streaming ones included.
 
@@ -256,6 +260,20 @@ def _chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
+LB_POLICIES = ("pick_first", "round_robin")
+
+
+def lb_policy(target: str, lb: str | None = None) -> str:
+    """The load-balancing policy for `target`: `lb` if given, else round_robin for a target that lists
+    several addresses (ipv4:A,B / ipv6:A,B) and pick_first (gRPC's default) otherwise."""
+    if lb is not None:
+        if lb not in LB_POLICIES:
+            raise ValueError(f"lb {lb!r}: expected one of {', '.join(LB_POLICIES)}")
+        return lb
+    scheme, _, addresses = target.partition(":")
+    return "round_robin" if scheme in ("ipv4", "ipv6") and "," in addresses else "pick_first"
+
+
 class Client:
     """One channel to one server; thread-safe (gRPC channels are), cheap to keep open."""
 
@@ -263,7 +281,7 @@ class Client:
                  root_certificates: bytes | None = None, certificate_chain: bytes | None = None,
                  private_key: bytes | None = None, server_name: str | None = None, timeout: float = 30.0,
                  retry: RetryPolicy = RetryPolicy(), max_message_bytes: int = 64 * MiB,
-                 options: Sequence[tuple[str, Any]] = ()):
+                 options: Sequence[tuple[str, Any]] = (), lb: str | None = None):
         if (certificate_chain is None) != (private_key is None):
             raise ValueError("a client certificate and its private key go together (mutual TLS)")
         tls = tls or root_certificates is not None or certificate_chain is not None
@@ -278,6 +296,8 @@ class Client:
                 ("grpc.max_reconnect_backoff_ms", 3000), *options]
         if server_name:
             opts.append(("grpc.ssl_target_name_override", server_name))
+        self.lb = lb_policy(target, lb)
+        opts.append(("grpc.lb_policy_name", self.lb))
         if tls:
             credentials = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
             self.channel = grpc.secure_channel(target, credentials, opts)

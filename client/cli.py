@@ -29,7 +29,7 @@ from cl_engine.__main__ import add_stream_flags, stream_options
 from cl_engine.config import validation_message
 from cl_engine.report import format_table, jsonable
 
-from .api import Client, RetryPolicy, ServiceError
+from .api import LB_POLICIES, Client, RetryPolicy, ServiceError
 
 EXIT_USAGE, EXIT_SERVICE = 2, 1
 
@@ -39,7 +39,11 @@ EXIT_USAGE, EXIT_SERVICE = 2, 1
 def add_connection_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
     g.add_argument("--target", default=os.environ.get("CLSTREAM_TARGET", "127.0.0.1:50051"),
-                   help="server address HOST:PORT (default $CLSTREAM_TARGET or 127.0.0.1:50051)")
+                   help="server address HOST:PORT, or anything gRPC name resolution takes, e.g. several replicas as "
+                        "ipv4:127.0.0.1:5001,127.0.0.1:5002 (default $CLSTREAM_TARGET or 127.0.0.1:50051)")
+    g.add_argument("--lb", choices=LB_POLICIES, default=None,
+                   help="gRPC load balancing: round_robin spreads calls over every address of --target; default "
+                        "round_robin for a target listing several addresses, else pick_first")
     g.add_argument("--token", default=os.environ.get("CLSTREAM_TOKEN"),
                    help="bearer token (default $CLSTREAM_TOKEN); prefer --token-file or the variable to the flag")
     g.add_argument("--token-file", type=Path, default=None, help="file whose first line is the bearer token")
@@ -70,7 +74,8 @@ def connect(args: argparse.Namespace) -> Client:
     read = lambda p: p.read_bytes() if p is not None else None  # noqa: E731
     return Client(args.target, token=token, tls=args.tls, root_certificates=read(args.ca_file),
                   certificate_chain=read(args.cert_file), private_key=read(args.key_file),
-                  server_name=args.server_name, timeout=args.timeout, retry=RetryPolicy(attempts=max(1, args.retries)))
+                  server_name=args.server_name, timeout=args.timeout, retry=RetryPolicy(attempts=max(1, args.retries)),
+                  lb=args.lb)
 
 
 def add_replay_flags(p: argparse.ArgumentParser) -> None:

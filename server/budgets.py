@@ -2,7 +2,7 @@
 
 Every RPC but a health Check belongs to one budget, a count of calls running at once:
 
-- `max_open_streams`: long-lived streams (Train, RegisterEvalSet, health Watch, reflection), and at most
+- `max_open_streams`: long-lived streams (Train, RegisterEvalSet, WatchModel, health Watch, reflection), and at most
   `max_streams_per_client` of them per client: per bearer token when auth is on, per peer address
   (the IP, not the port) otherwise;
 - `max_concurrent_predictions`: unary serving (Predict, Evaluate, GetStatus);
@@ -27,13 +27,14 @@ LABELS = {STREAMS: "streams", SERVING: "serving", ADMIN: "admin", PER_CLIENT: "p
 _KINDS = {
     "/clstream.v1.ContinualLearner/Train": STREAMS,
     "/clstream.v1.ContinualLearner/RegisterEvalSet": STREAMS,
+    "/clstream.v1.ContinualLearner/WatchModel": STREAMS,
     "/grpc.health.v1.Health/Watch": STREAMS,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": STREAMS,
     "/clstream.v1.ContinualLearner/Predict": SERVING,
     "/clstream.v1.ContinualLearner/Evaluate": SERVING,
     "/clstream.v1.ContinualLearner/GetStatus": SERVING,
 }
-_WHAT = {STREAMS: "streams (Train, RegisterEvalSet, health Watch, reflection) are open",
+_WHAT = {STREAMS: "streams (Train, RegisterEvalSet, WatchModel, health Watch, reflection) are open",
          SERVING: "Predict/Evaluate/GetStatus calls are running",
          ADMIN: "admin calls (EndBucket, ForgetStream, ...) are running"}
 

@@ -29,11 +29,13 @@ from .checkpoint import CheckpointStore
 from .eval_sets import EvalSetBudget
 from .learner_process import LearnerProcess
 from .metrics import ServerMetrics, start_metrics_server
+from .replica import Follower, ReplicaGuard
 from .schema import Schema, SchemaHolder
 from .servicer import ContinualLearnerServicer
 from .settings import ServerSettings
 from .snapshot import SnapshotHolder
 from .promotion import PromotionOptions
+from .watch import ModelWatch
 from .worker import TrainingWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,10 @@ class Service:
             promotion=PromotionOptions(settings.guarded_promotion, settings.promotion_every_batches,
                                        settings.promotion_tolerance),
             rollback_keep=settings.rollback_keep)
-        if settings.learner_process:
+        self.replica = settings.follow is not None
+        if self.replica:  # a prediction replica: follows the learner's published versions, trains nothing
+            self.worker = Follower(settings, self.schemas, self.snapshots, self.metrics, on_model=self._replica_ready)
+        elif settings.learner_process:
             self.worker = LearnerProcess(options, self.schemas, self.snapshots, self.metrics,
                                          log_level=logging.getLevelName(settings.log_level.upper()),
                                          nice=settings.learner_nice, on_exit=self._learner_gone,
@@ -114,7 +119,8 @@ class Service:
         self.metrics_port = 0
         self._metrics_http = None
         self._serving = False
-        self.metrics.watch(self.worker.status, self._live)
+        if not self.replica:  # a replica trains nothing: it exports its own gauges (server/replica.py)
+            self.metrics.watch(self.worker.status, self._live)
 
     def _live(self) -> dict:
         return {"serving_version": self.snapshots.version, "queue_depth": self.worker.queue_depth,
@@ -127,10 +133,16 @@ class Service:
         for name in HEALTH_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    def _replica_ready(self) -> None:
+        """A replica got a model: it answers from now on (training health stays NOT_SERVING: it trains nothing)."""
+        if self._serving:
+            for name in ("", SERVICE_NAME):
+                self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
     def _durability(self, durable: bool, why: str) -> None:
         """The worker's checkpoints started failing (or work again): training health follows."""
         self._durable = durable
-        if self._serving:
+        if self._serving and not self.replica:
             self.health.set(TRAINING_HEALTH, health_pb2.HealthCheckResponse.SERVING if durable
                             else health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -158,6 +170,9 @@ class Service:
                 self.metrics.calls_open.labels(label).set_function(lambda b=budget: self.budgets.open_calls()[b])
         # auth first: a call without a good token is refused before it takes a place in a budget
         interceptors = ([BearerTokenInterceptor(tokens, on_reject=self._count_rejection)] if tokens else [])
+        if self.replica:  # before the budgets: a refused call takes no place in them
+            interceptors.append(ReplicaGuard(s.follow, on_refuse=lambda name: self._count_refusal(
+                name, "FAILED_PRECONDITION")))
         interceptors.append(self.budgets)
         options = [("grpc.max_receive_message_length", s.max_message_bytes),
                    ("grpc.max_send_message_length", s.max_message_bytes),
@@ -172,7 +187,9 @@ class Service:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.budgets.threads_needed() + s.worker_threads,
                                                              thread_name_prefix="clstream-rpc"),
                                   interceptors=interceptors, options=options)
-        self.servicer = ContinualLearnerServicer(s, self.schemas, self.worker, self.snapshots, self.metrics)
+        self.watch = ModelWatch(self.snapshots, self.schemas, s.model, s.max_message_bytes)
+        self.servicer = ContinualLearnerServicer(s, self.schemas, self.worker, self.snapshots, self.metrics,
+                                                 watch=self.watch)
         pb_grpc.add_ContinualLearnerServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -198,8 +215,9 @@ class Service:
                                    "port with --metrics-port (0: a free one) or turn the endpoint off with "
                                    "--no-metrics-enabled") from None
         self._serving = True
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if not self.replica or self.snapshots.current() is not None:  # a replica: once it has a model
+            for name in ("", SERVICE_NAME):
+                self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._durability(self._durable, "")
         log.info("serving %s on %s%s", SERVICE_NAME, _address(s.host, self.port), " (TLS)" if credentials else "")
         return self
@@ -211,6 +229,7 @@ class Service:
         self._serving = False
         self.health.enter_graceful_shutdown()
         if self.server is not None:
+            self.watch.close()  # replicas' watches end now rather than hold the grace period
             self.server.stop(grace).wait()
             self.servicer.close()
         final = self.worker.stop(timeout=max(60.0, grace))

@@ -35,6 +35,7 @@ from .schema import Schema, SchemaHolder
 from .schema_bounds import SchemaBounds
 from .settings import ServerSettings
 from .snapshot import Snapshot, SnapshotHolder
+from .watch import ModelWatch
 from .worker import CallScope, EndBucketOp, ForgetStreamOp, RegisterEvalOp, RollbackOp, TrainingWorker, TrainOp
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ def learning_metrics(m: dict) -> pb.LearningMetrics:
 
 class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
     def __init__(self, settings: ServerSettings, schemas: SchemaHolder, worker: TrainingWorker,
-                 snapshots: SnapshotHolder, metrics: ServerMetrics):
+                 snapshots: SnapshotHolder, metrics: ServerMetrics, watch: ModelWatch | None = None):
         self.settings = settings
+        self.watch = watch
         self.schemas = schemas
         self.worker = worker
         self.snapshots = snapshots
@@ -373,6 +375,14 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.RollbackResponse(model_version=version, open_bucket=open_bucket, checkpoint=checkpoint,
                                    durable=durable)
+
+    # -- WatchModel (for replicas) ----------------------------------------------------------------------
+
+    def WatchModel(self, request: pb.WatchModelRequest, context):
+        with answering("WatchModel", context, self.metrics):
+            if self.watch is None:
+                raise FailedPrecondition("WatchModel: this server publishes no versions to replicas")
+            yield from self.watch.stream(request, context)
 
     # -- GetStatus ------------------------------------------------------------------------------------
 

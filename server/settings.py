@@ -147,6 +147,17 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                          "none: no auth; empty ones are refused; prefer the env or a file")
     auth_token_file: Path | None = Field(None, description="file of accepted bearer tokens, one per line, trimmed; "
                                                            "blank lines are skipped, a file of none is refused")
+    # Prediction replica (server/replica.py): follow a learner instead of training.
+    follow: str | None = Field(None, description="run as a Predict-only replica of the learner at this gRPC target "
+                               "(HOST:PORT): serve the versions it publishes, train nothing")
+    follow_token: SecretStr | None = Field(None, description="bearer token the replica presents to the learner; "
+                                           "prefer the env (CLSTREAM_FOLLOW_TOKEN) or the config file")
+    follow_tls: bool = Field(False, description="connect to the learner with TLS (the system's CA roots unless "
+                                                "follow_ca_file)")
+    follow_ca_file: Path | None = Field(None, description="PEM CA bundle to verify the learner (implies follow_tls)")
+    follow_cert_file: Path | None = Field(None, description="PEM client certificate for a learner that requires "
+                                                            "mutual TLS (with follow_key_file)")
+    follow_key_file: Path | None = Field(None, description="PEM private key of follow_cert_file")
     # Lifecycle.
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="time in-flight calls get on SIGTERM")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
@@ -199,6 +210,7 @@ class ServerSettings(BaseSettings, LearnerConfig):
             raise ValueError("image_mean and image_std apply to the resize-crop transform; imagenet brings its own")
         if self.image_std is not None and any(v <= 0 for v in self.image_std):
             raise ValueError("image_std values must be > 0")
+        self._check_follow()
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
         return self
@@ -213,6 +225,22 @@ class ServerSettings(BaseSettings, LearnerConfig):
         if path.suffix == ".toml":
             return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, path)
         return init_settings, env_settings, JsonConfigSettingsSource(settings_cls, path)
+
+    def _check_follow(self) -> None:
+        if (self.follow_cert_file is None) != (self.follow_key_file is None):
+            raise ValueError("follow_cert_file and follow_key_file go together (mutual TLS to the learner)")
+        if self.follow_ca_file is not None or self.follow_cert_file is not None:
+            self.follow_tls = True
+        if self.follow is None:
+            if self.follow_token is not None or self.follow_tls:
+                raise ValueError("follow_token and follow_tls/ca/cert/key are for a replica: give --follow "
+                                 "HOST:PORT too")
+            return
+        if not self.follow.strip():
+            raise ValueError("follow is empty; expected the learner's gRPC target, e.g. 127.0.0.1:50051")
+        if self.checkpoint_dir is not None or self.learner_process:
+            raise ValueError("a replica (--follow) trains nothing: checkpoint_dir and learner_process are for the "
+                             "learner; drop them")
 
     def _check_token_sources(self) -> None:
         """A token source that yields no token refuses to start rather than leave the server open."""

@@ -7,11 +7,16 @@ call, even if newer ones are published meanwhile. Publishing swaps one reference
 Copying a whole module (`copy.deepcopy`) costs more than a small model's training step, so the
 holder keeps the last few retired snapshots and refreshes one that no reader holds by copying the
 weights into it in place; a snapshot being read is never written.
+
+Whoever must follow publications (WatchModel, for replicas: server/watch.py) waits with
+`wait_published`, which wakes at each publication and gives the newest snapshot, so a slow
+follower skips the versions published meanwhile.
 """
 from __future__ import annotations
 
 import copy
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -32,6 +37,7 @@ class Snapshot:
         self.version = version
         self.device = device
         self.readers = 0  # calls answering from it now; changed only under the holder's lock
+        self.published_at = 0.0  # Unix time of its last publication; set under the holder's lock
         self._source = source
         self._source_tensors = _tensors(source) if source is not None else []
         self._own_tensors = _tensors(model)  # listed once: walking the modules costs about as much as the copy
@@ -73,6 +79,8 @@ class SnapshotHolder:
         self._current: Snapshot | None = None
         self._retired: list[Snapshot] = []
         self._lock = threading.Lock()
+        self._published = threading.Condition(self._lock)
+        self.publications = 0  # how many snapshots have been published; changed only under the lock
 
     @contextmanager
     def reading(self) -> Iterator[Snapshot | None]:
@@ -101,9 +109,19 @@ class SnapshotHolder:
     def publish(self, snapshot: Snapshot) -> None:
         with self._lock:
             old, self._current = self._current, snapshot
+            snapshot.published_at = time.time()
+            self.publications += 1
             if old is not None:
                 self._retired.append(old)
                 del self._retired[:-self.SPARES]  # a reader still holding a dropped one keeps it alive
+            self._published.notify_all()
+
+    def wait_published(self, after: int, timeout: float) -> int:
+        """Wait up to `timeout` seconds until more than `after` snapshots have been published; returns
+        the count now (`after` itself when none came)."""
+        with self._published:
+            self._published.wait_for(lambda: self.publications > after, timeout)
+            return self.publications
 
     def current(self) -> Snapshot | None:
         """The current snapshot, for a look (its version); to answer from it, use `reading()`."""

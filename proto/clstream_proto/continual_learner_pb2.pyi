@@ -436,3 +436,35 @@ class Status(_message.Message):
     promotion: PromotionStatus
     rollback_versions: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, has_model: _Optional[bool] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model_version: _Optional[int] = ..., serving_version: _Optional[int] = ..., open_bucket: _Optional[int] = ..., samples_trained: _Optional[int] = ..., batches_trained: _Optional[int] = ..., prequential_accuracy: _Optional[float] = ..., prequential_accuracy_overall: _Optional[float] = ..., accuracy_matrix: _Optional[_Iterable[_Union[AccuracyRow, _Mapping]]] = ..., initial_accuracy: _Optional[_Union[AccuracyRow, _Mapping]] = ..., metrics: _Optional[_Union[LearningMetrics, _Mapping]] = ..., forgetting_per_bucket: _Optional[_Iterable[float]] = ..., buffer: _Optional[_Union[BufferStatus, _Mapping]] = ..., gem_projections: _Optional[int] = ..., qp_fallbacks: _Optional[int] = ..., applied_sequences: _Optional[_Mapping[str, int]] = ..., eval_buckets: _Optional[_Iterable[int]] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., drift: _Optional[_Union[DriftStatus, _Mapping]] = ..., last_checkpoint: _Optional[str] = ..., last_checkpoint_time: _Optional[float] = ..., config_json: _Optional[str] = ..., batches_since_checkpoint: _Optional[int] = ..., checkpoint_error: _Optional[str] = ..., durable_sequences: _Optional[_Mapping[str, int]] = ..., skipped_steps: _Optional[_Mapping[str, int]] = ..., promotion: _Optional[_Union[PromotionStatus, _Mapping]] = ..., rollback_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class WatchModelRequest(_message.Message):
+    __slots__ = ("have_learner_id", "have_version")
+    HAVE_LEARNER_ID_FIELD_NUMBER: _ClassVar[int]
+    HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    have_learner_id: str
+    have_version: int
+    def __init__(self, have_learner_id: _Optional[str] = ..., have_version: _Optional[int] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("model_version", "learner_id", "offset", "total_bytes", "weights", "schema", "model", "published_time", "latest_version", "latest_published_time")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LEARNER_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_TIME_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LATEST_PUBLISHED_TIME_FIELD_NUMBER: _ClassVar[int]
+    model_version: int
+    learner_id: str
+    offset: int
+    total_bytes: int
+    weights: bytes
+    schema: Schema
+    model: str
+    published_time: float
+    latest_version: int
+    latest_published_time: float
+    def __init__(self, model_version: _Optional[int] = ..., learner_id: _Optional[str] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., weights: _Optional[bytes] = ..., schema: _Optional[_Union[Schema, _Mapping]] = ..., model: _Optional[str] = ..., published_time: _Optional[float] = ..., latest_version: _Optional[int] = ..., latest_published_time: _Optional[float] = ...) -> None: ...

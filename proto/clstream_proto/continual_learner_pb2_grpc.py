@@ -75,6 +75,11 @@ class ContinualLearnerStub:
                 request_serializer=clstream__proto_dot_continual__learner__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=clstream__proto_dot_continual__learner__pb2.RollbackResponse.FromString,
                 _registered_method=True)
+        self.WatchModel = channel.unary_stream(
+                '/clstream.v1.ContinualLearner/WatchModel',
+                request_serializer=clstream__proto_dot_continual__learner__pb2.WatchModelRequest.SerializeToString,
+                response_deserializer=clstream__proto_dot_continual__learner__pb2.ModelChunk.FromString,
+                _registered_method=True)
 
 
 class ContinualLearnerServicer:
@@ -178,6 +183,22 @@ class ContinualLearnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchModel(self, request, context):
+        """For prediction replicas (`clstream-server --follow`): the learner's published serving versions,
+        as they are published. On connect the current one is sent (unless the request says the caller
+        has it already), then each newly published one. A caller slower than the learner is not queued
+        for: when it is ready for more it gets the newest version, the ones published meanwhile are
+        skipped (coalesced), so the learner holds at most one encoded copy per version being sent.
+        Only what the learner serves is sent (the snapshot that answers Predict), never the module
+        being trained. One version is one or more ModelChunk messages of at most 1 MiB each (less when
+        the learner's max_message_bytes is smaller), so a ResNet18 (~45 MB) fits any message limit.
+        The stream stays open until the caller or the learner ends it; it counts against the streams
+        budget (max_open_streams, max_streams_per_client). A replica answers it FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContinualLearnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +241,11 @@ def add_ContinualLearnerServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=clstream__proto_dot_continual__learner__pb2.RollbackRequest.FromString,
                     response_serializer=clstream__proto_dot_continual__learner__pb2.RollbackResponse.SerializeToString,
+            ),
+            'WatchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchModel,
+                    request_deserializer=clstream__proto_dot_continual__learner__pb2.WatchModelRequest.FromString,
+                    response_serializer=clstream__proto_dot_continual__learner__pb2.ModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +465,33 @@ class ContinualLearner:
             '/clstream.v1.ContinualLearner/Rollback',
             clstream__proto_dot_continual__learner__pb2.RollbackRequest.SerializeToString,
             clstream__proto_dot_continual__learner__pb2.RollbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/clstream.v1.ContinualLearner/WatchModel',
+            clstream__proto_dot_continual__learner__pb2.WatchModelRequest.SerializeToString,
+            clstream__proto_dot_continual__learner__pb2.ModelChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,9 @@ shipped config and alert rules (only the scrape target, the intervals and the ru
 rewritten), a real clstream server (gRPC, training worker, metrics endpoint) runs with the compose
 file's server environment, a short stream plays through it (held-out sets, three buckets,
 predictions with their true labels, one malformed prediction), and then EVERY expression of the
-dashboard and of the rules goes through Prometheus' HTTP API.
+dashboard and of the rules goes through Prometheus' HTTP API. A prediction replica follows the server
+(`--follow`), scraped as the shipped config's clstream-replicas job, so the replica panels and
+alerts have their series too.
 
 Dashboard expressions must be valid PromQL and return data: a finite value, over the stream for
 range queries (as Grafana's time series and stat panels ask) or now for instant ones (table,
@@ -142,7 +144,18 @@ def start_server(tmp_path: Path, monkeypatch):
     return Service(settings).start()
 
 
-def prometheus_config(tmp_path: Path, metrics_port: int) -> Path:
+def start_replica(server):
+    """A prediction replica following `server` (the compose environment's learner-only settings off)."""
+    from server.service import Service
+    from server.settings import load_settings
+
+    settings = load_settings([], host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
+                             checkpoint_dir=None, device="cpu", shutdown_grace_seconds=1.0,
+                             follow=f"127.0.0.1:{server.port}")
+    return Service(settings).start()
+
+
+def prometheus_config(tmp_path: Path, metrics_port: int, replica_metrics_port: int) -> Path:
     """The shipped config with the target rewritten to the test's server and a 1 s scrape."""
     config = load_yaml(PROMETHEUS_CONFIG)
     config["global"].update(scrape_interval=f"{SCRAPE_SECONDS}s", scrape_timeout=f"{SCRAPE_SECONDS}s",
@@ -153,6 +166,9 @@ def prometheus_config(tmp_path: Path, metrics_port: int) -> Path:
         job.pop(key, None)
     (static,) = job["static_configs"]
     static["targets"] = [f"127.0.0.1:{metrics_port}"]
+    (replicas,) = [j for j in config["scrape_configs"] if j["job_name"] == "clstream-replicas"]
+    (static,) = replicas["static_configs"]
+    static["targets"] = [f"127.0.0.1:{replica_metrics_port}"]
     path = tmp_path / "prometheus.yml"
     path.write_text(json.dumps(config))  # JSON is YAML
     return path
@@ -290,6 +306,7 @@ def test_every_dashboard_and_rule_expression_against_real_prometheus(prometheus,
     stream = Stream()
     deadline = Deadline(DEADLINE_SECONDS)
     server = start_server(tmp_path, monkeypatch)
+    replica = start_replica(server)
     prom = None
     try:
         # the image's health check, against the real server
@@ -297,7 +314,7 @@ def test_every_dashboard_and_rule_expression_against_real_prometheus(prometheus,
                                 timeout=30, env={**os.environ, "CLSTREAM_PORT": str(server.port)})
         assert health.returncode == 0 and "SERVING" in health.stdout, health.stdout + health.stderr
 
-        prom, api = start_prometheus(prometheus, prometheus_config(tmp_path, server.metrics_port), tmp_path, deadline)
+        prom, api = start_prometheus(prometheus, prometheus_config(tmp_path, server.metrics_port, replica.metrics_port), tmp_path, deadline)
         deadline.wait_for("the first scrape", lambda: api.scalar('up{job="clstream"}') == 1, at_most=15)
         started = time.time()
         played = stream.play(server.port, deadline)
@@ -306,7 +323,8 @@ def test_every_dashboard_and_rule_expression_against_real_prometheus(prometheus,
         deadline.wait_for("a scrape of the final state", lambda: (
             api.scalar("clstream_samples_trained_total") == played["samples"]
             and api.scalar("count(clstream_accuracy_matrix_ratio)") == played["rows"] * BUCKETS
-            and api.scalar("clstream_model_version") == played["version"]))
+            and api.scalar("clstream_model_version") == played["version"]
+            and api.scalar("clstream_replica_serving_version") == played["version"]))
         time.sleep(2 * SCRAPE_SECONDS)  # a few more samples after the end, as a live dashboard would see
         end = time.time()
         # the model-safety series carry data: one canary check per bucket end, both canary accuracies,
@@ -374,10 +392,11 @@ def test_every_dashboard_and_rule_expression_against_real_prometheus(prometheus,
         failures += [f"rule {n}: health {r['health']}: {r.get('lastError')}" for n, r in loaded.items()
                      if r["health"] != "ok"]
         target_health = [t["health"] for t in api.get("/api/v1/targets")["data"]["activeTargets"]]
-        assert target_health == ["up"]
+        assert target_health == ["up", "up"]
         assert not failures, "\n".join(failures)
         assert len(rule_files()) >= 1 and deadline.left() > 0
     finally:
         if prom is not None:
             stop(prom, timeout=5)
+        replica.stop(grace=1.0)
         server.stop(grace=1.0)

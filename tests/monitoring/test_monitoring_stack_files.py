@@ -269,8 +269,29 @@ def test_prometheus_gets_the_shipped_config_and_a_data_volume(services):
     source, _, _ = mount_of(prom, args["storage.tsdb.path"])
     assert source == "prometheus-data"
     scrape = load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]
-    targets = [t for job in scrape for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == [f"server:{env(services['server'])['CLSTREAM_METRICS_PORT']}"]
+    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in scrape}
+    assert targets["clstream"] == [f"server:{env(services['server'])['CLSTREAM_METRICS_PORT']}"]
+    replicas = sorted(name for name, s in services.items() if "replicas" in s.get("profiles", []))
+    assert targets["clstream-replicas"] == [f"{name}:{env(services[name])['CLSTREAM_METRICS_PORT']}"
+                                            for name in replicas] and replicas
+    assert set(targets) == {"clstream", "clstream-replicas"}
+
+
+def test_the_replicas_profile_follows_the_server(services):
+    """docs/replicas.md: `--profile replicas` adds two replicas that follow the server's gRPC port, on
+    loopback host ports of their own, with settings the server accepts."""
+    from server.settings import settings_from
+
+    replicas = {name: s for name, s in services.items() if "replicas" in s.get("profiles", [])}
+    assert sorted(replicas) == ["replica1", "replica2"]
+    ports = set()
+    for name, replica in replicas.items():
+        e = env(replica)
+        assert e["CLSTREAM_FOLLOW"] == f"server:{env(services['server'])['CLSTREAM_PORT']}"
+        ports |= {p[1] for p in published(replica)}
+        settings = settings_from(None, **{k[len("CLSTREAM_"):].lower(): v for k, v in e.items() if v})
+        assert settings.follow and settings.checkpoint_dir is None
+    assert len(ports) == 2 and not ports & {p[1] for p in published(services["server"])}
 
 
 def test_grafana_provisioning_is_mounted_and_points_at_the_dashboard(services):

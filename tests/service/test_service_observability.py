@@ -264,7 +264,7 @@ def test_reflection_lets_generic_tools_discover_the_service(start):
     pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
     service_descriptor = pool.FindServiceByName("clstream.v1.ContinualLearner")
     assert {m.name for m in service_descriptor.methods} == {"Train", "EndBucket", "RegisterEvalSet", "Predict",
-                                                            "Evaluate", "GetStatus", "ForgetStream", "Rollback"}
+                                                            "Evaluate", "GetStatus", "ForgetStream", "Rollback", "WatchModel"}
     train = service_descriptor.methods_by_name["Train"]
     assert train.input_type.full_name == "clstream.v1.TrainBatch"
     assert "sequence" in train.input_type.fields_by_name

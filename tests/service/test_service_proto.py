@@ -45,4 +45,4 @@ def test_the_package_and_service_names():
     assert streaming == {"Train": (True, True), "EndBucket": (False, False), "RegisterEvalSet": (True, False),
                          "Predict": (False, False), "Evaluate": (True, False), "GetStatus": (False, False),
                          "ForgetStream": (False, False),
-                         "Rollback": (False, False)}
+                         "Rollback": (False, False), "WatchModel": (False, True)}
