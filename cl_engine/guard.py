@@ -9,7 +9,7 @@ publication.
 
 Cost: one fused check per step. The norms of every gradient block, weight, SGD momentum buffer and
 statistic are taken by one `torch._foreach_norm` and read back together with the batch's summed loss
-in a single host sync (about 35 µs a step for the digits MLP on this CPU, 3× a plain SGD update).
+in a single host sync (about 75 µs of a digits-MLP step on this CPU: BENCHMARKS.md, guard_cost).
 Those norms bound what the update can do: when
 ‖p‖ + lr·(the update's norm bound) stays far below float32's range, no weight can overflow and
 the step is applied directly; only a step that could overflow (an absurd learning rate or
