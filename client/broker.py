@@ -102,6 +102,7 @@ def connect_redis(url: str):
 class PublishOptions:
     batch_size: int = 10
     epochs: int = 1
+    within_bucket: str = "shuffled"  # order inside a bucket: shuffled | upload-time (cl_engine/schedule.py)
     seed: int = 0  # order of the batches in every pass (`clstream-client stream` takes the learner's seed)
     rate: float | None = None  # samples per second at most, as a live producer; None: as fast as Redis takes them
     replace: bool = False  # delete an existing stream of that name (and its meta, held-out sets) first
@@ -119,7 +120,7 @@ def publish(r, key: str, stream: Stream, options: PublishOptions, dataset: str =
             raise ValueError(f"--stream {key}: Redis already holds a stream of that name ({r.xlen(key) if r.exists(key) else 0} "
                              "entries); choose another name, or --replace to delete it first")
         r.delete(key, k["meta"], *heldout_keys)
-    schedule = Schedule([len(b.train) for b in stream.buckets], o.batch_size, o.epochs, o.seed)
+    schedule = Schedule([len(b.train) for b in stream.buckets], o.batch_size, o.epochs, o.seed, o.within_bucket)
     per_sample = 4 * math.prod(stream.input_shape)
     if o.batch_size * per_sample + 1024 > MAX_ENTRY_BYTES:
         raise ValueError(f"--batch-size {o.batch_size}: an entry would hold {o.batch_size * per_sample} bytes of "
@@ -130,7 +131,7 @@ def publish(r, key: str, stream: Stream, options: PublishOptions, dataset: str =
                                            "input_shape": list(stream.input_shape),
                                            "value_range": list(stream.value_range) if stream.value_range else None},
             "buckets": len(stream), "bucket_sizes": schedule.sizes, "batch_size": o.batch_size, "epochs": o.epochs,
-            "seed": o.seed, "batches": schedule.total_batches, "samples": schedule.total_samples,
+            "seed": o.seed, "within_bucket": o.within_bucket, "batches": schedule.total_batches, "samples": schedule.total_samples,
             "heldout": heldout_keys, "heldout_samples": [len(b.test) for b in stream.buckets]}
     size = max(1, min(o.eval_chunk, HELDOUT_CHUNK_BYTES // per_sample))
     for b, bucket in enumerate(stream.buckets):  # the held-out sets first: a consumer registers them at once

@@ -331,9 +331,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     from .broker import PublishOptions, connect_redis, publish
 
+    from cl_engine.schedule import check_within
+
     stream = build_stream(args.dataset, stream_options(args), args.order)
-    options = PublishOptions(batch_size=args.batch_size, epochs=args.epochs, seed=args.seed, rate=args.rate,
-                             replace=args.replace, progress=not args.quiet)
+    check_within(args.within_bucket, stream.name, stream.undated_samples)  # a CLI mistake, before any contact
+    options = PublishOptions(batch_size=args.batch_size, epochs=args.epochs, within_bucket=args.within_bucket,
+                             seed=args.seed, rate=args.rate, replace=args.replace, progress=not args.quiet)
     with connect_redis(args.redis) as r:
         summary = publish(r, args.stream, stream, options, dataset=args.dataset)
     if args.json:
@@ -453,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = publish.add_argument_group("schedule (as `stream`)")
     g.add_argument("--batch-size", type=int, default=10, help="samples per entry (one training batch)")
     g.add_argument("--epochs", type=int, default=1, help="passes over each bucket")
+    g.add_argument("--within-bucket", choices=["shuffled", "upload-time"], default="shuffled",
+                   help="order inside a bucket, as `stream`'s: shuffled (seeded, every pass), or upload-time (the "
+                        "first pass in upload order; needs dated samples)")
     g.add_argument("--seed", type=int, default=0,
                    help="order of the batches in every pass (give the learner's seed to send what `stream` sends: it takes the server's)")
     g.add_argument("--rate", type=float, default=None, help="samples per second at most (default: unlimited)")

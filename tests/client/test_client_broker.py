@@ -61,6 +61,7 @@ def test_publish_writes_the_stream_in_time_order_with_markers_meta_and_held_out_
     meta = json.loads(r.get("digits:meta"))
     assert meta["stream_id"] == summary["stream_id"] and meta["schema"]["class_names"] == list(stream.class_names)
     assert meta["heldout"] == ["digits:heldout:0", "digits:heldout:1", "digits:heldout:2"]
+    assert meta["within_bucket"] == "shuffled" and meta["seed"] == 0
     for b, key in enumerate(meta["heldout"]):
         chunks = [np.load(io.BytesIO(c)) for c in r.lrange(key, 0, -1)]
         assert sum(len(c["y"]) for c in chunks) == len(stream.buckets[b].test) == meta["heldout_samples"][b]
@@ -288,6 +289,10 @@ def test_broker_command_mistakes_are_one_line(redis_server, service, tmp_path):
     err = one_line_error(["-m", "client", "publish", "--redis", f"redis://127.0.0.1:{free_port()}", "--stream", "k",
                           *STREAM_FLAGS], code=1)
     assert err.startswith("error: Redis at redis://127.0.0.1:")
+    err = one_line_error(["-m", "client", "publish", "--redis", redis_server.url, "--stream", "undated",
+                          "--within-bucket", "upload-time", *STREAM_FLAGS])
+    assert "--within-bucket upload-time" in err and "has no upload dates" in err
+    assert not redis_server.client().exists("undated", "undated:meta")  # refused before anything is written
     publish(redis_server, "digits")
     err = one_line_error(base[:-1] + [f"127.0.0.1:{free_port()}"], code=1)
     assert "no server answers at" in err
