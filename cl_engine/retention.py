@@ -197,9 +197,9 @@ class ReservoirRetention:
         if self._staged is None:
             self._staged = [torch.empty((self.buffer.capacity, *t.shape[1:]), dtype=t.dtype, device=t.device)
                             for t in (x, y, ids)]
+        index, target = torch.tensor([rows, slots])  # as store() does: one index tensor for every copy
         for staged, t in zip(self._staged, (x, y, ids)):
-            staged[torch.tensor(slots, device=staged.device)] = t[torch.tensor(rows, device=t.device)].to(
-                staged.device, staged.dtype)
+            staged[target.to(staged.device)] = t.index_select(0, index.to(t.device)).to(staged.device, staged.dtype)
         self.pending.update(slots)
 
     def _class_balanced_slots(self, y: torch.Tensor, generator: torch.Generator) -> list[int]:
