@@ -58,7 +58,7 @@ CLEAR10 = ["BACKGROUND", "baseball", "bus", "camera", "cosplay", "dress", "hocke
            "sweater"]
 SIZES = [(500, 375), (375, 500), (500, 333), (333, 500), (500, 500)]  # (width, height) of the fixture's JPEGs
 WAYS = ("floor", "engine", "service-thread", "service-process")
-FULL = dict(pixels=224, buckets=3, per_class=30, batch=64, sizes=SIZES)  # 330 images a bucket, 2 timed buckets
+FULL = dict(pixels=224, buckets=3, per_class=50, batch=64, sizes=SIZES)  # 550 images a bucket, 2 timed buckets
 TINY = dict(pixels=16, buckets=2, per_class=1, batch=4, sizes=[(50, 38), (38, 50)])
 IMPORTS = ("torch", "torchvision", "numpy", "PIL", "grpc", "grpc_health", "grpc_reflection", "google.protobuf",
            "pydantic", "pydantic_settings", "quadprog", "prometheus_client", "sklearn", "tqdm", "matplotlib",
@@ -286,7 +286,7 @@ def run_service(args, buckets, stream, strategy: str, amp: bool, learner_process
 
 def ratios(rows: list[dict]) -> dict:
     out = {}
-    for key in sorted({(r["strategy"], r["precision"]) for r in rows}):
+    for key in sorted(dict.fromkeys((r["strategy"], r["precision"]) for r in rows), key=lambda k: (k[0], k[1] != "fp32")):
         speed = {r["way"]: r["images_per_s"] for r in rows if (r["strategy"], r["precision"]) == key}
         pairs = {"engine/floor": ("engine", "floor"), "service-thread/engine": ("service-thread", "engine"),
                  "service-process/engine": ("service-process", "engine"),
@@ -343,6 +343,9 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", nargs="+", choices=("naive", "replay"), default=None,
                    help="default: naive and replay (--tiny: replay)")
     p.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
+    p.add_argument("--pixels", type=int, help="image size the model trains at (default 224; --tiny 16)")
+    p.add_argument("--per-class", type=int, help="JPEGs per class and bucket (default 50; --tiny 1)")
+    p.add_argument("--batch", type=int, help="batch size (default 64; --tiny 4)")
     p.add_argument("--budget-seconds", type=float, default=270.0,
                    help="time box: a (strategy, precision) group that would start after the box is left out, and said so")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="threads making and decoding JPEGs")
@@ -363,6 +366,8 @@ def main(argv=None) -> int:
         args.strategies = ["replay"]  # one strategy, the one whose floor has the most code
     args.strategies = args.strategies or ["naive", "replay"]
     size = dict(TINY if args.tiny else FULL)
+    size.update({k: v for k, v in (("pixels", args.pixels), ("per_class", args.per_class), ("batch", args.batch))
+                 if v is not None})
     args.batch, args.memory = size["batch"], 4 * size["batch"] if args.tiny else 500
     markdown = args.markdown or (ROOT / "BENCHMARKS.md" if args.device == "cuda" else Path("-"))
     if args.device == "cpu":
@@ -428,7 +433,7 @@ def _has_precision() -> bool:
 def table(out: dict) -> str:
     lines = ["| strategy | precision | floor images/s | engine images/s | service (thread) | service (process) "
              "| engine / floor | service thread / engine | service process / engine |", "|" + "---|" * 9]
-    for key, r in out["ratios"].items():
+    for key, r in ratios(out["rows"]).items():
         strategy, precision = key.split(" ")
         speed = {row["way"]: row["images_per_s"] for row in out["rows"]
                  if (row["strategy"], row["precision"]) == (strategy, precision)}
@@ -451,7 +456,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
                   + (f"; failed: {', '.join(tests['failed'])}" if tests["failed"] else "") + "."
                   if tests else "CUDA-marked tests: not run with this measurement.")
     body = "\n".join([
-        "### CUDA: ResNet18 at 224 px on a CLEAR-layout fixture (`benchmarks/device_check.sh`, issue 24)",
+        f"### {'CUDA' if out['machine'].get('cuda_device') else 'CPU (no CUDA device)'}: ResNet18 at {st['pixels']} px on a "
+        "CLEAR-layout fixture (`benchmarks/device_check.sh`, issue 24)",
         "",
         f"Machine: {machine_line(out['machine'])}.",
         "",

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU session's one command (issue 24): on one CUDA GPU, in under 8 minutes, from the repository root,
 #   1. finds a Python that has what the project needs: $PYTHON if set, else .venv/bin/python where it
-#      imports torch, else python3 (the GPU image's, which holds torch); wheels carried in .whl/ (made here by
-#      benchmarks/device_wheels.sh: the packages that image lacks) are installed into /tmp/clstream-site first,
-#      as nothing can be downloaded there; stops (exit 2, one line) naming what still does not import;
+#      imports torch, else python3 (the GPU image's, which holds torch); where it lacks a package, the wheels
+#      carried in .whl/ (made here by benchmarks/device_wheels.sh: what that image lacks) are installed into
+#      /tmp/clstream-site, as nothing can be downloaded there; stops (exit 2, one line) naming what still does
+#      not import;
 #   2. runs the suite's CUDA-marked tests with --require-cuda (a skip would be a failure), ≤ $TEST_SECONDS s;
 #   3. runs benchmarks/device_check.py (ResNet18 at 224 px on a CLEAR-layout fixture: floor, engine, service
 #      with the learner thread and process, fp32 and AMP), ≤ $BENCH_SECONDS s, time-boxed inside too.
 # What it writes goes to $OUT (the device machine's folder that comes back; out/device_check here when unset):
-# cuda_tests.xml and cuda_tests.log (stage 2), device_check.json and BENCHMARKS.md with the CUDA section
+# device_check.log (the progress lines), cuda_tests.xml and cuda_tests.log (stage 2), device_check.json and BENCHMARKS.md with the CUDA section
 # rewritten (stage 3). Progress lines carry the seconds elapsed. Arguments go to device_check.py;
 # `--device cpu --tiny` is its seconds-long smoke test on a CPU (stage 2 is then left out).
 #
@@ -20,6 +21,7 @@ OUT=${OUT:-out/device_check}
 TEST_SECONDS=${TEST_SECONDS:-200}
 BENCH_SECONDS=${BENCH_SECONDS:-240}
 mkdir -p "$OUT"
+exec 2> >(tee -a "$OUT/device_check.log" >&2)  # the progress, kept in $OUT even if a stage is killed
 start=$SECONDS
 say() { echo "[device_check.sh +$((SECONDS - start))s] $*" >&2; }
 
@@ -31,15 +33,12 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; then PYTHON=.venv/bin/python
   else PYTHON=python3; fi
 fi
-if compgen -G ".whl/*.whl" >/dev/null; then
+say "python: $PYTHON"
+if ! "$PYTHON" benchmarks/device_check.py --check-imports 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   say "installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/clstream-site"
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/clstream-site .whl/*.whl || { say "installing the wheels in .whl failed"; exit 2; }
   export PYTHONPATH=/tmp/clstream-site${PYTHONPATH:+:$PYTHONPATH}
-fi
-say "python: $PYTHON"
-if [ $cpu = 0 ] && command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2
 fi
 "$PYTHON" benchmarks/device_check.py --check-imports || exit 2
 

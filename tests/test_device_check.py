@@ -27,7 +27,8 @@ def test_the_tiny_cpu_run_measures_every_way_through_a_real_server(tmp_path):
     done = run(["--device", "cpu", "--tiny", "--workers", "2", "--fixture", str(tmp_path / "clear")], tmp_path / "out")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "the CUDA-marked tests are left out" in done.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["device_check.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["device_check.json", "device_check.log"]
+    assert "measurement exit 0" in (tmp_path / "out" / "device_check.log").read_text()
     results = json.loads((tmp_path / "out" / "device_check.json").read_text())
 
     fp32 = {r["way"]: r for r in results["rows"] if r["precision"] == "fp32"}
