@@ -60,9 +60,6 @@ SIZES = [(500, 375), (375, 500), (500, 333), (333, 500), (500, 500)]  # (width, 
 WAYS = ("floor", "engine", "service-thread", "service-process")
 FULL = dict(pixels=224, buckets=3, per_class=50, batch=64, sizes=SIZES)  # 550 images a bucket, 2 timed buckets
 TINY = dict(pixels=16, buckets=2, per_class=1, batch=4, sizes=[(50, 38), (38, 50)])
-IMPORTS = ("torch", "torchvision", "numpy", "PIL", "grpc", "grpc_health", "grpc_reflection", "google.protobuf",
-           "pydantic", "pydantic_settings", "quadprog", "prometheus_client", "sklearn", "tqdm", "matplotlib",
-           "pytest", "hypothesis", "scipy", "yaml")
 
 
 class Clock:
@@ -297,28 +294,6 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
-def check_imports() -> int:
-    import importlib
-
-    missing = []
-    for name in IMPORTS:
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - an import that fails for any reason is missing here
-            missing.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
-    try:
-        import clstream_proto.continual_learner_pb2  # noqa: F401  checks grpcio/protobuf versions at import
-    except Exception as e:  # noqa: BLE001
-        missing.append(f"clstream_proto ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
-    if missing:
-        print("device_check: missing or unusable here: " + "; ".join(missing) + ". Bring them as wheels in .whl "
-              "(benchmarks/device_wheels.sh) or run from a venv that has them (make install)", file=sys.stderr)
-        return 2
-    print(f"device_check: imports fine (python {sys.version.split()[0]}, torch {torch.__version__}, "
-          f"CUDA {'yes: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no'})", file=sys.stderr)
-    return 0
-
-
 def test_summary(path: Path | None) -> dict | None:
     """Counts from the CUDA tests' junit XML, when the shell script ran them."""
     if path is None or not path.is_file():
@@ -351,13 +326,10 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="threads making and decoding JPEGs")
     p.add_argument("--fixture", type=Path, default=None, help="folder for the CLEAR-layout fixture (default: a temp folder)")
     p.add_argument("--tests", type=Path, default=None, help="junit XML of the CUDA tests, summarised into the results")
-    p.add_argument("--check-imports", action="store_true", help="only check that every package the project needs imports")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_check.json")
     p.add_argument("--markdown", type=Path, default=None,
                    help="BENCHMARKS.md to rewrite the section of; '-' for none (default: BENCHMARKS.md on CUDA, none on a CPU)")
     args = p.parse_args(argv)
-    if args.check_imports:
-        return check_imports()
     if args.device == "cuda" and not torch.cuda.is_available():
         print("device_check: --device cuda, but torch.cuda.is_available() is False here; expected a CUDA machine, "
               "or --device cpu --tiny for the smoke test", file=sys.stderr)

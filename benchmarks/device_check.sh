@@ -34,13 +34,14 @@ if [ -z "${PYTHON:-}" ]; then
   else PYTHON=python3; fi
 fi
 say "python: $PYTHON"
-if ! "$PYTHON" benchmarks/device_check.py --check-imports 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+if ! "$PYTHON" benchmarks/device_imports.py; then
+  compgen -G ".whl/*.whl" >/dev/null || exit 2
   say "installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/clstream-site"
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/clstream-site .whl/*.whl || { say "installing the wheels in .whl failed"; exit 2; }
   export PYTHONPATH=/tmp/clstream-site${PYTHONPATH:+:$PYTHONPATH}
+  "$PYTHON" benchmarks/device_imports.py || exit 2
 fi
-"$PYTHON" benchmarks/device_check.py --check-imports || exit 2
 
 # 2. the CUDA-marked tests
 tests=() rc=0
