@@ -59,6 +59,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def on_cpu(value):
+    """`value` with every tensor nested in its dicts and lists on the CPU (a CPU tensor as it is)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [on_cpu(v) for v in value]
+    return value
+
+
 class Learner:
     def __init__(self, config: LearnerConfig, input_shape: tuple[int, ...], num_classes: int):
         self.config = config
@@ -260,13 +271,14 @@ class Learner:
     # -- checkpoint state -----------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly where this learner stands."""
+        """Everything needed to continue exactly where this learner stands, every tensor on the CPU (a
+        CUDA learner's state loads anywhere, and copies kept for rollback hold no device memory)."""
         return {
             "config": self.config.model_dump(),
             "input_shape": self.input_shape,
             "num_classes": self.num_classes,
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": on_cpu(self.optimizer.state_dict()),  # momentum buffers; loading moves them back
             "generator": self.generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
             "buffer": self.buffer.state_dict(),
