@@ -74,6 +74,24 @@ class ScaledSet:
         return x, self.labels[index]
 
 
+class StoredSet:
+    """Samples held as they arrived (uint8 stays uint8) and handed out so, for the learner to view
+    them as it views its memory (views.py: uint8 scaled, and ImageNet-normalised where configured).
+    The server keeps held-out sets this way, so a set is evaluated as its samples are trained on."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+        self.x = x if x.dtype == torch.uint8 else x.float().contiguous()
+        self.labels = y.long().contiguous()
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.labels[index]
+
+
 @dataclass
 class Bucket:
     """One time step of the stream: what arrives to train on, and its held-out test split."""
