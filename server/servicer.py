@@ -29,7 +29,7 @@ from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
 from cl_engine.views import InputView
 
-from .codec import DecodeLimits, decode_labels, decode_samples
+from .codec import DecodeLimits, EncodedBatch, check_images, decode_labels, decode_samples
 from .errors import Cancelled, FailedPrecondition, InvalidArgument, ServiceError
 from .idle import IdleClock, idle_limited
 from .metrics import ServerMetrics
@@ -141,14 +141,19 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         return bucket
 
     def _labelled(self, message, schema: Schema, train: bool = False, keep_uint8: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool,
-                           keep_uint8)
+                  ) -> tuple[torch.Tensor | EncodedBatch, torch.Tensor]:
+        """Samples and labels, checked; a Train batch's encoded images only as far as their headers go
+        (their decoding is the worker's: TrainingWorker._train)."""
+        if train and message.samples.WhichOneof("payload") == "images":  # decoded where the batch is applied
+            x = check_images(message.samples.images, "samples.images", schema.input_shape, self.limits)
+        else:
+            x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool,
+                               keep_uint8)
+            schema.check_values(self.view.evaluation(x), "samples")  # the values the model will see
         if train and 0 < len(x) < self.bounds.min_batch(schema):
             raise InvalidArgument("samples", f"got {len(x)} sample; the server's {self.settings.model} model needs at "
                                              f"least {self.bounds.min_batch(schema)} per training batch (batch "
                                              "normalisation needs more than one value per channel)")
-        schema.check_values(self.view.evaluation(x), "samples")  # the values the model will see
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     @contextlib.contextmanager

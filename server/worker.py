@@ -45,6 +45,7 @@ from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
 
 from . import eval_sets
 from .checkpoint import CheckpointStore
+from .codec import EncodedBatch
 from .eval_sets import EvalSetBudget
 from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable, ResourceExhausted, ServiceError,
                      Unavailable)
@@ -100,7 +101,7 @@ class TrainOp(Op):
     stream_id: str
     sequence: int
     bucket: int
-    x: torch.Tensor
+    x: torch.Tensor | EncodedBatch  # encoded images are decoded when the batch is applied, not before
     y: torch.Tensor
     schema: Schema
     ids: torch.Tensor | None = None  # sample identities within the bucket (TrainBatch.sample_ids), if sent
@@ -518,6 +519,9 @@ class TrainingWorker:
             learner.check_bucket(op.bucket)
         except ValueError as e:
             raise FailedPrecondition(f"bucket: {e}") from None
+        if isinstance(op.x, EncodedBatch):  # here, off the gRPC threads; on a CUDA learner, on its device
+            op.x = op.x.decode(train=True, device=learner.device)
+            op.schema.check_values(learner.view.evaluation(op.x), "samples")
         try:
             learner.check_batch(op.x, op.y)
         except ValueError as e:
