@@ -112,8 +112,10 @@ class ServerSettings(BaseSettings, LearnerConfig):
                                                                   "RESOURCE_EXHAUSTED")
     decode_threads: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1, le=256,
                                 description="threads that decode one message's encoded images in parallel (1: in "
-                                            "order, in the receiving thread); only for large images, 16 KiB or "
-                                            "more each on average (default: the CPU count, at most 8)")
+                                            "order): Predict, Evaluate and RegisterEvalSet images on receipt, a "
+                                            "Train batch's where it is applied (the learner's thread or process); "
+                                            "only for large images, 16 KiB or more each on average (default: the "
+                                            "CPU count, at most 8)")
     # Checkpoints.
     checkpoint_dir: Path | None = Field(None, description="where checkpoints go; none: no checkpoints")
     checkpoint_every_batches: int = Field(500, ge=0, description="checkpoint after this many batches (0: only at "
