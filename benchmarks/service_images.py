@@ -35,8 +35,8 @@ Goal (issue 24): every service way ≥ 0.9× the in-process images/s.
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -144,19 +144,35 @@ def summarise(runs: list[dict]) -> list[dict]:
         rows.append({"variant": v, "images_per_second": median([r["images_per_second"] for r in mine]),
                      "seconds": median([r["seconds"] for r in mine]), "ratio": median(ratios),
                      "ratios": ratios, "max_abs_diff_R": max(diffs) if diffs else None,
+                     "observe_seconds": median([r.get("observe_seconds") or math.nan for r in mine]),
                      "goal_met": None if v == "inproc" else bool(median(ratios) >= GOAL)})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| way | images/s | train seconds | service / in-process | ≥ 0.9× | max \\|ΔR\\| vs in-process |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| way | images/s | train seconds | server's Learner.observe seconds | service / in-process | ≥ 0.9× "
+             "| max \\|ΔR\\| vs in-process |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "1" if r["variant"] == "inproc" else f"{r['ratio']:.2f} ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
         met = "" if r["goal_met"] is None else ("met" if r["goal_met"] else "**not met**")
         diff = "" if r["variant"] == "inproc" else f"{r['max_abs_diff_R']:.2g}"
-        lines.append(f"| {r['variant']} | {r['images_per_second']:.0f} | {r['seconds']:.2f} | {ratio} | {met} | {diff} |")
+        observe = "" if math.isnan(r["observe_seconds"]) else f"{r['observe_seconds']:.2f}"
+        lines.append(f"| {r['variant']} | {r['images_per_second']:.1f} | {r['seconds']:.2f} | {observe} | {ratio} | {met} "
+                     f"| {diff} |")
     return "\n".join(lines)
+
+
+def contention_note(rows: list[dict]) -> str:
+    """Said when the server's learning alone took less time than the whole in-process run: on a shared
+    machine only a larger CPU share explains it, so ratios above 1 are not a service speed-up."""
+    inproc = next(r["seconds"] for r in rows if r["variant"] == "inproc")
+    if not any(r["observe_seconds"] < inproc for r in rows if r["variant"] != "inproc"):
+        return ""
+    return (" Here the server's Learner.observe alone took less time than the in-process run of the same steps "
+            "(its decoding aside), which only a larger share of the shared CPUs explains (several processes "
+            "against one): ratios above 1 measure that contention, not a service speed-up. What this run "
+            "supports is the goal (≥ 0.9×) and equal matrices, not a margin; a quiet machine would give the "
+            "precise ratio.")
 
 
 def publish(out: dict, path: Path, markdown: Path) -> None:
@@ -181,9 +197,14 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         "its Train streams' wall time; in-process: run_stream's train_seconds; evaluation excluded on both.", "",
         md, "",
         f"Medians over {st['reps']} repetitions (per-repetition ratios in brackets, same seed, back to back). "
-        "Goal (issue 24): service ≥ 0.9× in-process images/s. The service side runs the client and the server "
-        "(and with `--learner-process` the learner) as separate processes: on 2 shared cores they compete "
-        "with each other and with other jobs, while the in-process run is one process.",
+        "Goal (issue 24): service ≥ 0.9× in-process images/s: "
+        + "; ".join(f"{r['variant']} {'met' if r['goal_met'] else 'not met'} ({r['ratio']:.2f}×)"
+                    for r in rows if r["goal_met"] is not None) + ". "
+        "The service side runs the client and the server (and with `--learner-process` the learner) as separate "
+        "processes: on 2 shared cores they compete with each other and with other jobs, while the in-process "
+        "run is one process. The server's Learner.observe seconds (the row before training included) against "
+        "the service's wall time show how much of it is the learning itself; the rest is the server's "
+        "decoding (files), the gRPC path and the snapshot publications." + contention_note(rows),
     ])
     write_markdown(markdown, body, SECTION)
 
