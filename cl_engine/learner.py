@@ -20,7 +20,7 @@ from .config import LearnerConfig
 from .metrics import AccuracyMatrix, PrequentialWindow
 from .models import build_model
 from .retention import BucketRetention, ReservoirRetention
-from .streams.base import SampleSet, ScaledSet, TensorSet
+from .streams.base import SampleSet, ScaledSet, StoredSet, TensorSet
 from .strategies import STRATEGIES, Context
 from .lr_schedule import lr_at
 from .views import InputView
@@ -292,7 +292,7 @@ class Learner:
             "planned_batches": self.planned_batches,
             "bucket_step": self.bucket_step,
             "eval_sets": {b: (s.x.cpu(), s.labels.cpu()) for b, s in self.eval_sets.items()  # uint8 stays uint8
-                          if isinstance(s, TensorSet) or (isinstance(s, ScaledSet) and s.transform is None)},
+                          if isinstance(s, (TensorSet, StoredSet)) or (isinstance(s, ScaledSet) and s.transform is None)},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -312,8 +312,8 @@ class Learner:
         self.open_bucket = state["open_bucket"]
         self.planned_batches = state.get("planned_batches")  # absent from checkpoints before lr schedules
         self.bucket_step = state.get("bucket_step", 0)
-        for b, (x, y) in state["eval_sets"].items():
-            self.eval_sets[b] = ScaledSet(x, y) if x.dtype == torch.uint8 else TensorSet(x, y)
+        for b, (x, y) in state["eval_sets"].items():  # uint8: viewed as the learner views its samples
+            self.eval_sets[b] = StoredSet(x, y) if x.dtype == torch.uint8 else TensorSet(x, y)
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | None = None) -> "Learner":

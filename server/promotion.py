@@ -41,7 +41,8 @@ def canary_accuracy(model: nn.Module, learner: Learner) -> float:
     for samples in learner.eval_sets.values():
         for start in range(0, len(samples), EVAL_BATCH):
             x, y = samples.batch(torch.arange(start, min(start + EVAL_BATCH, len(samples))))
-            correct += int((model(x.to(learner.device, torch.float32)).argmax(dim=1).cpu() == y).sum())
+            x = learner.view.evaluation(x.to(learner.device))  # as the learner evaluates: uint8 scaled, normalised
+            correct += int((model(x).argmax(dim=1).cpu() == y).sum())
             total += len(y)
     model.train(was_training)
     return correct / total if total else math.nan

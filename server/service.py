@@ -79,7 +79,7 @@ class Service:
             eval_budget=EvalSetBudget(settings.max_eval_total_samples, settings.max_eval_total_bytes),
             promotion=PromotionOptions(settings.guarded_promotion, settings.promotion_every_batches,
                                        settings.promotion_tolerance),
-            rollback_keep=settings.rollback_keep)
+            rollback_keep=settings.rollback_keep, decode_threads=settings.decode_threads)
         self.replica = settings.follow is not None
         if self.replica:  # a prediction replica: follows the learner's published versions, trains nothing
             self.worker = Follower(settings, self.schemas, self.snapshots, self.metrics, on_model=self._replica_ready)
