@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,9 @@ from clstream_proto import continual_learner_pb2 as pb
 from server.codec import (PARALLEL_MIN_IMAGE_BYTES, DecodeLimits, decode_images, decode_labels, decode_samples,
                           decode_tensor, encode_tensor)
 from server.errors import InvalidArgument
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the cuda helpers
+from cuda_helpers import DEVICE  # noqa: E402
 
 SHAPE = (1, 8, 8)
 LIMITS = DecodeLimits(max_samples=64, max_image_bytes=100_000, max_image_pixels=256 * 256)
@@ -253,13 +258,13 @@ def test_the_batched_jpeg_decode_matches_pillow_on_the_cpu():
     check_batched_jpeg_decode(torch.device("cpu"))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (nvJPEG decode on the GPU)")
+@pytest.mark.cuda
 def test_train_jpegs_are_decoded_on_the_cuda_device_batched():
-    check_batched_jpeg_decode(torch.device("cuda"))
+    check_batched_jpeg_decode(torch.device(DEVICE))
     from server.codec import check_images
 
     files = photo_jpegs()
     batch = check_images(pb.EncodedImages(images=files), "samples.images", (3, 24, 24),
                          DecodeLimits(image_transform="imagenet"))
-    x = batch.decode(train=True, device=torch.device("cuda"))
-    assert x.is_cuda and x.dtype == torch.uint8 and x.shape == (3, 3, 24, 24)
+    x = batch.decode(train=True, device=torch.device(DEVICE))
+    assert x.device.type == torch.device(DEVICE).type and x.dtype == torch.uint8 and x.shape == (3, 3, 24, 24)
