@@ -27,6 +27,10 @@ repetition and concurrency level, both phases run back to back, alternating whic
 table pools the latencies of all repetitions: p50 / p99 per phase, and p99 training / p99 idle (goal
 ≤ 2), per learner mode. The server's own view, clstream_predict_seconds (handler time, no network, no client), is
 scraped before and after each phase: its mean per call is reported beside the client's.
+
+The server takes `--max-concurrent-predictions` max(32, 2 × the most clients), so no Predict client is
+refused, and sizes its gRPC handler threads itself: the call budgets' sum plus `--worker-threads` spare
+ones (the default, 8); the count is recorded in the results and in the BENCHMARKS.md section.
 """
 from __future__ import annotations
 
@@ -228,10 +232,15 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     if str(markdown) == "-":
         return
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
+    if "server_handler_threads" in st:
+        threads = (f"{st['server_handler_threads']} gRPC handler threads (the call budgets' sum, "
+                   f"{st['server_max_concurrent_predictions']} of them Predict places, plus "
+                   f"{st['server_spare_threads']} spare)")
+    else:  # a results file from before the call budgets, when --worker-threads counted every handler thread
+        threads = f"{st['server_worker_threads']} gRPC handler threads"
     body = "\n".join([
         "### Serving while learning: Predict latency idle vs during training (`benchmarks/serving_latency.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, "; server: one torch thread, "
-                     f"{st['server_worker_threads']} gRPC handler threads") + ".", "",
+        "Machine: " + machine_line(out["machine"], loads, f"; server: one torch thread, {threads}") + ".", "",
         f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
         f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
         f"Each client is a process with one call in flight; {st['predict_samples']} sample(s) per Predict; "
@@ -261,12 +270,19 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     info = machine()
-    # Handler threads: every client holds one call, the training stream one, plus room for GetStatus.
-    worker_threads = max(16, max(args.clients) + 8)
-    args.server_worker_threads = worker_threads
+    # Every client holds one Predict call: the serving budget takes them all, with room for GetStatus. The
+    # server sizes its handler threads from the budgets (their sum plus --worker-threads spare ones), so the
+    # training stream and every admitted call have a thread; the defaults of the rest are recorded.
+    from server.settings import settings_from
+
+    settings = settings_from(None, max_concurrent_predictions=max(32, max(args.clients) * 2))
+    args.server_max_concurrent_predictions = settings.max_concurrent_predictions
+    args.server_spare_threads = settings.worker_threads
+    args.server_handler_threads = (settings.max_open_streams + settings.max_concurrent_predictions
+                                   + settings.max_admin_calls + settings.worker_threads)
     server_args = ["--model", "mlp", "--strategy", "replay", "--device", "cpu", "--input-shape",
-                   *map(str, INPUT_SHAPE), "--class-names", *CLASSES, "--worker-threads", str(worker_threads),
-                   "--max-concurrent-predictions", str(max(32, max(args.clients) * 2)),
+                   *map(str, INPUT_SHAPE), "--class-names", *CLASSES,
+                   "--max-concurrent-predictions", str(settings.max_concurrent_predictions),
                    "--checkpoint-every-batches", "0", "--log-level", "warning"]
     ctx = mp.get_context("spawn")
     start_sequence = ctx.Value("q", 0)
