@@ -34,7 +34,6 @@ ones (the default, 8); the count is recorded in the results and in the BENCHMARK
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import sys
@@ -45,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, percentile, scrape, write_markdown, write_results)
+    entry_point, machine, markdown_table, median, output_flags, percentile, scrape, section_head, study_parser,
+    study_results, write_markdown, write_results)
 
 SECTION = "serving_latency"
 LEARNERS = ("thread", "process")
@@ -205,16 +205,15 @@ def summarise_level(runs: list[dict], learner: str, clients: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     ms = lambda v: f"{1e3 * v:.2f}"  # noqa: E731
-    lines = ["| learner | clients | p50 idle / training (ms) | p99 idle / training (ms) | p99 training ÷ idle | ≤ 2× "
-             "| Predict/s idle / training | server handler mean idle / training (ms) | training samples/s meanwhile "
-             "| errors |", "|" + "---|" * 10]
-    for r in rows:
-        lines.append(f"| {r['learner']} | {r['clients']} | {ms(r['p50_idle'])} / {ms(r['p50_training'])} | {ms(r['p99_idle'])} / "
-                     f"{ms(r['p99_training'])} | **{r['p99_ratio']:.2f}** | {'yes' if r['goal_met'] else 'no'} "
-                     f"| {r['throughput_idle']:.0f} / {r['throughput_training']:.0f} "
-                     f"| {ms(r['server_mean_idle'])} / {ms(r['server_mean_training'])} "
-                     f"| {r['train_samples_per_second']:.0f} | {r['errors_idle'] + r['errors_training']} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["learner", "clients", "p50 idle / training (ms)", "p99 idle / training (ms)", "p99 training ÷ idle", "≤ 2×",
+         "Predict/s idle / training", "server handler mean idle / training (ms)", "training samples/s meanwhile",
+         "errors"],
+        [[r["learner"], r["clients"], f"{ms(r['p50_idle'])} / {ms(r['p50_training'])}",
+          f"{ms(r['p99_idle'])} / {ms(r['p99_training'])}", f"**{r['p99_ratio']:.2f}**", "yes" if r["goal_met"] else "no",
+          f"{r['throughput_idle']:.0f} / {r['throughput_training']:.0f}",
+          f"{ms(r['server_mean_idle'])} / {ms(r['server_mean_training'])}", f"{r['train_samples_per_second']:.0f}",
+          r["errors_idle"] + r["errors_training"]] for r in rows])
 
 
 def publish(out: dict, path: Path, markdown: Path) -> None:
@@ -238,11 +237,9 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
                    f"{st['server_spare_threads']} spare)")
     else:  # a results file from before the call budgets, when --worker-threads counted every handler thread
         threads = f"{st['server_worker_threads']} gRPC handler threads"
-    body = "\n".join([
-        "### Serving while learning: Predict latency idle vs during training (`benchmarks/serving_latency.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, f"; server: one torch thread, {threads}") + ".", "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
-        f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
+    body = "\n".join(section_head(
+        "### Serving while learning: Predict latency idle vs during training (`benchmarks/serving_latency.py`)", out,
+        loads, f"; server: one torch thread, {threads}") + [
         f"Each client is a process with one call in flight; {st['predict_samples']} sample(s) per Predict; "
         f"{st['seconds']:g} s per phase, {st['reps']} repetition(s) per level, latencies pooled over repetitions. "
         f"Training: one stream of batch {st['batch_size']} (digits, MLP, replay), 16 batches in flight. Learner "
@@ -253,15 +250,14 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = study_parser(__doc__)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrency levels (processes)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--predict-samples", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=10, help="training batch")
     p.add_argument("--quick", action="store_true", help="smoke test: 1.5 s phases, 1 repetition")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_latency.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+    output_flags(p, SECTION)
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.reps = 1.5, 1
@@ -312,10 +308,8 @@ def main(argv=None) -> int:
                               f"errors {r['errors']} load {r['loadavg_1min_before']:.1f}"
                               + (f" train {r['train_samples_per_second']:.0f} samples/s" if training else ""),
                               file=sys.stderr)
-    out = {"study": "serving while learning: Predict latency idle vs during training", "command": command_line(argv),
-           "machine": info, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "client_kind": "processes (multiprocessing spawn), one call in flight each", "runs": runs,
-           "wall_seconds": time.perf_counter() - t_start}
+    out = study_results("serving while learning: Predict latency idle vs during training", argv, info, args, t_start,
+                        client_kind="processes (multiprocessing spawn), one call in flight each", runs=runs)
     publish(out, args.out, args.markdown)
     return 0
 
