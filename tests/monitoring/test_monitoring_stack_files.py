@@ -373,7 +373,7 @@ def test_the_panels_the_issue_lists_are_there(dashboard):
     assert has("clstream_current_bucket") and has("clstream_model_version")
     budgets = [p for p, t in dashboard_targets(dashboard) if "clstream_calls_open" in t["expr"]]
     assert budgets and any("clstream_calls_limit" in t["expr"] for t in budgets[0]["targets"])  # open vs limit
-    assert has("sum by (budget)", "clstream_calls_refused_total")
+    assert has("sum by (instance, budget)", "clstream_calls_refused_total")  # budgets are per server and replica
 
 
 def test_the_metrics_without_a_panel_are_the_ones_docs_list():
