@@ -159,6 +159,13 @@ class Learner:
         no weights, no memory, no counters but its skip count; the result says why (`skipped`)."""
         self.check_bucket(bucket)
         self.check_batch(x, y)
+        return self.observe_checked(x, y, bucket, ids)
+
+    def observe_checked(self, x: torch.Tensor, y: torch.Tensor, bucket: int,
+                        ids: torch.Tensor | None = None) -> StepResult:
+        """observe() for a batch that has just passed check_bucket and check_batch on this learner (the
+        server's worker runs them first, to answer each failure with its own status code): the same step,
+        without checking the batch again."""
         if self.version == 0 and not self.matrix.initial and self.eval_sets:
             self.matrix.set_initial(self.evaluate_all())
         if self.config.lr_schedule != "constant":

@@ -168,6 +168,7 @@ class Service:
             self.metrics.calls_refused.labels(label)
             if budget in self.budgets.limits:
                 self.metrics.calls_open.labels(label).set_function(lambda b=budget: self.budgets.open_calls()[b])
+                self.metrics.calls_limit.labels(label).set(self.budgets.limits[budget])
         # auth first: a call without a good token is refused before it takes a place in a budget
         interceptors = ([BearerTokenInterceptor(tokens, on_reject=self._count_rejection)] if tokens else [])
         if self.replica:  # before the budgets: a refused call takes no place in them

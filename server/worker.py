@@ -537,7 +537,7 @@ class TrainingWorker:
         except ValueError as e:
             raise InvalidArgument("bucket_batches", str(e)) from None
         t0 = time.perf_counter()
-        step = learner.observe(op.x, op.y, op.bucket, ids=op.ids)
+        step = learner.observe_checked(op.x, op.y, op.bucket, ids=op.ids)  # checked above: not twice
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
         self._adopt(learner, op.schema)
         self.applied[op.stream_id] = op.sequence  # a skipped step's batch is consumed too: exactly-once holds
