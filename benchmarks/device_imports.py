@@ -3,6 +3,7 @@ before anything else, on a machine where nothing can be installed from a registr
 it found, or exit 2 with one line naming each package that is missing or unusable and why."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ IMPORTS = ("torch", "torchvision", "numpy", "PIL", "grpc", "grpc_health.v1.healt
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
     missing = []
     for name in IMPORTS:
