@@ -7,9 +7,16 @@ Storage is allocated in the shape and dtype of the first samples. A bounded memo
 (`ReplayBuffer(capacity)`) allocates its capacity once and never grows past it; an unbounded one
 (`ReplayBuffer(None)`) holds exactly what its retention asks: `reserve` grows it as buckets arrive.
 
-What leaves the memory to be learned from is viewed on the way out (views.py): `sample` gives
-the training view (augmented afresh on every draw), `grouped` (GEM's constraints) the evaluation
-view; `get` gives samples as stored. Both views are the identity unless the learner sets them.
+What leaves the memory to be learned from is viewed on the way out (views.py): `draw` (replay's
+batches) and `sample` give the training view (augmented afresh on every draw), `grouped` (GEM's
+constraints) the evaluation view; `get` gives samples as stored. Both views are the identity unless
+the learner sets them.
+
+`draw` walks the memory in passes, as a shuffled data loader over it would (Avalanche's
+ReplayDataLoader does): each pass is a fresh random order of every memory, handed out n at a time,
+so every memory is replayed once before any is replayed twice. Independent uniform draws of n per
+step (`sample`) leave some memories unreplayed for a whole bucket while others come up several
+times (BENCHMARKS.md, "Where the peer goals stand"). A change of the contents starts a new pass.
 
 Every change (write, keep, or setting `size`) bumps `version`, so that what is derived from the
 contents (the buckets held, the memories grouped by bucket for GEM) is computed once per change
@@ -45,6 +52,7 @@ class ReplayBuffer:
         self.version = 0  # bumped by every change to the contents
         self._derived: dict = {}  # cached views of the contents, valid for one version
         self._size = 0
+        self._pass: tuple[torch.Tensor, int, int] | None = None  # draw's pass: (order, next position, version)
         self.x: torch.Tensor | None = None
         self.y = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
         self.bucket = torch.empty(self.capacity, dtype=torch.int64, device=self.device)
@@ -166,6 +174,21 @@ class ReplayBuffer:
         x, y = self.get(picks)
         return self.training_view(x), y
 
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next n memories of the current pass over the memory, in their training view (all of them
+        if at most n are held). A pass is a random order of every filled slot, drawn when the previous
+        pass is used up or the contents changed; its last draw is shorter when n does not divide the size."""
+        if self.size <= n:
+            picks = torch.arange(self.size)
+        else:
+            order, position, version = self._pass or (None, 0, -1)
+            if version != self.version or position >= self.size:
+                order, position = torch.randperm(self.size, generator=generator), 0
+            picks = order[position: position + n]
+            self._pass = (order, position + len(picks), self.version)
+        x, y = self.get(picks)
+        return self.training_view(x), y
+
     def buckets_held(self) -> list[int]:
         return list(self._cached("held", lambda: sorted(self.bucket[: self.size].unique().tolist())))
 
@@ -244,6 +267,8 @@ class ReplayBuffer:
             "bucket": self.bucket[:n].cpu().clone(),
             "ids": self.ids[:n].cpu().clone(),
             "priority": self.priority[:n].cpu().clone(),
+            "pass": None if self._pass is None or self._pass[2] != self.version
+            else {"order": self._pass[0].clone(), "position": self._pass[1]},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -257,3 +282,5 @@ class ReplayBuffer:
             self.x = torch.empty((self.capacity, *state["sample_shape"]), dtype=getattr(torch, state["dtype"]),
                                  device=self.device)
             self.write(torch.arange(n), state["x"], state["y"], state["bucket"], state["priority"], state.get("ids"))
+        saved = state.get("pass")  # absent from checkpoints written before replay drew in passes: a new pass
+        self._pass = None if saved is None else (saved["order"].clone(), int(saved["position"]), self.version)

@@ -108,3 +108,45 @@ def test_content_ids_are_equal_for_equal_samples_only():
     x[7] = x[3]
     ids = content_ids(x)
     assert ids[7] == ids[3] and len(set(ids.tolist())) == 299
+
+
+def filled(n):
+    """A memory of n samples whose value is their slot, so a draw says which memories it gave."""
+    buf = ReplayBuffer(n)
+    buf.write(torch.arange(n), torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n) % 10, bucket=0)
+    return buf
+
+
+def drawn(buf, n, generator):
+    x, _ = buf.draw(n, generator)
+    return x[:, 0].long().tolist()
+
+
+def test_replay_draws_every_memory_once_before_any_twice():
+    buf, g = filled(25), torch.Generator().manual_seed(0)
+    passes = [[m for _ in range(3) for m in drawn(buf, 10, g)] for _ in range(4)]  # draws of 10, 10 and 5
+    assert all(sorted(p) == list(range(25)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 4  # every pass in an order of its own
+    assert sorted(drawn(filled(6), 10, g)) == list(range(6))  # at most n held: all of them
+
+
+def test_a_change_of_the_memory_starts_a_new_pass():
+    buf, g = filled(25), torch.Generator().manual_seed(0)
+    drawn(buf, 10, g)
+    buf.write(torch.tensor([3]), torch.tensor([[100.0]]), torch.tensor([0]), bucket=1)  # slot 3 now holds 100
+    after = [m for _ in range(3) for m in drawn(buf, 10, g)]
+    assert sorted(after) == sorted([*range(25)[:3], 100, *range(4, 25)])
+
+
+def test_a_restored_memory_continues_its_pass():
+    buf, g = filled(25), torch.Generator().manual_seed(0)
+    first = drawn(buf, 10, g)
+    state = buf.state_dict()
+    again = ReplayBuffer(25)
+    again.load_state_dict(state)
+    rest = [drawn(m, 10, torch.Generator().manual_seed(1)) + drawn(m, 10, torch.Generator().manual_seed(1))
+            for m in (buf, again)]
+    assert rest[0] == rest[1] and sorted(first + rest[0]) == list(range(25))
+    older = ReplayBuffer(25)  # a checkpoint from before passes: a new pass from the restored contents
+    older.load_state_dict({k: v for k, v in state.items() if k != "pass"})
+    assert sorted(m for _ in range(3) for m in drawn(older, 10, g)) == list(range(25))

@@ -42,10 +42,12 @@ def run(tmp_path, capsys, *args):
 
 @pytest.mark.parametrize("within", ["shuffled", "upload-time"])
 def test_the_report_says_which_and_the_orders_differ(dated, tmp_path, capsys, within):
-    report = run(tmp_path, capsys, "--dataset", f"clear:{dated}", "--image-size", "8", "--model", "mlp",
-                 "--within-bucket", within)
+    # naive: the order is all that differs between the runs (replay's memory batches, on this tiny fixture
+    # that a replayed model learns whole, can end in the same matrix from either order)
+    flags = ["--dataset", f"clear:{dated}", "--image-size", "8", "--model", "mlp", "--strategy", "naive"]
+    report = run(tmp_path, capsys, *flags, "--within-bucket", within)
     assert report["config"]["within_bucket"] == within
-    default = run(tmp_path, capsys, "--dataset", f"clear:{dated}", "--image-size", "8", "--model", "mlp")
+    default = run(tmp_path, capsys, *flags)
     assert default["config"]["within_bucket"] == "shuffled"
     assert (default["accuracy_matrix"] == report["accuracy_matrix"]) == (within == "shuffled")
 
