@@ -139,6 +139,9 @@ def start_server(tmp_path: Path, monkeypatch):
         if value is not None:
             monkeypatch.setenv(key, str(value))
     monkeypatch.setenv("CLSTREAM_GUARDED_PROMOTION", "true")  # a pass-through: its series must carry data too
+    # every check promotes: 15 batches a bucket leave the canary accuracy near chance, where a seed's luck
+    # would hold serving back and the final version would never reach the replica
+    monkeypatch.setenv("CLSTREAM_PROMOTION_TOLERANCE", "1")
     settings = load_settings([], host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0,
                              checkpoint_dir=tmp_path / "ckpt", device="cpu", shutdown_grace_seconds=1.0)
     return Service(settings).start()
