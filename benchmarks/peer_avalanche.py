@@ -77,7 +77,7 @@ SECTION = "peer_avalanche"
 # -- settings shared by both ----------------------------------------------------------------------
 
 def our_config(strategy: str, args, seed: int, num_buckets: int) -> LearnerConfig:
-    kw = dict(model="mlp", strategy=strategy, lr=args.lr, seed=seed, device="cpu")
+    kw = dict(model=getattr(args, "model", "mlp"), strategy=strategy, lr=args.lr, seed=seed, device="cpu")
     if strategy == "replay-defaults":
         return LearnerConfig(**{**kw, "strategy": "replay"}, buffer_capacity=args.replay_capacity)
     if strategy == "replay":
@@ -148,7 +148,8 @@ def run_ours(stream, strategy: str, args, seed: int, shuffle: bool | None = None
     R = np.array(report["accuracy_matrix"])
     b = np.array(report["initial_accuracy"])
     return {"R": R.tolist(), "b": b.tolist(), **gem_metrics(R, b), "train_seconds": report["train_seconds"],
-            "train_cpu_seconds": train_cpu, "eval_seconds": report["eval_seconds"], "gem_projections": report["gem_projections"],
+            "train_cpu_seconds": train_cpu, "eval_seconds": report["eval_seconds"],
+            "consolidate_seconds": report["consolidate_seconds"], "gem_projections": report["gem_projections"],
             "qp_fallbacks": report["qp_fallbacks"]}
 
 
