@@ -21,6 +21,7 @@ from torch import nn
 
 from cl_engine.guard import all_finite
 from cl_engine.learner import EVAL_BATCH, Learner
+from cl_engine.precision import model_autocast
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ def canary_accuracy(model: nn.Module, learner: Learner) -> float:
     for samples in learner.eval_sets.values():
         for start in range(0, len(samples), EVAL_BATCH):
             x, y = samples.batch(torch.arange(start, min(start + EVAL_BATCH, len(samples))))
-            correct += int((model(x.to(learner.device, torch.float32)).argmax(dim=1).cpu() == y).sum())
+            with model_autocast(model, learner.device):
+                logits = model(x.to(learner.device, torch.float32))
+            correct += int((logits.argmax(dim=1).cpu() == y).sum())
             total += len(y)
     model.train(was_training)
     return correct / total if total else math.nan

@@ -23,6 +23,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from cl_engine.precision import model_autocast
+
 EVAL_BATCH = 512
 
 
@@ -68,8 +70,9 @@ class Snapshot:
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.model(x[i: i + EVAL_BATCH].to(self.device, torch.float32)).float().cpu()
-                          for i in range(0, len(x), EVAL_BATCH)])
+        with model_autocast(self.model, self.device):  # the learner's precision (the model carries its mark)
+            return torch.cat([self.model(x[i: i + EVAL_BATCH].to(self.device, torch.float32)).float().cpu()
+                              for i in range(0, len(x), EVAL_BATCH)])
 
 
 class SnapshotHolder:
