@@ -50,6 +50,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the v
 from benchmarks.common import command_line, entry_point, machine, machine_line, median, write_markdown, write_results  # noqa: E402
 from benchmarks.peer_avalanche import initial_state, our_config, run_ours, run_peer, seed_everything  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
+from cl_engine.precision import model_autocast, prepare  # noqa: E402
 from cl_engine.projection import solve_gem_dual  # noqa: E402
 from cl_engine.run import with_stream_defaults  # noqa: E402
 from cl_engine.schedule import bucket_batches  # noqa: E402
@@ -90,10 +91,15 @@ def synthetic_stream(buckets: int, samples: int, test_samples: int, seed: int = 
 
 # -- the floor ------------------------------------------------------------------------------------
 
+def _loss(model, x, y) -> torch.Tensor:
+    with model_autocast(model):
+        return F.cross_entropy(model(x).float(), y)
+
+
 def _grads(model, x, y) -> torch.Tensor:
     """The mean loss's gradient, flattened, left in .grad too."""
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    _loss(model, x, y).backward()
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
@@ -108,6 +114,7 @@ def run_floor(stream: Stream, strategy: str, args, seed: int) -> dict:
     config = with_stream_defaults(our_config(strategy, args, seed, len(stream)), stream)
     model = build_model(config.model, stream.input_shape, stream.num_classes)
     model.load_state_dict(initial_state(config, stream))
+    prepare(model, config.precision, config.channels_last)  # the same arithmetic and layout as the engine's
     model.train()
     view = InputView(config.augment, config.uint8_inputs)
     crops = torch.Generator().manual_seed(seed + 1)
@@ -125,7 +132,7 @@ def run_floor(stream: Stream, strategy: str, args, seed: int) -> dict:
                 x, y = torch.cat([x, view.training(mem_x[draw], crops)]), torch.cat([y, mem_y[draw]])
             if strategy in ("naive", "replay"):
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x), y).backward()
+                _loss(model, x, y).backward()
             elif strategy == "agem" and per_bucket:
                 mx, my = torch.cat([m[0] for m in per_bucket]), torch.cat([m[1] for m in per_bucket])
                 draw = torch.randperm(len(my), generator=g)[: args.agem_sample_size]
@@ -158,7 +165,8 @@ def run_floor(stream: Stream, strategy: str, args, seed: int) -> dict:
         last = []
         for b in stream.buckets:
             x, y = b.test.batch(torch.arange(len(b.test)))
-            last.append(float((model(view.evaluation(x)).argmax(1) == y).float().mean()))
+            with model_autocast(model):
+                last.append(float((model(view.evaluation(x)).argmax(1) == y).float().mean()))
     return {"train_seconds": train_wall, "train_cpu_seconds": train_cpu, "acc": float(np.mean(last)),
             "last_row": last}
 
@@ -254,6 +262,9 @@ def main(argv=None) -> int:
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=None, help=f"default {FULL[k]} ({QUICK[k]} quick)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--memory-strength", type=float, default=0.5)
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="engine and floor (the peer stays fp32)")
+    p.add_argument("--channels-last", action="store_true", help="engine and floor (the peer keeps NCHW)")
     p.add_argument("--clear", type=Path, default=None, help="a CLEAR-layout folder instead of the synthetic stream")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: a shared machine)")
@@ -316,7 +327,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     st, s = out["settings"], out["stream"]
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
     body = "\n".join([
-        "### Conv models on images: engine vs floor vs peer (`benchmarks/conv_images.py`)",
+        "### Conv models on images: engine vs floor vs peer (`benchmarks/conv_images.py`"
+        + (f", {st['section']})" if st.get("section", SECTION) != SECTION else ")"),
         "",
         f"Machine: {machine_line(out['machine'], loads)}.",
         "",
@@ -324,6 +336,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         f"buckets × {s['train_sizes'][0]} images 3×32×32 ({s['test_sizes'][0]} held out each), {s['num_classes']} "
         f"classes, 1 epoch, SGD lr {st['lr']}; replay memory {st['replay_capacity']} (reservoir written at bucket ends), "
         f"GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}; "
+        f"engine and floor in {st.get('precision', 'fp32')}{', channels_last' if st.get('channels_last') else ''} "
+        "(the peer in fp32); "
         f"medians of {st['reps']} repetitions, runners ({', '.join(out['runners'])}) alternated.",
         "",
         md,
@@ -333,7 +347,7 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         "training wall time. Evaluation s: the engine's held-out evaluations (T² + T sets), not in training. "
         "ACC: mean final accuracy over the buckets' held-out sets.",
     ])
-    write_markdown(markdown, body, SECTION)
+    write_markdown(markdown, body, st.get("section", SECTION))
 
 
 if __name__ == "__main__":
