@@ -6,7 +6,10 @@
   (autocast casts per op; backward follows the forward's dtypes and leaves float32 gradients).
   "fp16": the same in float16, CUDA only, with a dynamic loss scale (`LossScale`, GradScaler's
   policy) so small gradients do not flush to zero; a scaled step whose gradient overflows is not
-  applied and halves the scale (counted as `non_finite_gradient` by the step guard).
+  applied and halves the scale (counted as `non_finite_gradient` by the step guard). The scale covers
+  the batch's gradient and A-GEM's reference gradient; GEM's per-bucket memory gradients are taken
+  unscaled (a projection direction; underflow there only shortens tiny components). fp16 has not run
+  on a GPU yet: its tests are CUDA-only (tests/test_precision.py) and skipped here.
 - channels_last (models with 4-d image inputs): weights and inputs in NHWC, the layout oneDNN and
   cuDNN convolve fastest. Same arithmetic up to float rounding (predictions equal within tolerance).
 Logits leave the model as float32 whatever the precision.

@@ -20,8 +20,9 @@ def images(n, seed=0):
 
 def trained(strategy="replay", steps=2, **options):
     """A reduced ResNet18 after `steps` batches, one bucket each (GEM and A-GEM project from the second)."""
-    learner = Learner(LearnerConfig(model="reduced-resnet18", strategy=strategy, lr=0.05, seed=2, device="cpu",
-                                    memory_per_bucket=8, agem_sample_size=8, **options), SHAPE, 4)
+    options = {"device": "cpu", **options}
+    learner = Learner(LearnerConfig(model="reduced-resnet18", strategy=strategy, lr=0.05, seed=2, memory_per_bucket=8,
+                                    agem_sample_size=8, **options), SHAPE, 4)
     for step in range(steps):
         x, y = images(10, seed=step)
         learner.observe(x, y, step)
@@ -99,3 +100,14 @@ def test_the_precision_and_layout_survive_a_checkpoint():
     restored = Learner.from_state_dict(learner.state_dict())
     assert restored.config.precision == "bf16" and restored.config.channels_last
     assert torch.equal(restored.predict(x), learner.predict(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 trains on CUDA only; this machine has no CUDA device")
+@pytest.mark.parametrize("strategy", ["replay", "gem", "agem"])
+def test_fp16_trains_on_cuda_with_its_loss_scale(strategy):
+    learner = trained(strategy, steps=3, precision="fp16", device="cuda")
+    assert learner.strategy.loss_scale.enabled and learner.strategy.loss_scale.scale >= 2.0 ** 15
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in learner.model.parameters())
+    x = images(16, seed=7)[0]
+    fp32 = trained(strategy, steps=3, device="cuda")
+    torch.testing.assert_close(learner.predict(x).cpu(), fp32.predict(x).cpu(), rtol=0, atol=0.05)
