@@ -33,6 +33,8 @@ configuration the three run back to back, the order rotated each time; tables sh
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import sys
 import time
@@ -186,6 +188,29 @@ def _reservoir(mem_x, mem_y, x, y, seen: int, capacity: int, g: torch.Generator)
     return mem_x, mem_y, seen
 
 
+# -- evaluation batch size ------------------------------------------------------------------------
+
+def eval_sweep(models, batches=(32, 64, 128, 512), images=512, reps=2) -> list[dict]:
+    """Inference images per thread-CPU second of each model at each batch size, eval mode, under
+    no_grad and inference_mode (best of `reps`): what the learner's evaluation batch is chosen by."""
+    rows = []
+    x = torch.rand(images, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for name in models:
+        model = build_model(name, (3, 32, 32), CLASSES).eval()
+        for mode, context in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+            for batch in batches:
+                best = math.inf
+                for _ in range(reps):
+                    c0 = time.thread_time()
+                    with context():
+                        for i in range(0, images, batch):
+                            model(x[i: i + batch])
+                    best = min(best, time.thread_time() - c0)
+                rows.append({"model": name, "mode": mode, "batch": batch, "images_per_cpu_s": images / best})
+                print(f"{name:16s} {mode:14s} batch {batch:4d}: {images / best:7.0f} images/s", file=sys.stderr)
+    return rows
+
+
 # -- the study ------------------------------------------------------------------------------------
 
 def peer_available() -> bool:
@@ -267,11 +292,24 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true", help="engine and floor (the peer keeps NCHW)")
     p.add_argument("--clear", type=Path, default=None, help="a CLEAR-layout folder instead of the synthetic stream")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="one small discarded run per runner and strategy first")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: a shared machine)")
     p.add_argument("--section", default=SECTION)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "conv_images.json")
     p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md")
+    p.add_argument("--eval-sweep", action="store_true",
+                   help="only measure inference speed by batch size (--models), writing --out")
     args = p.parse_args(argv)
+    if args.eval_sweep:
+        torch.set_num_threads(args.threads or torch.get_num_threads())
+        t0 = time.perf_counter()
+        rows = eval_sweep(args.models)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"study": "inference images per thread-CPU second by batch size",
+                                        "command": command_line(argv), "machine": machine(), "rows": rows,
+                                        "wall_seconds": time.perf_counter() - t0}, indent=1))
+        return 0
     size = QUICK if args.quick else FULL
     for k, v in size.items():
         if getattr(args, k) is None:
@@ -291,6 +329,12 @@ def main(argv=None) -> int:
         stream = synthetic_stream(args.buckets, args.samples, args.test_samples, seed=args.seed)
     print(f"stream {stream.name}: {len(stream)} buckets, {sum(len(b.train) for b in stream.buckets)} training "
           f"images; runners {', '.join(runners)}", file=sys.stderr)
+    if args.warmup:  # first calls pay oneDNN's primitive creation (much more in bf16): once per runner, discarded
+        small = synthetic_stream(2, 2 * max(args.batch_sizes), 10, seed=args.seed + 1000)
+        for runner in runners:
+            for strategy in args.strategies:
+                run_one(runner, small, strategy, types.SimpleNamespace(**{**vars(args), "model": args.models[0],
+                                                                        "batch_size": max(args.batch_sizes)}), 0)
     runs, turn = [], 0
     for rep in range(args.reps):
         seed = args.seed + rep
@@ -338,7 +382,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         f"GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}; "
         f"engine and floor in {st.get('precision', 'fp32')}{', channels_last' if st.get('channels_last') else ''} "
         "(the peer in fp32); "
-        f"medians of {st['reps']} repetitions, runners ({', '.join(out['runners'])}) alternated.",
+        f"medians of {st['reps']} repetitions, runners ({', '.join(out['runners'])}) alternated"
+        f"{'' if st.get('warmup') else ', no warm-up (the first run of a runner pays oneDNN primitive creation)'}.",
         "",
         md,
         "",
