@@ -51,6 +51,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the v
 
 from benchmarks.common import command_line, entry_point, machine, machine_line, median, write_markdown, write_results  # noqa: E402
 from benchmarks.peer_avalanche import initial_state, our_config, run_ours, run_peer, seed_everything  # noqa: E402
+from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
 from cl_engine.precision import model_autocast, prepare  # noqa: E402
 from cl_engine.projection import solve_gem_dual  # noqa: E402
@@ -221,12 +222,36 @@ def peer_available() -> bool:
     return True
 
 
+class _Consolidation:
+    """The engine's bucket-end consolidation seconds (Learner.seconds["consolidate"]) of the last learner
+    run_stream built: Learner.end_bucket wrapped for the benchmark process only."""
+
+    seconds = 0.0
+
+    @classmethod
+    def install(cls) -> None:
+        if getattr(Learner.end_bucket, "_recorded", False):
+            return
+        original = Learner.end_bucket
+
+        def end_bucket(self, *args, **kwargs):
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                cls.seconds = self.seconds["consolidate"]
+
+        end_bucket._recorded = True
+        Learner.end_bucket = end_bucket
+
+
 def run_one(runner: str, stream: Stream, strategy: str, args, seed: int) -> dict:
     if runner == "floor":
         return run_floor(stream, strategy, args, seed)
     seed_everything(seed)
     if runner == "engine":
-        return run_ours(stream, strategy, args, seed)
+        _Consolidation.install()
+        _Consolidation.seconds = 0.0
+        return {**run_ours(stream, strategy, args, seed), "consolidate_seconds": _Consolidation.seconds}
     return run_peer(stream, strategy, args, seed)
 
 

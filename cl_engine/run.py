@@ -85,7 +85,6 @@ def build_report(learner: Learner, stream: Stream, run_settings: dict, train_sec
         "batches_trained": learner.counters["batches_trained"],
         "train_seconds": train_seconds,
         "eval_seconds": learner.seconds["evaluate"],
-        "consolidate_seconds": learner.seconds["consolidate"],
         "samples_per_second": learner.counters["samples_trained"] / train_seconds if train_seconds else None,
         "prequential_accuracy": status["prequential_accuracy_overall"],
         "gem_projections": learner.counters["projections"],
