@@ -21,7 +21,6 @@ free loopback port, its data in a temporary folder), or `--redis URL`.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -32,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, write_markdown, write_results)
+    entry_point, machine, markdown_table, median, output_flags, section_head, stream_flags, stream_of, study_parser,
+    study_results, write_markdown, write_results)
 
 SECTION = "broker"
 LEARNER = ["--model", "mlp", "--strategy", "replay", "--lr", "0.1", "--buffer-capacity", "500", "--seed", "0",
@@ -90,14 +90,14 @@ def summarise(runs: list[dict]) -> dict:
 
 def publish_results(out: dict, path: Path, markdown: Path) -> None:
     s = out["summary"] = summarise(out["runs"])
-    table = "\n".join([
-        "| way | samples/s (median) | per repetition |", "|---|---|---|",
-        f"| `clstream-client stream` (replay client) | {s['stream_samples_per_second']:.0f} | "
-        + ", ".join(f"{r['samples_per_second']:.0f}" for r in out["runs"] if r["way"] == "stream") + " |",
-        f"| `clstream-client consume` (Redis consumer group) | {s['broker_samples_per_second']:.0f} | "
-        + ", ".join(f"{r['samples_per_second']:.0f}" for r in out["runs"] if r["way"] == "broker") + " |",
-        f"| **broker / stream** | **{s['ratio_median']:.2f}** | "
-        + ", ".join(f"{x:.2f}" for x in s["ratios"]) + " |",
+
+    def per_rep(way: str) -> str:
+        return ", ".join(f"{r['samples_per_second']:.0f}" for r in out["runs"] if r["way"] == way)
+
+    table = markdown_table(["way", "samples/s (median)", "per repetition"], [
+        ["`clstream-client stream` (replay client)", f"{s['stream_samples_per_second']:.0f}", per_rep("stream")],
+        ["`clstream-client consume` (Redis consumer group)", f"{s['broker_samples_per_second']:.0f}", per_rep("broker")],
+        ["**broker / stream**", f"**{s['ratio_median']:.2f}**", ", ".join(f"{x:.2f}" for x in s["ratios"])],
     ])
     print(table)
     write_results(out, path)
@@ -105,11 +105,8 @@ def publish_results(out: dict, path: Path, markdown: Path) -> None:
         return
     st = out["settings"]
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
-    body = "\n".join([
-        "### The broker path: `consume` from Redis vs `stream` (`benchmarks/broker.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, "; server: one torch thread") + ".", "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
-        f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
+    body = "\n".join(section_head("### The broker path: `consume` from Redis vs `stream` (`benchmarks/broker.py`)",
+                                  out, loads, "; server: one torch thread") + [
         f"{st['dataset']} ({st['buckets']} buckets, {out['runs'][0]['samples']} training samples, batch 10, "
         f"one pass; MLP, replay), {st['reps']} repetition(s), the two ways alternating, each into a fresh server "
         "with checkpoints (every 500 batches and at every bucket end). Time: first GetStatus to the last bucket's "
@@ -129,25 +126,17 @@ def publish_results(out: dict, path: Path, markdown: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="digits-rotated")
-    p.add_argument("--buckets", type=int, default=5)
-    p.add_argument("--samples-per-bucket", type=int, default=None)
-    p.add_argument("--reps", type=int, default=3)
+    p = study_parser(__doc__)
+    stream_flags(p, buckets=5, reps=3)
     p.add_argument("--redis", default=None, help="a Redis URL (default: start .tools/redis's redis-server here)")
     p.add_argument("--quick", action="store_true", help="smoke test: 3 buckets of 200 samples, 1 repetition")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "broker.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+    output_flags(p, SECTION)
     args = p.parse_args(argv)
     if args.quick:
         args.buckets, args.samples_per_bucket, args.reps = 3, 200, 1
-    from cl_engine import StreamOptions, build_stream
-
     t_start = time.perf_counter()
     info = machine()
-    stream = build_stream(args.dataset, StreamOptions(num_buckets=args.buckets,
-                                                      samples_per_bucket=args.samples_per_bucket))
+    stream = stream_of(args)
     runs = []
     with tempfile.TemporaryDirectory(prefix="clstream-broker-bench-") as tmp:
         tmp = Path(tmp)
@@ -168,10 +157,8 @@ def main(argv=None) -> int:
         finally:
             if redis_server is not None:
                 redis_server.stop()
-    out = {"study": "the broker path (Redis consumer group) vs the replay client, same stream and server",
-           "command": command_line(argv), "machine": info,
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "runs": runs, "wall_seconds": time.perf_counter() - t_start}
+    out = study_results("the broker path (Redis consumer group) vs the replay client, same stream and server", argv,
+                        info, args, t_start, runs=runs)
     publish_results(out, args.out, args.markdown)
     return 0
 

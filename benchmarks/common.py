@@ -136,3 +136,61 @@ def entry_point(main, publish, study: str, argv: list[str] | None = None) -> int
     args = p.parse_args(argv[1:])
     publish(json.loads(args.results.read_text()), args.results, args.markdown)
     return 0
+
+
+# -- a study script's scaffolding: its parser and output flags, its results, its section's head -------------
+
+QUICK_RUN = " — QUICK run, not a result"  # the marks of a --quick run in a section's command line
+QUICK_SETTINGS = " — **quick settings, a smoke test**"
+
+
+def study_parser(doc: str) -> argparse.ArgumentParser:
+    """A study script's parser, described by its docstring's first paragraph (kept as written)."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def output_flags(p: argparse.ArgumentParser, study: str) -> None:
+    """Where a study's results go: --out (benchmarks/results/STUDY.json) and --markdown (BENCHMARKS.md, '-' for
+    none)."""
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / f"{study}.json")
+    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+
+
+def stream_flags(p: argparse.ArgumentParser, buckets: int, reps: int) -> None:
+    """A service study's stream (--dataset, --buckets, --samples-per-bucket) and its --reps; `stream_of` builds it."""
+    p.add_argument("--dataset", default="digits-rotated")
+    p.add_argument("--buckets", type=int, default=buckets)
+    p.add_argument("--samples-per-bucket", type=int, default=None)
+    p.add_argument("--reps", type=int, default=reps)
+
+
+def stream_of(args: argparse.Namespace):
+    """The stream `stream_flags` describe."""
+    from cl_engine import StreamOptions, build_stream
+
+    return build_stream(args.dataset, StreamOptions(num_buckets=args.buckets, samples_per_bucket=args.samples_per_bucket))
+
+
+def study_results(study: str, argv, info: dict, args: argparse.Namespace, started: float, **data) -> dict:
+    """A study's results: what it is, the command, the machine `info`, its settings (the parsed flags), `data`, and
+    its length from `started` (a time.perf_counter())."""
+    return {"study": study, "command": command_line(argv), "machine": info,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **data, "wall_seconds": time.perf_counter() - started}
+
+
+def section_head(title: str, out: dict, loads: list[float] | None = None, extra: str = "",
+                 quick: str = QUICK_RUN) -> list[str]:
+    """The first lines of a study's BENCHMARKS.md section: its title, the machine (`loads` and `extra` as for
+    machine_line), the command and its length, marked with `quick` when its settings say it was a smoke test."""
+    mark = quick if out.get("settings", {}).get("quick") else ""
+    return [title, "", "Machine: " + machine_line(out["machine"], loads, extra) + ".", "",
+            f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min){mark}", ""]
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: the header's cells, a rule, then each row's cells (as str(); an empty one as `| |`)."""
+    def line(cells) -> str:
+        return "|" + "".join(f" {c} |" if str(c) else " |" for c in cells)
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
+from benchmarks.common import study_parser  # noqa: E402
 from cl_engine.buffer import ReplayBuffer  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.config import LearnerConfig  # noqa: E402
@@ -183,7 +184,8 @@ def gem_gradients() -> None:
     report("GEM memory gradients G (per step, 256 memories per past bucket)", **timings)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    study_parser(__doc__).parse_args(argv)  # no flags: --help says what it does instead of running it
     step_parts()
     reservoir()
     gem_gradients()

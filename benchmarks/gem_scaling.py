@@ -30,7 +30,6 @@ Also: cProfile and torch.profiler top entries of GEM's step at `--profile-T`, an
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import cProfile
 import io
@@ -46,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, timed, write_markdown, write_results)
+    QUICK_SETTINGS, command_line, entry_point, machine, machine_line, median, output_flags, section_head, study_parser,
+    timed, write_markdown, write_results)
 from cl_engine import LearnerConfig  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
@@ -416,14 +416,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
                              "step(s), CPU ms per call):", "",
                              "| what | ms | × floor |", "|---|---|---|"]
                             + [f"| {x['what']} | {x['cpu_ms']:.0f} | {x['over_floor']:.2f} |" for x in conv["summary"]])
-    body = "\n".join([
-        "### GEM's cost as buckets accumulate (`benchmarks/gem_scaling.py`, issue 7 study 2)",
-        "",
-        f"Machine: {machine_line(out['machine'])}.",
-        "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)" + (" — **quick settings, a smoke test**"
-                                                                             if st["quick"] else ""),
-        "",
+    body = "\n".join(section_head("### GEM's cost as buckets accumulate (`benchmarks/gem_scaling.py`, issue 7 study 2)",
+                                  out, quick=QUICK_SETTINGS) + [
         f"Settings: MLP 784-100-100-10 on synthetic 784-d inputs, 10 classes (Gaussian clusters, one input permutation "
         f"per bucket, like permuted MNIST), SGD lr {st['lr']}, batch {st['batch_size']}, {st['memory_per_bucket']} "
         f"memories per past bucket, GEM margin {st['memory_strength']}, A-GEM sample {st['agem_sample_size']}, replay "
@@ -440,8 +434,7 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = study_parser(__doc__)
     p.add_argument("--T", type=int, nargs="+", default=[1, 2, 5, 10, 15, 19], help="numbers of past buckets")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--steps", type=int, default=40, help="steps timed per (T, method, repetition)")
@@ -460,8 +453,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gem_scaling.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+    output_flags(p, SECTION)
     args = p.parse_args(argv)
     if args.quick:
         args.T, args.reps, args.steps, args.profile_steps = [1, 5, 10], 2, 5, 5

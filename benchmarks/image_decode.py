@@ -45,7 +45,8 @@ SECTION = "image_decode"
 MIN_MEASURED_SECONDS = 0.2  # each measurement repeats a call until it lasts about this long
 # (name, source, schema input_shape, server image_transform, Train batch?, past the threshold whatever the size?)
 CASES = [
-    ("photo JPEG → 3×224×224, imagenet training transform", "photo", (3, 224, 224), "imagenet", True, False),
+    ("photo JPEG → 3×224×224, imagenet Train batch (stored uint8: resize, centre crop)", "photo", (3, 224, 224),
+     "imagenet", True, False),
     ("photo JPEG → 3×224×224, imagenet evaluation transform", "photo", (3, 224, 224), "imagenet", False, False),
     ("photo JPEG → 3×64×64, resize-crop", "photo", (3, 64, 64), "resize-crop", False, False),
     ("photo JPEG → 3×32×32, resize-crop", "photo", (3, 32, 32), "resize-crop", False, False),

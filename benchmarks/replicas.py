@@ -18,7 +18,6 @@ Every server is a `clstream-server` child process (client.local_server; one torc
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -30,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, scrape, write_markdown, write_results)
+    entry_point, machine, markdown_table, median, output_flags, scrape, section_head, stream_flags, stream_of, study_parser,
+    study_results, write_markdown, write_results)
 
 SECTION = "replicas"
 LEARNER = ["--model", "mlp", "--strategy", "replay", "--lr", "0.1", "--buffer-capacity", "500", "--seed", "0",
@@ -131,19 +131,21 @@ def publish_results(out: dict, path: Path, markdown: Path) -> None:
         mine = [r for r in pub if r["replicas"] == n]
         sps = median([r["samples_per_second"] for r in mine])
         received = [v for r in mine for v in r["versions_received"]]
-        rows.append(f"| {n} | {sps:.0f} | {sps / base:.2f} | {median([r['step_seconds_mean'] for r in mine]) * 1e6:.0f} | "
-                    f"{median([r['versions_published'] for r in mine]):.0f} | "
-                    + (f"{median(received):.0f}" if received else "–") + " |")
-    table1 = "\n".join(["| replicas following | learner samples/s (median) | vs 0 | mean step µs | versions published "
-                        "| versions each replica received (median) |", "|---|---|---|---|---|---|", *rows])
+        rows.append([n, f"{sps:.0f}", f"{sps / base:.2f}", f"{median([r['step_seconds_mean'] for r in mine]) * 1e6:.0f}",
+                     f"{median([r['versions_published'] for r in mine]):.0f}",
+                     f"{median(received):.0f}" if received else "–"])
+    table1 = markdown_table(["replicas following", "learner samples/s (median)", "vs 0", "mean step µs",
+                             "versions published", "versions each replica received (median)"], rows)
     one = median([r["calls_per_second"] for r in pred if r["replicas"] == 1])
     two = median([r["calls_per_second"] for r in pred if r["replicas"] == 2])
-    table2 = "\n".join(["| Predict target | calls/s (median) | per repetition |", "|---|---|---|",
-                        f"| 1 replica | {one:.0f} | " + ", ".join(f"{r['calls_per_second']:.0f}" for r in pred
-                                                              if r["replicas"] == 1) + " |",
-                        f"| 2 replicas, round_robin | {two:.0f} | " + ", ".join(
-                            f"{r['calls_per_second']:.0f}" for r in pred if r["replicas"] == 2) + " |",
-                        f"| **2 / 1** | **{two / one:.2f}** | |"])
+
+    def per_rep(n: int) -> str:
+        return ", ".join(f"{r['calls_per_second']:.0f}" for r in pred if r["replicas"] == n)
+
+    table2 = markdown_table(["Predict target", "calls/s (median)", "per repetition"],
+                            [["1 replica", f"{one:.0f}", per_rep(1)],
+                             ["2 replicas, round_robin", f"{two:.0f}", per_rep(2)],
+                             ["**2 / 1**", f"**{two / one:.2f}**", ""]])
     print(table1 + "\n\n" + table2)
     out["summary"] = {"learner_samples_per_second_ratio": {n: median([r["samples_per_second"] for r in pub
                                                                        if r["replicas"] == n]) / base
@@ -156,11 +158,9 @@ def publish_results(out: dict, path: Path, markdown: Path) -> None:
     ratio = {int(k): v for k, v in out["summary"]["learner_samples_per_second_ratio"].items()}
     pred_ratio = out["summary"]["predict_ratio"]
     loads = [r["loadavg_1min_before"] for r in pub + pred]
-    body = "\n".join([
-        "### Prediction replicas: the learner's cost, Predict over 1 vs 2 (`benchmarks/replicas.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, "; every server: one torch thread") + ".", "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
-        f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
+    body = "\n".join(section_head(
+        "### Prediction replicas: the learner's cost, Predict over 1 vs 2 (`benchmarks/replicas.py`)", out, loads,
+        "; every server: one torch thread") + [
         f"Publishing: {st['dataset']} ({st['buckets']} buckets, {pub[0]['samples']} training samples, batch 10, "
         f"one pass; MLP, replay, no checkpoints) into a fresh learner followed by 0, 1 or 2 replicas, "
         f"{st['reps']} repetition(s), orders alternating. The learner publishes a version after every batch.", "",
@@ -188,28 +188,20 @@ def publish_results(out: dict, path: Path, markdown: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="digits-rotated")
-    p.add_argument("--buckets", type=int, default=3)
-    p.add_argument("--samples-per-bucket", type=int, default=None)
-    p.add_argument("--reps", type=int, default=2)
+    p = study_parser(__doc__)
+    stream_flags(p, buckets=3, reps=2)
     p.add_argument("--threads", type=int, default=8, help="Predict client threads")
     p.add_argument("--seconds", type=float, default=8.0, help="per Predict measurement")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 buckets of 200 samples, 1 repetition, 3 s")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "replicas.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+    output_flags(p, SECTION)
     args = p.parse_args(argv)
     if args.quick:
         args.buckets, args.samples_per_bucket, args.reps, args.seconds = 2, 200, 1, 3.0
     import tempfile
 
-    from cl_engine import StreamOptions, build_stream
-
     t_start = time.perf_counter()
     info = machine()
-    stream = build_stream(args.dataset, StreamOptions(num_buckets=args.buckets,
-                                                      samples_per_bucket=args.samples_per_bucket))
+    stream = stream_of(args)
     publishing = []
     with tempfile.TemporaryDirectory(prefix="clstream-replicas-bench-") as tmp:
         tmp = Path(tmp)
@@ -220,10 +212,8 @@ def main(argv=None) -> int:
                 print(f"publishing rep {rep + 1}/{args.reps}, {n} replica(s): {r['samples_per_second']:.0f} samples/s, "
                       f"received {r['versions_received']} of {r['versions_published']:.0f} versions", file=sys.stderr)
         predict = predict_runs(stream, args.reps, args.threads, args.seconds, tmp)
-    out = {"study": "prediction replicas: publishing cost on the learner, Predict throughput 1 vs 2 replicas",
-           "command": command_line(argv), "machine": info,
-           "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "publishing": publishing, "predict": predict, "wall_seconds": time.perf_counter() - t_start}
+    out = study_results("prediction replicas: publishing cost on the learner, Predict throughput 1 vs 2 replicas",
+                        argv, info, args, t_start, publishing=publishing, predict=predict)
     publish_results(out, args.out, args.markdown)
     return 0
 

@@ -27,7 +27,6 @@ float32 values and, for images, one byte per value. Points whose buffer would ex
 """
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing as mp
 import sys
@@ -40,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, write_markdown, write_results)
+    QUICK_SETTINGS, command_line, entry_point, machine, machine_line, median, output_flags, section_head, study_parser,
+    write_markdown, write_results)
 from cl_engine import LearnerConfig  # noqa: E402
 from cl_engine.buffer import ReplayBuffer  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
@@ -254,14 +254,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     if str(markdown) == "-":
         return
     st = out["settings"]
-    body = "\n".join([
-        "### Scale: ResNet18 throughput and replay memory (`benchmarks/scale.py`, issue 7 study 5)",
-        "",
-        f"Machine: {machine_line(out['machine'])}.",
-        "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
-        + (" — **quick settings, a smoke test**" if st["quick"] else ""),
-        "",
+    body = "\n".join(section_head("### Scale: ResNet18 throughput and replay memory (`benchmarks/scale.py`, issue 7 study 5)",
+                                  out, quick=QUICK_SETTINGS) + [
         "Throughput: cl_engine `resnet18`, 10 classes, random images; train = `Learner.observe` with replay (incoming "
         "batch scored, then one SGD step on it plus an equal replay batch; images/s counts incoming images); predict = "
         f"`Learner.predict` (eval mode, no grad). Wall-clock medians of {st['reps']} repetitions (thread-CPU figures in "
@@ -276,8 +270,7 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = study_parser(__doc__)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the CPU, and CUDA too when torch.cuda.is_available()")
     p.add_argument("--pixels", type=int, nargs="+", default=[32, 64, 224])
@@ -292,8 +285,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test, not a measurement")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+    output_flags(p, SECTION)
     args = p.parse_args(argv)
     plan = CPU_PLAN
     if args.quick:

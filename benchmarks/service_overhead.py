@@ -39,7 +39,6 @@ per-batch times are shares under a profiler, not speeds.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -56,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, scrape, write_markdown, write_results)
+    entry_point, machine, markdown_table, median, output_flags, scrape, section_head, study_parser, study_results,
+    write_markdown, write_results)
 
 SECTION = "service_overhead"
 VARIANTS = ("inproc", "service-tensor", "service-process", "service-png")
@@ -326,17 +326,16 @@ def summarise(runs: list[dict], batch_sizes) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     yes = lambda met: "yes" if met else "no"  # noqa: E731
-    lines = ["| batch | in-process samples/s | service (tensors) samples/s | ratio | service (tensors, learner "
-             "process) samples/s | ratio | service (PNG) samples/s | ratio | ≥ 0.9 (tensors / learner process) "
-             "| max abs R diff tensors / learner process / PNG |", "|" + "---|" * 10]
-    for r in rows:
-        lines.append(f"| {r['batch_size']} | {r['sps_inproc']:.0f} | {r['sps_service-tensor']:.0f} "
-                     f"| **{r['ratio_service-tensor']:.2f}** | {r['sps_service-process']:.0f} "
-                     f"| **{r['ratio_service-process']:.2f}** | {r['sps_service-png']:.0f} "
-                     f"| **{r['ratio_service-png']:.2f}** | {yes(r['goal_met'])} / {yes(r['goal_met_process'])} "
-                     f"| {r['max_abs_diff_R_tensor']:.4f} / {r['max_abs_diff_R_process']:.4f} "
-                     f"/ {r['max_abs_diff_R_png']:.3f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["batch", "in-process samples/s", "service (tensors) samples/s", "ratio",
+         "service (tensors, learner process) samples/s", "ratio", "service (PNG) samples/s", "ratio",
+         "≥ 0.9 (tensors / learner process)", "max abs R diff tensors / learner process / PNG"],
+        [[r["batch_size"], f"{r['sps_inproc']:.0f}", f"{r['sps_service-tensor']:.0f}",
+          f"**{r['ratio_service-tensor']:.2f}**", f"{r['sps_service-process']:.0f}",
+          f"**{r['ratio_service-process']:.2f}**", f"{r['sps_service-png']:.0f}", f"**{r['ratio_service-png']:.2f}**",
+          f"{yes(r['goal_met'])} / {yes(r['goal_met_process'])}",
+          f"{r['max_abs_diff_R_tensor']:.4f} / {r['max_abs_diff_R_process']:.4f} / {r['max_abs_diff_R_png']:.3f}"]
+         for r in rows])
 
 
 def parts_table(rows: list[dict], timed: dict) -> str:
@@ -387,10 +386,10 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         return
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
     timed = {str(k): v for k, v in out.get("timed", {}).items()}
-    body = "\n".join([
-        "### Service overhead: clstream-server vs the in-process engine (`benchmarks/service_overhead.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, "; one torch thread in the server and in the benchmark process") + ".", "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min){' — QUICK run (small buckets), not a result' if st['quick'] else ''}", "",
+    body = "\n".join(section_head(
+        "### Service overhead: clstream-server vs the in-process engine (`benchmarks/service_overhead.py`)", out, loads,
+        "; one torch thread in the server and in the benchmark process",
+        quick=" — QUICK run (small buckets), not a result") + [
         f"Stream: digits-rotated, {out['stream']['buckets']} buckets × {out['stream']['train_per_bucket']} training "
         f"samples, MLP, replay (reservoir, {st['buffer_capacity']}), SGD lr {st['lr']}, one pass. Service: a fresh "
         f"server process per run on loopback, {MAX_IN_FLIGHT} batches in flight; time = Train stream wall time. "
@@ -409,7 +408,7 @@ def main(argv=None) -> int:
     from cl_engine import build_stream
     from cl_engine.streams import StreamOptions
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = study_parser(__doc__)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 64])
     p.add_argument("--lr", type=float, default=0.1)
@@ -418,8 +417,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: 300 samples per bucket, 1 repetition")
     p.add_argument("--no-profile", action="store_true", help="skip the instrumented-server runs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "service_overhead.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+    output_flags(p, SECTION)
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.samples_per_bucket = 1, args.samples_per_bucket or 300
@@ -457,10 +455,10 @@ def main(argv=None) -> int:
             r = run_service(stream, args, args.seed, bs, "service-tensor", timed_json=path, log_dir=Path(tmp), cprofile=True)
             cprofile = {"batch_size": bs, "batches": r["batches"], "samples_per_second": r["samples_per_second"],
                         "worker_top": r.get("timed", {}).get("worker_top", [])}
-    out = {"study": "service overhead: clstream-server vs in-process run_stream", "command": command_line(argv),
-           "machine": info, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "stream": {"name": "digits-rotated", "buckets": len(stream), "train_per_bucket": len(stream.buckets[0].train)},
-           "runs": runs, "timed": timed, "cprofile": cprofile, "wall_seconds": time.perf_counter() - t_start}
+    out = study_results("service overhead: clstream-server vs in-process run_stream", argv, info, args, t_start,
+                        stream={"name": "digits-rotated", "buckets": len(stream),
+                                "train_per_bucket": len(stream.buckets[0].train)},
+                        runs=runs, timed=timed, cprofile=cprofile)
     publish(out, args.out, args.markdown)
     return 0
 

@@ -27,10 +27,13 @@ repetition and concurrency level, both phases run back to back, alternating whic
 table pools the latencies of all repetitions: p50 / p99 per phase, and p99 training / p99 idle (goal
 ≤ 2), per learner mode. The server's own view, clstream_predict_seconds (handler time, no network, no client), is
 scraped before and after each phase: its mean per call is reported beside the client's.
+
+The server takes `--max-concurrent-predictions` max(32, 2 × the most clients), so no Predict client is
+refused, and sizes its gRPC handler threads itself: the call budgets' sum plus `--worker-threads` spare
+ones (the default, 8); the count is recorded in the results and in the BENCHMARKS.md section.
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import sys
@@ -41,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, percentile, scrape, write_markdown, write_results)
+    entry_point, machine, markdown_table, median, output_flags, percentile, scrape, section_head, study_parser,
+    study_results, write_markdown, write_results)
 
 SECTION = "serving_latency"
 LEARNERS = ("thread", "process")
@@ -201,16 +205,15 @@ def summarise_level(runs: list[dict], learner: str, clients: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     ms = lambda v: f"{1e3 * v:.2f}"  # noqa: E731
-    lines = ["| learner | clients | p50 idle / training (ms) | p99 idle / training (ms) | p99 training ÷ idle | ≤ 2× "
-             "| Predict/s idle / training | server handler mean idle / training (ms) | training samples/s meanwhile "
-             "| errors |", "|" + "---|" * 10]
-    for r in rows:
-        lines.append(f"| {r['learner']} | {r['clients']} | {ms(r['p50_idle'])} / {ms(r['p50_training'])} | {ms(r['p99_idle'])} / "
-                     f"{ms(r['p99_training'])} | **{r['p99_ratio']:.2f}** | {'yes' if r['goal_met'] else 'no'} "
-                     f"| {r['throughput_idle']:.0f} / {r['throughput_training']:.0f} "
-                     f"| {ms(r['server_mean_idle'])} / {ms(r['server_mean_training'])} "
-                     f"| {r['train_samples_per_second']:.0f} | {r['errors_idle'] + r['errors_training']} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["learner", "clients", "p50 idle / training (ms)", "p99 idle / training (ms)", "p99 training ÷ idle", "≤ 2×",
+         "Predict/s idle / training", "server handler mean idle / training (ms)", "training samples/s meanwhile",
+         "errors"],
+        [[r["learner"], r["clients"], f"{ms(r['p50_idle'])} / {ms(r['p50_training'])}",
+          f"{ms(r['p99_idle'])} / {ms(r['p99_training'])}", f"**{r['p99_ratio']:.2f}**", "yes" if r["goal_met"] else "no",
+          f"{r['throughput_idle']:.0f} / {r['throughput_training']:.0f}",
+          f"{ms(r['server_mean_idle'])} / {ms(r['server_mean_training'])}", f"{r['train_samples_per_second']:.0f}",
+          r["errors_idle"] + r["errors_training"]] for r in rows])
 
 
 def publish(out: dict, path: Path, markdown: Path) -> None:
@@ -228,12 +231,15 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     if str(markdown) == "-":
         return
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
-    body = "\n".join([
-        "### Serving while learning: Predict latency idle vs during training (`benchmarks/serving_latency.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, "; server: one torch thread, "
-                     f"{st['server_worker_threads']} gRPC handler threads") + ".", "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
-        f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
+    if "server_handler_threads" in st:
+        threads = (f"{st['server_handler_threads']} gRPC handler threads (the call budgets' sum, "
+                   f"{st['server_max_concurrent_predictions']} of them Predict places, plus "
+                   f"{st['server_spare_threads']} spare)")
+    else:  # a results file from before the call budgets, when --worker-threads counted every handler thread
+        threads = f"{st['server_worker_threads']} gRPC handler threads"
+    body = "\n".join(section_head(
+        "### Serving while learning: Predict latency idle vs during training (`benchmarks/serving_latency.py`)", out,
+        loads, f"; server: one torch thread, {threads}") + [
         f"Each client is a process with one call in flight; {st['predict_samples']} sample(s) per Predict; "
         f"{st['seconds']:g} s per phase, {st['reps']} repetition(s) per level, latencies pooled over repetitions. "
         f"Training: one stream of batch {st['batch_size']} (digits, MLP, replay), 16 batches in flight. Learner "
@@ -244,15 +250,14 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = study_parser(__doc__)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16], help="concurrency levels (processes)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of each phase")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--predict-samples", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=10, help="training batch")
     p.add_argument("--quick", action="store_true", help="smoke test: 1.5 s phases, 1 repetition")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving_latency.json")
-    p.add_argument("--markdown", type=Path, default=ROOT / "BENCHMARKS.md", help="'-' for none")
+    output_flags(p, SECTION)
     args = p.parse_args(argv)
     if args.quick:
         args.seconds, args.reps = 1.5, 1
@@ -261,12 +266,19 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     info = machine()
-    # Handler threads: every client holds one call, the training stream one, plus room for GetStatus.
-    worker_threads = max(16, max(args.clients) + 8)
-    args.server_worker_threads = worker_threads
+    # Every client holds one Predict call: the serving budget takes them all, with room for GetStatus. The
+    # server sizes its handler threads from the budgets (their sum plus --worker-threads spare ones), so the
+    # training stream and every admitted call have a thread; the defaults of the rest are recorded.
+    from server.settings import settings_from
+
+    settings = settings_from(None, max_concurrent_predictions=max(32, max(args.clients) * 2))
+    args.server_max_concurrent_predictions = settings.max_concurrent_predictions
+    args.server_spare_threads = settings.worker_threads
+    args.server_handler_threads = (settings.max_open_streams + settings.max_concurrent_predictions
+                                   + settings.max_admin_calls + settings.worker_threads)
     server_args = ["--model", "mlp", "--strategy", "replay", "--device", "cpu", "--input-shape",
-                   *map(str, INPUT_SHAPE), "--class-names", *CLASSES, "--worker-threads", str(worker_threads),
-                   "--max-concurrent-predictions", str(max(32, max(args.clients) * 2)),
+                   *map(str, INPUT_SHAPE), "--class-names", *CLASSES,
+                   "--max-concurrent-predictions", str(settings.max_concurrent_predictions),
                    "--checkpoint-every-batches", "0", "--log-level", "warning"]
     ctx = mp.get_context("spawn")
     start_sequence = ctx.Value("q", 0)
@@ -296,10 +308,8 @@ def main(argv=None) -> int:
                               f"errors {r['errors']} load {r['loadavg_1min_before']:.1f}"
                               + (f" train {r['train_samples_per_second']:.0f} samples/s" if training else ""),
                               file=sys.stderr)
-    out = {"study": "serving while learning: Predict latency idle vs during training", "command": command_line(argv),
-           "machine": info, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "client_kind": "processes (multiprocessing spawn), one call in flight each", "runs": runs,
-           "wall_seconds": time.perf_counter() - t_start}
+    out = study_results("serving while learning: Predict latency idle vs during training", argv, info, args, t_start,
+                        client_kind="processes (multiprocessing spawn), one call in flight each", runs=runs)
     publish(out, args.out, args.markdown)
     return 0
 

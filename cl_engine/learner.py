@@ -21,7 +21,7 @@ from .metrics import AccuracyMatrix, PrequentialWindow
 from .models import build_model
 from .precision import model_autocast, prepare
 from .retention import BucketRetention, ReservoirRetention
-from .streams.base import SampleSet, ScaledSet, TensorSet
+from .streams.base import SampleSet, ScaledSet, StoredSet, TensorSet
 from .strategies import STRATEGIES, Context
 from .lr_schedule import lr_at
 from .views import InputView
@@ -61,6 +61,17 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} CUDA "
                          f"device(s): expected cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def on_cpu(value):
+    """`value` with every tensor nested in its dicts and lists on the CPU (a CPU tensor as it is)."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: on_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [on_cpu(v) for v in value]
+    return value
 
 
 class Learner:
@@ -154,6 +165,13 @@ class Learner:
         no weights, no memory, no counters but its skip count; the result says why (`skipped`)."""
         self.check_bucket(bucket)
         self.check_batch(x, y)
+        return self.observe_checked(x, y, bucket, ids)
+
+    def observe_checked(self, x: torch.Tensor, y: torch.Tensor, bucket: int,
+                        ids: torch.Tensor | None = None) -> StepResult:
+        """observe() for a batch that has just passed check_bucket and check_batch on this learner (the
+        server's worker runs them first, to answer each failure with its own status code): the same step,
+        without checking the batch again."""
         if self.version == 0 and not self.matrix.initial and self.eval_sets:
             self.matrix.set_initial(self.evaluate_all())
         if self.config.lr_schedule != "constant":
@@ -267,13 +285,14 @@ class Learner:
     # -- checkpoint state -----------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Everything needed to continue exactly where this learner stands."""
+        """Everything needed to continue exactly where this learner stands, every tensor on the CPU (a
+        CUDA learner's state loads anywhere, and copies kept for rollback hold no device memory)."""
         return {
             "config": self.config.model_dump(),
             "input_shape": self.input_shape,
             "num_classes": self.num_classes,
             "model": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": on_cpu(self.optimizer.state_dict()),  # momentum buffers; loading moves them back
             "generator": self.generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
             "buffer": self.buffer.state_dict(),
@@ -288,7 +307,7 @@ class Learner:
             "planned_batches": self.planned_batches,
             "bucket_step": self.bucket_step,
             "eval_sets": {b: (s.x.cpu(), s.labels.cpu()) for b, s in self.eval_sets.items()  # uint8 stays uint8
-                          if isinstance(s, TensorSet) or (isinstance(s, ScaledSet) and s.transform is None)},
+                          if isinstance(s, (TensorSet, StoredSet)) or (isinstance(s, ScaledSet) and s.transform is None)},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -310,8 +329,8 @@ class Learner:
         self.open_bucket = state["open_bucket"]
         self.planned_batches = state.get("planned_batches")  # absent from checkpoints before lr schedules
         self.bucket_step = state.get("bucket_step", 0)
-        for b, (x, y) in state["eval_sets"].items():
-            self.eval_sets[b] = ScaledSet(x, y) if x.dtype == torch.uint8 else TensorSet(x, y)
+        for b, (x, y) in state["eval_sets"].items():  # uint8: viewed as the learner views its samples
+            self.eval_sets[b] = StoredSet(x, y) if x.dtype == torch.uint8 else TensorSet(x, y)
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | None = None) -> "Learner":

@@ -137,6 +137,7 @@ class Batch:
     y: Any
     sample_ids: Any = None  # optional: each sample's identity within its bucket (its dataset index)
     bucket_batches: int = 0  # optional: the bucket's planned batches, all epochs (a cosine lr schedule needs it)
+    images: Sequence[bytes] | None = None  # instead of x: whole JPEG/PNG files, which the server decodes
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,8 @@ class Client:
             try:
                 for i, b in enumerate(batches):
                     yield pb.TrainBatch(stream_id=b.stream_id, sequence=b.sequence, bucket=b.bucket,
-                                        samples=wire.encode_samples(b.x), labels=wire.labels_list(b.y),
+                                        samples=wire.encode_samples(b.x) if b.images is None
+                                        else wire.encode_images(b.images), labels=wire.labels_list(b.y),
                                         sample_ids=[] if b.sample_ids is None else wire.labels_list(b.sample_ids),
                                         bucket_batches=b.bucket_batches,
                                         schema=schema.message() if schema is not None and i == 0 else None)

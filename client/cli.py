@@ -141,11 +141,18 @@ def cmd_stream(args: argparse.Namespace) -> int:
     from .replay import Replay
     from .report import build_report
 
+    import torch
+
     from cl_engine.schedule import check_within
+    from cl_engine.streams import stored_files
 
     options = replay_options(args, args.seed)
+    options.send_files = args.send_files
     stream = build_stream(args.dataset, stream_options(args), args.order)
     check_within(options.within_bucket, stream.name, stream.undated_samples)  # a CLI mistake, before any contact
+    if args.send_files and stored_files(stream.buckets[0].train, torch.zeros(1, dtype=torch.long)) is None:
+        raise ValueError(f"--send-files: {args.dataset} is not an image stream; only image files (CLEAR in images "
+                         "mode) can be sent as files")
     with connect(args) as client:
         if not args.quiet:
             print(f"streaming {stream.name}: {len(stream)} buckets, {sum(len(b.train) for b in stream.buckets)} "
@@ -331,7 +338,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     from .broker import PublishOptions, connect_redis, publish
 
+    import torch
+
     from cl_engine.schedule import check_within
+    from cl_engine.streams import stored_files
 
     stream = build_stream(args.dataset, stream_options(args), args.order)
     check_within(args.within_bucket, stream.name, stream.undated_samples)  # a CLI mistake, before any contact
@@ -395,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--seed", type=int, default=None,
                         help="order of the passes after the first (default: the server's learner seed, so the "
                              "batches equal `python -m cl_engine run --seed` with the same seed)")
+    stream.add_argument("--send-files", action="store_true",
+                        help="image streams (CLEAR): send each training image's file as it is on disk, no "
+                             "re-encode, for the server to decode (start it with --image-transform imagenet); "
+                             "default: the decoded uint8 pixels")
     stream.set_defaults(func=cmd_stream)
 
     predict = sub.add_parser("predict", help="labels for a few samples, from the serving model")

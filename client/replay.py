@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from cl_engine.retention import memory_cut_warning
 from cl_engine.schedule import batches_per_bucket, bucket_batches, check_within
-from cl_engine.streams import Stream, stored_batch
+from cl_engine.streams import Stream, stored_batch, stored_files
 
 from .api import Batch, BucketResult, Client, RetryPolicy, Schema, ServerStatus, ServiceError, TrainAck
 
@@ -88,6 +88,7 @@ class ReplayOptions:
     reconnect_timeout: float = 120.0  # how long to wait for a server that went away
     max_resumes: int = 100
     durable_retries: int = 4  # further EndBucket calls (1, 2, 4, 8 s apart) while the server cannot checkpoint
+    send_files: bool = False  # training images as their files' bytes (no re-encode), decoded by the server
     progress: bool = True
 
 
@@ -222,6 +223,9 @@ class Replay:
     def run(self) -> ReplayResult:
         o = self.options
         t_start = time.perf_counter()
+        if o.send_files and stored_files(self.stream.buckets[0].train, torch.zeros(1, dtype=torch.long)) is None:
+            raise ValueError(f"send_files: the stream {self.stream.name} is not made of image files; send its "
+                             "samples as tensors (only image streams, e.g. CLEAR in images mode, have files)")
         status = first_contact(self.client)
         self._check_schema(status)
         seed = o.seed if o.seed is not None else int(status.config.get("seed", 0))
@@ -233,7 +237,10 @@ class Replay:
         r.cut_warning = memory_cut_warning(status.config, schedule.sizes) if status.config else None
         if r.cut_warning:
             print(f"warning: the server's {r.cut_warning}", file=sys.stderr)
-        differ = {k: v for k, v in self.stream.learner_defaults.items() if status.config.get(k, v) != v}
+        wanted = dict(self.stream.learner_defaults)
+        if o.send_files:  # the server decodes them as the stream does (ImageSet.stored) only with this
+            wanted["image_transform"] = "imagenet"
+        differ = {k: v for k, v in wanted.items() if status.config.get(k, v) != v}
         if differ:
             print("warning: this stream's training samples want the server's learner to run with "
                   + ", ".join(f"{k}={v} (it has {status.config.get(k)})" for k, v in differ.items())
@@ -401,7 +408,10 @@ class Replay:
                 sequence = first + k
                 if o.query_every and (sequence - 1) % o.query_every == 0:
                     self._query(bucket, k, sequence)
-                x, y = stored_batch(train, batches[k])
+                if o.send_files:  # the files as they are on disk; the server decodes them as stored_batch does
+                    x, y, files = None, train.labels[batches[k]], stored_files(train, batches[k])
+                else:
+                    (x, y), files = stored_batch(train, batches[k]), None
                 if o.rate:  # a batch goes out once its last sample's time has come, not its first's
                     delay = t0 + (sent + len(y)) / o.rate - time.perf_counter()
                     if delay > 0:
@@ -409,7 +419,7 @@ class Replay:
                 sent += len(y)
                 self._sizes[sequence] = len(y)
                 yield Batch(r.stream_id, sequence, bucket, x, y, sample_ids=batches[k],
-                            bucket_batches=schedule.counts[bucket])
+                            bucket_batches=schedule.counts[bucket], images=files)
 
         t0 = time.perf_counter()
         try:

@@ -119,6 +119,13 @@ def _imagenet_transforms(size: int):
 
 def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, ...], limits: DecodeLimits,
                   train: bool = False, pool: Executor | None = None) -> torch.Tensor:
+    return check_images(images, field, input_shape, limits).decode(train, pool)
+
+
+def check_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, ...], limits: DecodeLimits
+                 ) -> "EncodedBatch":
+    """A message's images checked as far as that costs no decoding: the schema takes images, their
+    count, and the pixels their headers declare together (`max_message_pixels`); decoded later."""
     imagenet = limits.image_transform == "imagenet"
     if imagenet and (len(input_shape) != 3 or input_shape[0] != 3 or input_shape[1] != input_shape[2]):
         raise InvalidArgument(field, f"the model takes samples of shape {list(input_shape)}; the imagenet image "
@@ -128,29 +135,97 @@ def decode_images(images: pb.EncodedImages, field: str, input_shape: tuple[int, 
                                      "input_shape of [1 or 3, height, width]; send a `tensor` instead")
     _count(len(images.images), f"{field}.images", limits.max_samples)
     _message_pixels(images.images, f"{field}.images", limits)
-    if imagenet:
-        evaluation, training = _imagenet_transforms(input_shape[1])
-        transform = training if train else evaluation
+    return EncodedBatch(list(images.images), field, tuple(input_shape), limits)
 
-        def decode(i: int, data: bytes) -> torch.Tensor:
-            return transform(open_image(data, f"{field}.images[{i}]", limits, "RGB"))
-    else:
-        def decode(i: int, data: bytes) -> torch.Tensor:
-            return decode_image(data, f"{field}.images[{i}]", input_shape, limits)
-    files = images.images
-    if decodes_in_parallel(files, pool):
-        x = torch.stack(list(pool.map(decode, range(len(files)), files)))  # raises the first failure in order
-    else:
-        x = torch.stack([decode(i, data) for i, data in enumerate(files)])
-    if imagenet:
+
+@dataclass
+class EncodedBatch:
+    """Encoded images that passed `check_images`, to decode where they are used. A Train batch's are
+    decoded where the batch is applied (the learner's thread or process), off the gRPC threads; there
+    each image's own limits (bytes, declared pixels) are checked before it is decoded."""
+    files: list[bytes]
+    field: str
+    input_shape: tuple[int, ...]
+    limits: DecodeLimits
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def decode(self, train: bool = False, pool: Executor | None = None,
+               device: torch.device | None = None) -> torch.Tensor:
+        """float32 [n, *input_shape]; with the imagenet transform, for training (`train`), the images as
+        the learner stores them: uint8 [n, 3, size, size], resized and centre cropped as cl_engine's image
+        sets store theirs (ImageSet.stored), un-augmented: the learner normalises and augments them afresh
+        at every use. On a CUDA `device` such JPEGs are decoded there, batched (nvJPEG)."""
+        field, limits, files = self.field, self.limits, self.files
+        imagenet = limits.image_transform == "imagenet"
+        if imagenet and train:
+            size = self.input_shape[1]
+            if device is not None and device.type == "cuda" and all(f[:2] == JPEG_MAGIC for f in files):
+                for i, data in enumerate(files):  # each image's limits, before any is decoded
+                    open_image(data, f"{field}.images[{i}]", limits, None)
+                x = decode_jpegs(files, size, device)
+                if x is not None:
+                    return x
+            store = _stored_transform(size)
+
+            def decode(i: int, data: bytes) -> torch.Tensor:
+                return store(open_image(data, f"{field}.images[{i}]", limits, "RGB"))
+        elif imagenet:
+            evaluation = _imagenet_transforms(self.input_shape[1])[0]
+
+            def decode(i: int, data: bytes) -> torch.Tensor:
+                return evaluation(open_image(data, f"{field}.images[{i}]", limits, "RGB"))
+        else:
+            def decode(i: int, data: bytes) -> torch.Tensor:
+                return decode_image(data, f"{field}.images[{i}]", self.input_shape, limits)
+        if decodes_in_parallel(files, pool):
+            x = torch.stack(list(pool.map(decode, range(len(files)), files)))  # raises the first failure in order
+        else:
+            x = torch.stack([decode(i, data) for i, data in enumerate(files)])
+        if x.dtype == torch.uint8:
+            return x
+        if not imagenet:
+            if limits.image_mean is not None:
+                x -= torch.tensor(limits.image_mean, dtype=torch.float32).view(-1, 1, 1)
+            if limits.image_std is not None:
+                x /= torch.tensor(limits.image_std, dtype=torch.float32).view(-1, 1, 1)
         _finite(x, field)
         return x
-    if limits.image_mean is not None:
-        x -= torch.tensor(limits.image_mean, dtype=torch.float32).view(-1, 1, 1)
-    if limits.image_std is not None:
-        x /= torch.tensor(limits.image_std, dtype=torch.float32).view(-1, 1, 1)
-    _finite(x, field)
-    return x
+
+
+JPEG_MAGIC = b"\xff\xd8"
+
+
+@functools.lru_cache(maxsize=4)
+def _stored_transform(size: int):
+    from cl_engine.streams.images import stored_transform  # torchvision loads here, only if used
+
+    return stored_transform(size)
+
+
+def decode_jpegs(files: list[bytes], size: int, device: torch.device) -> torch.Tensor | None:
+    """JPEGs decoded on `device` together (torchvision's decode_jpeg: nvJPEG on CUDA), RGB, shorter side
+    resized to `size` (bilinear, antialiased, rounded) and centre cropped: uint8 [n, 3, size, size] on
+    `device`, within a few levels of Pillow's pixels (the CPU path). None when any file does not decode
+    there (the CPU path then names the bad one)."""
+    import warnings
+
+    from torchvision.transforms.v2 import functional as TF
+    with warnings.catch_warnings():  # torchvision 0.29 announces its decoders' move to TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        images = decode_jpeg([torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files],
+                             mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return None
+    out = []
+    for image in images:
+        resized = TF.resize(image.float(), [size], antialias=True)
+        out.append(TF.center_crop(resized, [size, size]).round_().clamp_(0, 255).to(torch.uint8))
+    return torch.stack(out)
 
 
 def decodes_in_parallel(files, pool: Executor | None) -> bool:
@@ -177,9 +252,12 @@ def _message_pixels(files, field: str, limits: DecodeLimits) -> None:
                                          "refused before decoding): send fewer or smaller images per message")
 
 
-def open_image(data: bytes, field: str, limits: DecodeLimits, mode: str):
-    """One JPEG or PNG, its declared size checked before decoding, decoded and converted to `mode`."""
+def open_image(data: bytes, field: str, limits: DecodeLimits, mode: str | None):
+    """One JPEG or PNG, its declared size checked before decoding, decoded and converted to `mode` as
+    cl_engine's image sets convert theirs (None: only the checks, nothing decoded)."""
     from PIL import Image, UnidentifiedImageError
+
+    from cl_engine.streams.images import converted
 
     if not data:
         raise InvalidArgument(field, "empty; expected a JPEG or PNG file")
@@ -191,10 +269,10 @@ def open_image(data: bytes, field: str, limits: DecodeLimits, mode: str):
         if w < 1 or h < 1 or w * h > limits.max_image_pixels:
             raise InvalidArgument(field, f"declares {w}×{h} = {w * h} pixels; expected 1..{limits.max_image_pixels} "
                                          "(refused before decoding)")
+        if mode is None:
+            return image
         image.load()
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")  # as cl_engine's read_rgb: no palette-transparency warning
-        return image.convert(mode)
+        return converted(image, mode)
     except InvalidArgument:
         raise
     except Image.DecompressionBombError:

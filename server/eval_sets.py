@@ -1,5 +1,6 @@
-"""Held-out sets as the server keeps them: in the dtype they came in (uint8 samples stay uint8,
-scaled to [0, 1] per evaluation batch, a quarter of a float copy), and within a total budget of
+"""Held-out sets as the server keeps them: in the dtype they came in (uint8 samples stay uint8, a
+quarter of a float copy, and are viewed per evaluation batch as the learner views what it trains
+on: scaled to [0, 1], ImageNet-normalised with `uint8_inputs=imagenet`), and within a total budget of
 samples and bytes across every registered set — which also bounds what they add to each checkpoint.
 """
 from __future__ import annotations
@@ -8,14 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from cl_engine.streams.base import ScaledSet, TensorSet
+from cl_engine.streams.base import StoredSet
 
 from .errors import ResourceExhausted
 
 
 def held(x: torch.Tensor, y: torch.Tensor):
     """The set as the learner holds it: uint8 samples as they are, anything else as float32."""
-    return ScaledSet(x, y) if x.dtype == torch.uint8 else TensorSet(x, y)
+    return StoredSet(x, y)
 
 
 def same(existing, x: torch.Tensor, y: torch.Tensor) -> bool:

@@ -158,6 +158,9 @@ class ServerMetrics:
         self.snapshots = Counter("clstream_snapshots", "Serving snapshots published.", registry=r)
         self.calls_open = Gauge("clstream_calls_open", "Calls holding a place in each call budget right now "
                                 "(streams, serving, admin).", ["budget"], registry=r)
+        self.calls_limit = Gauge("clstream_calls_limit", "Calls each call budget admits at once (streams, serving, "
+                                 "admin): the settings max_open_streams, max_concurrent_predictions, "
+                                 "max_admin_calls.", ["budget"], registry=r)
         self.calls_refused = Counter("clstream_calls_refused", "Calls refused because their call budget, or the "
                                      "client's share of streams (per_client), was full.", ["budget"], registry=r)
         self.train_streams_open = Gauge("clstream_train_streams_open", "Train calls in progress right now.",

@@ -42,8 +42,9 @@ def canary_accuracy(model: nn.Module, learner: Learner) -> float:
     for samples in learner.eval_sets.values():
         for start in range(0, len(samples), EVAL_BATCH):
             x, y = samples.batch(torch.arange(start, min(start + EVAL_BATCH, len(samples))))
-            with model_autocast(model, learner.device):
-                logits = model(x.to(learner.device, torch.float32))
+            x = learner.view.evaluation(x.to(learner.device))  # as the learner evaluates: uint8 scaled, normalised
+            with model_autocast(model, learner.device):  # and in its precision
+                logits = model(x)
             correct += int((logits.argmax(dim=1).cpu() == y).sum())
             total += len(y)
     model.train(was_training)

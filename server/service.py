@@ -79,7 +79,7 @@ class Service:
             eval_budget=EvalSetBudget(settings.max_eval_total_samples, settings.max_eval_total_bytes),
             promotion=PromotionOptions(settings.guarded_promotion, settings.promotion_every_batches,
                                        settings.promotion_tolerance),
-            rollback_keep=settings.rollback_keep)
+            rollback_keep=settings.rollback_keep, decode_threads=settings.decode_threads)
         self.replica = settings.follow is not None
         if self.replica:  # a prediction replica: follows the learner's published versions, trains nothing
             self.worker = Follower(settings, self.schemas, self.snapshots, self.metrics, on_model=self._replica_ready)
@@ -168,6 +168,7 @@ class Service:
             self.metrics.calls_refused.labels(label)
             if budget in self.budgets.limits:
                 self.metrics.calls_open.labels(label).set_function(lambda b=budget: self.budgets.open_calls()[b])
+                self.metrics.calls_limit.labels(label).set(self.budgets.limits[budget])
         # auth first: a call without a good token is refused before it takes a place in a budget
         interceptors = ([BearerTokenInterceptor(tokens, on_reject=self._count_rejection)] if tokens else [])
         if self.replica:  # before the budgets: a refused call takes no place in them

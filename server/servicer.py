@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
-from .codec import DecodeLimits, decode_labels, decode_samples
+from cl_engine.views import InputView
+
+from .codec import DecodeLimits, EncodedBatch, check_images, decode_labels, decode_samples
 from .errors import Cancelled, FailedPrecondition, InvalidArgument, ServiceError
 from .idle import IdleClock, idle_limited
 from .metrics import ServerMetrics
@@ -107,6 +109,7 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             image_mean=tuple(settings.image_mean) if settings.image_mean else None,
             image_std=tuple(settings.image_std) if settings.image_std else None,
             image_transform=settings.image_transform)
+        self.view = InputView(uint8_inputs=settings.uint8_inputs)  # the learner's evaluation view of uint8 samples
         self.bounds = SchemaBounds(settings.model, settings.max_sample_values, settings.max_classes,
                                    settings.max_model_bytes)
         self.decode_pool = (ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="clstream-decode")
@@ -138,14 +141,19 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         return bucket
 
     def _labelled(self, message, schema: Schema, train: bool = False, keep_uint8: bool = False
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool,
-                           keep_uint8)
+                  ) -> tuple[torch.Tensor | EncodedBatch, torch.Tensor]:
+        """Samples and labels, checked; a Train batch's encoded images only as far as their headers go
+        (their decoding is the worker's: TrainingWorker._train)."""
+        if train and message.samples.WhichOneof("payload") == "images":  # decoded where the batch is applied
+            x = check_images(message.samples.images, "samples.images", schema.input_shape, self.limits)
+        else:
+            x = decode_samples(message.samples, "samples", schema.input_shape, self.limits, train, self.decode_pool,
+                               keep_uint8)
+            schema.check_values(self.view.evaluation(x), "samples")  # the values the model will see
         if train and 0 < len(x) < self.bounds.min_batch(schema):
             raise InvalidArgument("samples", f"got {len(x)} sample; the server's {self.settings.model} model needs at "
                                              f"least {self.bounds.min_batch(schema)} per training batch (batch "
                                              "normalisation needs more than one value per channel)")
-        schema.check_values(x if x.is_floating_point() else x.float() / 255.0, "samples")
         return x, decode_labels(message.labels, "labels", len(x), schema.num_classes)
 
     @contextlib.contextmanager
@@ -292,8 +300,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             ys.append(y)
         if bucket is None:
             raise InvalidArgument("chunks", "the call sent no chunk; expected at least one EvalSetChunk")
-        if any(x.dtype != torch.uint8 for x in xs):  # a set of mixed chunks is held as float32, each scaled alike
-            xs = [x.float() / 255.0 if x.dtype == torch.uint8 else x for x in xs]
+        if any(x.dtype != torch.uint8 for x in xs):  # a set of mixed chunks is held as float32, each viewed alike
+            xs = [self.view.evaluation(x) for x in xs]
         op = RegisterEvalOp(CallScope.of(context), bucket, torch.cat(xs), torch.cat(ys), schema)
         r = _wait(self.worker.submit(op, self.settings.enqueue_timeout_seconds), context)
         return pb.RegisterEvalSetResponse(bucket=r.bucket, num_samples=r.num_samples,
@@ -316,10 +324,11 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
             k = request.top_k or 1
             if k > schema.num_classes:
                 raise InvalidArgument("top_k", f"got {k}; expected 1..{schema.num_classes}")
-            x = decode_samples(request.samples, "samples", schema.input_shape, self.limits, pool=self.decode_pool)
-            schema.check_values(x, "samples")
+            x = decode_samples(request.samples, "samples", schema.input_shape, self.limits, pool=self.decode_pool,
+                               keep_uint8=True)
+            schema.check_values(self.view.evaluation(x), "samples")
             truth = decode_labels(request.labels, "labels", len(x), schema.num_classes) if request.labels else None
-            logits = snapshot.logits(x)
+            logits = snapshot.logits(x, self.view.evaluation)  # uint8 viewed as the learner views it
             version = snapshot.version
         finite = torch.isfinite(logits).all(dim=1)
         if not bool(finite.all()):  # never a NaN answer
@@ -341,8 +350,8 @@ class ContinualLearnerServicer(pb_grpc.ContinualLearnerServicer):
         with self._serving() as (snapshot, schema):  # one snapshot answers the whole call
             correct, total, loss = 0, 0, 0.0
             for chunk in idle_limited(request_iterator, self.settings.stream_idle_timeout_seconds, context):
-                x, y = self._labelled(chunk, schema)
-                logits = snapshot.logits(x)
+                x, y = self._labelled(chunk, schema, keep_uint8=True)
+                logits = snapshot.logits(x, self.view.evaluation)
                 correct += int((logits.argmax(dim=1) == y).sum())
                 total += len(y)
                 loss += float(F.cross_entropy(logits, y, reduction="sum"))

@@ -103,15 +103,19 @@ class ServerSettings(BaseSettings, LearnerConfig):
     image_std: list[float] | None = Field(None, description="per-channel std dividing decoded images")
     image_transform: Literal["resize-crop", "imagenet"] = Field(
         "resize-crop", description="resize-crop: shorter side resized, centre cropped, then image_mean/std; "
-                                   "imagenet: cl_engine's image-dataset transforms (CLEAR's), the training one "
-                                   "(random resized crop, flip) for Train batches")
+                                   "imagenet: cl_engine's image-dataset transforms (CLEAR's): Train images reach the "
+                                   "learner as uint8 pixels (shorter side resized, centre cropped) that it "
+                                   "normalises and augments afresh at every use (uint8_inputs imagenet and augment "
+                                   "crop-flip unless set), other images are normalised at decode")
     max_concurrent_predictions: int = Field(32, ge=1, description="Predict, Evaluate and GetStatus calls at once "
                                                                   "(a call budget); more are shed with "
                                                                   "RESOURCE_EXHAUSTED")
     decode_threads: int = Field(default_factory=lambda: min(8, os.cpu_count() or 1), ge=1, le=256,
                                 description="threads that decode one message's encoded images in parallel (1: in "
-                                            "order, in the receiving thread); only for large images, 16 KiB or "
-                                            "more each on average (default: the CPU count, at most 8)")
+                                            "order): Predict, Evaluate and RegisterEvalSet images on receipt, a "
+                                            "Train batch's where it is applied (the learner's thread or process); "
+                                            "only for large images, 16 KiB or more each on average (default: the "
+                                            "CPU count, at most 8)")
     # Checkpoints.
     checkpoint_dir: Path | None = Field(None, description="where checkpoints go; none: no checkpoints")
     checkpoint_every_batches: int = Field(500, ge=0, description="checkpoint after this many batches (0: only at "
@@ -169,6 +173,19 @@ class ServerSettings(BaseSettings, LearnerConfig):
         if isinstance(data, dict) and data.get("retain_ratio") is not None and data.get("retention") is None:
             data = {**data, "retention": "ratio"}
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _imagenet_images_are_viewed_as_clear_does(cls, data: Any) -> Any:
+        """image_transform=imagenet hands the learner Train images as uint8 pixels for it to normalise and
+        augment (as cl_engine's CLEAR stream does): unset, uint8_inputs and augment default to that stream's
+        (imagenet, crop-flip); uint8_inputs=scale would train on pixels that serving normalises."""
+        if not isinstance(data, dict) or data.get("image_transform") != "imagenet":
+            return data
+        if data.get("uint8_inputs") not in (None, "imagenet"):
+            raise ValueError(f"image_transform imagenet needs uint8_inputs imagenet (Train images reach the learner "
+                             f"as uint8 pixels that it normalises), got {data['uint8_inputs']!r}; drop uint8_inputs")
+        return {"uint8_inputs": "imagenet", **data, **({} if data.get("augment") else {"augment": "crop-flip"})}
 
     @field_validator("auth_tokens", mode="after")
     @classmethod

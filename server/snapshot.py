@@ -18,7 +18,7 @@ import copy
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -69,9 +69,13 @@ class Snapshot:
         return True
 
     @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        with model_autocast(self.model, self.device):  # the learner's precision (the model carries its mark)
-            return torch.cat([self.model(x[i: i + EVAL_BATCH].to(self.device, torch.float32)).float().cpu()
+    def logits(self, x: torch.Tensor, view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The model's logits for x; `view` (the learner's evaluation view, cl_engine/views.py) turns each
+        batch, on the device, into model inputs as the learner does (uint8 scaled, normalised); the forward
+        runs in the learner's precision (the model carries its mark: cl_engine/precision.py)."""
+        view = view or (lambda b: b.float())
+        with model_autocast(self.model, self.device):
+            return torch.cat([self.model(view(x[i: i + EVAL_BATCH].to(self.device))).float().cpu()
                               for i in range(0, len(x), EVAL_BATCH)])
 
 

@@ -30,7 +30,7 @@ import math
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,6 +45,7 @@ from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
 
 from . import eval_sets
 from .checkpoint import CheckpointStore
+from .codec import EncodedBatch
 from .eval_sets import EvalSetBudget
 from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable, ResourceExhausted, ServiceError,
                      Unavailable)
@@ -100,7 +101,7 @@ class TrainOp(Op):
     stream_id: str
     sequence: int
     bucket: int
-    x: torch.Tensor
+    x: torch.Tensor | EncodedBatch  # encoded images are decoded when the batch is applied, not before
     y: torch.Tensor
     schema: Schema
     ids: torch.Tensor | None = None  # sample identities within the bucket (TrainBatch.sample_ids), if sent
@@ -248,6 +249,7 @@ class WorkerOptions:
     eval_budget: EvalSetBudget = field(default_factory=EvalSetBudget)
     promotion: PromotionOptions = field(default_factory=PromotionOptions)
     rollback_keep: int = 3
+    decode_threads: int = 1  # threads that decode a Train batch's encoded images where it is applied (1: in order)
 
 
 class TrainingWorker:
@@ -261,7 +263,7 @@ class TrainingWorker:
                    checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
                    status_wanted=status_wanted, on_durability=on_durability, eval_budget=options.eval_budget,
                    stream_mark_max_idle_seconds=options.stream_mark_max_idle_seconds, promotion=options.promotion,
-                   rollback_keep=options.rollback_keep)
+                   rollback_keep=options.rollback_keep, decode_threads=options.decode_threads)
 
     def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
                  metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
@@ -270,8 +272,10 @@ class TrainingWorker:
                  drift: PageHinkley | None = None, status_wanted: threading.Event | None = None,
                  on_durability: Callable[[bool, str], None] | None = None,
                  eval_budget: EvalSetBudget | None = None, stream_mark_max_idle_seconds: float = 0.0,
-                 promotion: PromotionOptions | None = None, rollback_keep: int = 3):
+                 promotion: PromotionOptions | None = None, rollback_keep: int = 3, decode_threads: int = 1):
         self.config = config
+        self.decode_pool = (ThreadPoolExecutor(decode_threads, thread_name_prefix="clstream-train-decode")
+                            if decode_threads > 1 else None)  # for Train images (codec.EncodedBatch.decode)
         self.marks = StreamMarks(max_streams, stream_mark_max_idle_seconds)
         self.eval_budget = eval_budget or EvalSetBudget()
         self.schemas = schemas
@@ -356,6 +360,8 @@ class TrainingWorker:
         if self._dirty and self.checkpoints is not None:
             self._checkpoint()
         self._publish(snapshot=False)
+        if self.decode_pool is not None:
+            self.decode_pool.shutdown(wait=False)
         return self.final_state()
 
     def final_state(self) -> dict:
@@ -518,6 +524,9 @@ class TrainingWorker:
             learner.check_bucket(op.bucket)
         except ValueError as e:
             raise FailedPrecondition(f"bucket: {e}") from None
+        if isinstance(op.x, EncodedBatch):  # here, off the gRPC threads; on a CUDA learner, on its device
+            op.x = op.x.decode(train=True, pool=self.decode_pool, device=learner.device)
+            op.schema.check_values(learner.view.evaluation(op.x), "samples")
         try:
             learner.check_batch(op.x, op.y)
         except ValueError as e:
@@ -528,7 +537,7 @@ class TrainingWorker:
         except ValueError as e:
             raise InvalidArgument("bucket_batches", str(e)) from None
         t0 = time.perf_counter()
-        step = learner.observe(op.x, op.y, op.bucket, ids=op.ids)
+        step = learner.observe_checked(op.x, op.y, op.bucket, ids=op.ids)  # checked above: not twice
         self.metrics.train_step_seconds.observe(time.perf_counter() - t0)
         self._adopt(learner, op.schema)
         self.applied[op.stream_id] = op.sequence  # a skipped step's batch is consumed too: exactly-once holds

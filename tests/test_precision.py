@@ -102,6 +102,7 @@ def test_the_precision_and_layout_survive_a_checkpoint():
     assert torch.equal(restored.predict(x), learner.predict(x))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 trains on CUDA only; this machine has no CUDA device")
 @pytest.mark.parametrize("strategy", ["replay", "gem", "agem"])
 def test_fp16_trains_on_cuda_with_its_loss_scale(strategy):

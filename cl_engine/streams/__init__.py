@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Bucket, ConcatSet, SampleSet, ScaledSet, Stream, SubsetSet, TensorSet, iid_buckets, stored_batch
+from .base import (Bucket, ConcatSet, SampleSet, ScaledSet, Stream, StoredSet, SubsetSet, TensorSet, iid_buckets,
+                   stored_batch, stored_files)
 from .cifar100 import cifar100_split
 from .clear import clear_stream
 from .digits import digits_permuted, digits_rotated, digits_split
@@ -98,6 +99,6 @@ def build_stream(spec: str, options: StreamOptions | None = None, order: str = "
 
 
 __all__ = [
-    "Bucket", "ConcatSet", "SampleSet", "ScaledSet", "Stream", "StreamOptions", "SubsetSet", "TensorSet",
-    "build_stream", "iid_buckets", "stored_batch", "BUILDERS",
+    "Bucket", "ConcatSet", "SampleSet", "ScaledSet", "StoredSet", "Stream", "StreamOptions", "SubsetSet", "TensorSet",
+    "build_stream", "iid_buckets", "stored_batch", "stored_files", "BUILDERS",
 ]

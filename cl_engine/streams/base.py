@@ -35,6 +35,13 @@ def stored_batch(samples: SampleSet, index: torch.Tensor) -> tuple[torch.Tensor,
     return stored(index) if stored is not None else samples.batch(index, train=True)
 
 
+def stored_files(samples: SampleSet, index: torch.Tensor) -> list[bytes] | None:
+    """The encoded files of samples `index`, byte for byte as they are on disk, for a set of image files
+    (ImageSet, or a view of one) that a server can decode as the set does; None for any other set."""
+    files = getattr(samples, "files", None)
+    return files(index) if files is not None else None
+
+
 class TensorSet:
     """A SampleSet held in memory as one float32 tensor and one int64 label tensor."""
 
@@ -72,6 +79,24 @@ class ScaledSet:
         if self.transform is not None:
             x = self.transform(x)
         return x, self.labels[index]
+
+
+class StoredSet:
+    """Samples held as they arrived (uint8 stays uint8) and handed out so, for the learner to view
+    them as it views its memory (views.py: uint8 scaled, and ImageNet-normalised where configured).
+    The server keeps held-out sets this way, so a set is evaluated as its samples are trained on."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+        self.x = x if x.dtype == torch.uint8 else x.float().contiguous()
+        self.labels = y.long().contiguous()
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def batch(self, index: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.labels[index]
 
 
 @dataclass
@@ -145,6 +170,9 @@ class SubsetSet:
     def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return stored_batch(self.base, self.index[index])
 
+    def files(self, index: torch.Tensor) -> list[bytes] | None:
+        return stored_files(self.base, self.index[index])
+
 
 class ConcatSet:
     """A lazy concatenation of sets, in order."""
@@ -163,6 +191,12 @@ class ConcatSet:
 
     def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._gather(index, stored_batch)
+
+    def files(self, index: torch.Tensor) -> list[bytes] | None:
+        index = index.long()
+        owner = (torch.searchsorted(self.starts, index, right=True) - 1).tolist()
+        found = [stored_files(self.sets[k], (index[i: i + 1] - self.starts[k])) for i, k in enumerate(owner)]
+        return None if any(f is None for f in found) else [f[0] for f in found]
 
     def _gather(self, index: torch.Tensor, get) -> tuple[torch.Tensor, torch.Tensor]:
         index = index.long()

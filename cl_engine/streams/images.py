@@ -70,9 +70,14 @@ def usable_images(paths: Sequence[Path], skipped: dict) -> list[bool]:
 
 def read_rgb(path: Path) -> Image.Image:
     with Image.open(path) as im:
-        if im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
-        return im.convert("RGB")
+        return converted(im)
+
+
+def converted(im: Image.Image, mode: str = "RGB") -> Image.Image:
+    """A decoded image in `mode` (the server decodes the files it is sent with this too)."""
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+    return im.convert(mode)
 
 
 def image_transforms(size: int) -> tuple[Callable, Callable]:
@@ -131,6 +136,10 @@ class ImageSet:
         if index.numel() == 0:
             return torch.empty(0, 3, self.size, self.size), self.labels[index]
         return torch.stack([self._load(int(i), transform) for i in index]), self.labels[index]
+
+    def files(self, index: torch.Tensor) -> list[bytes]:
+        """The files of samples `index`, byte for byte (a server decodes them as `stored` does)."""
+        return [self.paths[int(i)].read_bytes() for i in index.long()]
 
     def stored(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples `index` as uint8 [n, 3, size, size], resized and centre cropped, for the learner to

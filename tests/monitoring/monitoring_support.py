@@ -59,6 +59,32 @@ def rules() -> list[dict]:
     return found
 
 
+# Every metric the server and the replicas export has a dashboard panel, except these, each with the
+# reason it needs none (docs/monitoring.md lists the same, "Not on the dashboard").
+NOT_ON_DASHBOARD = {
+    "clstream_initial_accuracy_ratio": "the accuracy matrix's row before any training: the GEM metrics' FWT",
+    "clstream_eval_sets": "the held-out sets registered: the accuracy matrix's columns",
+    "clstream_streams": "streams with an applied sequence: GetStatus lists them",
+    "clstream_snapshots": "serving snapshots this process published: the Model version stat's serving version",
+    "clstream_buffer_samples": "the memory's size: the sum of the Buffer by bucket bands",
+    "clstream_buffer_class_bytes": "bytes by class: Buffer by class times the bytes per sample",
+    "clstream_replica_updates": "versions a replica took: the Replica versions panel",
+}
+_SERIES_SUFFIX = re.compile(r"_(?:total|created|bucket|count|sum)$")
+
+
+def metric_of(series_name: str) -> str:
+    """The metric a series belongs to: `clstream_x_total`, `clstream_y_seconds_bucket` → `clstream_x`,
+    `clstream_y_seconds` (as server/metrics.py names them)."""
+    return _SERIES_SUFFIX.sub("", series_name)
+
+
+def dashboard_metrics(dashboard: dict) -> set[str]:
+    """The metrics the dashboard's expressions query."""
+    return {metric_of(selector.split("{")[0]) for _, target in dashboard_targets(dashboard)
+            for selector in selectors(target["expr"])}
+
+
 def dashboard_panels(dashboard: dict) -> list[dict]:
     """All panels, those nested in collapsed rows included."""
     panels = []

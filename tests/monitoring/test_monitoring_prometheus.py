@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from monitoring_support import (COMPOSE, DASHBOARD, DOCKER, PROMETHEUS_CONFIG, alert_quantities, dashboard_targets,
-                                expr_without_threshold, grafana_to_promql, load_yaml, rule_files, rules,
-                                selectors)
+from monitoring_support import (COMPOSE, DASHBOARD, DOCKER, NOT_ON_DASHBOARD, PROMETHEUS_CONFIG, alert_quantities,
+                                dashboard_metrics, dashboard_targets, expr_without_threshold, grafana_to_promql,
+                                load_yaml, metric_of, rule_files, rules, selectors)
 
 grpc = pytest.importorskip("grpc")
 pytest.importorskip("server.main", reason="server/ is not in this checkout")
@@ -238,6 +238,9 @@ class Stream:
         probe_x, probe_y = stream.buckets[0].test.batch(torch.arange(16) * 30)  # several classes
         self.probe = pb.PredictRequest(samples=encode_samples(probe_x), top_k=3, labels=probe_y.tolist())
         self.bad = pb.PredictRequest(samples=encode_samples(torch.zeros(2, 3, 3)))  # wrong shape
+        self.bad_batch = pb.TrainBatch(stream_id="monitoring-bad", sequence=1, bucket=0,  # a label out of range
+                                       samples=encode_samples(probe_x), schema=schema,
+                                       labels=[len(stream.class_names)] * len(probe_y))
 
     def play(self, port: int, deadline: Deadline) -> dict:
         from clstream_proto import continual_learner_pb2_grpc as pb_grpc
@@ -269,9 +272,12 @@ class Stream:
                         time.sleep(PACE_SECONDS)
 
                 acks.extend(stub.Train(paced(), timeout=deadline.left()))
-                if b == 0:  # a malformed prediction: the predict error series must exist
+                if b == 0:  # a malformed prediction and batch: the error series must exist
                     with pytest.raises(grpc.RpcError) as bad_call:
                         stub.Predict(self.bad, timeout=10)
+                    assert bad_call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    with pytest.raises(grpc.RpcError) as bad_call:
+                        list(stub.Train(iter([self.bad_batch]), timeout=10))
                     assert bad_call.value.code() == grpc.StatusCode.INVALID_ARGUMENT
                 stub.EndBucket(pb.EndBucketRequest(bucket=b), timeout=deadline.left())
         finally:
@@ -335,10 +341,18 @@ def test_every_dashboard_and_rule_expression_against_real_prometheus(prometheus,
         assert api.scalar("count(clstream_skipped_steps_total)") == 5
 
         failures = []
+        # -- every metric the server and the replica export has a panel, or is listed as needing none ----
+        dashboard = json.loads(DASHBOARD.read_text())
+        names = api.get("/api/v1/label/__name__/values")["data"]
+        exported = {metric_of(n) for n in names if n.startswith("clstream_")}
+        on_dashboard = {m for m in dashboard_metrics(dashboard) if m.startswith("clstream_")}
+        assert exported - on_dashboard - set(NOT_ON_DASHBOARD) == set(), "metrics with no panel"
+        assert set(NOT_ON_DASHBOARD) <= exported - on_dashboard, "listed as needing no panel, but not exported or on one"
+        assert on_dashboard <= exported, "panels query metrics nothing exports"
+
         # -- the dashboard: every query as Grafana sends it ---------------------------------------------
         step = SCRAPE_SECONDS
         rate_interval = f"{max(step + SCRAPE_SECONDS, 4 * SCRAPE_SECONDS)}s"  # Grafana's $__rate_interval
-        dashboard = json.loads(DASHBOARD.read_text())
         targets = dashboard_targets(dashboard)
         assert targets
         for panel, target in targets:

@@ -59,6 +59,10 @@ def test_the_alerts_the_issue_asks_for_exist():
     assert "clstream_samples_trained_total" in by_name["CLStreamTrainingStalled"]["expr"]
     assert "clstream_predict_requests_total" in by_name["CLStreamPredictErrors"]["expr"]
     assert "clstream_gem_qp_fallbacks_total" in by_name["CLStreamQPFallbacksRising"]["expr"]
+    assert "clstream_calls_refused_total" in by_name["CLStreamCallsRefused"]["expr"]
+    assert "budget" in by_name["CLStreamCallsRefused"]["expr"]  # labelled with the budget that refused
+    assert {"clstream_calls_open", "clstream_calls_limit"} <= set(
+        by_name["CLStreamCallBudgetNearFull"]["expr"].replace("/", " ").split())
     for rule in by_name.values():
         assert rule["labels"]["severity"] in ("info", "warning", "critical")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]

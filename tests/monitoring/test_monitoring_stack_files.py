@@ -17,8 +17,8 @@ from pathlib import PurePosixPath
 import pytest
 
 from monitoring_support import (COMPOSE, DASHBOARD, DASHBOARD_PROVIDERS_DIR, DASHBOARDS_DIR, DATASOURCES_DIR,
-                                DOCKER, GRAFANA, PROMETHEUS_CONFIG, ROOT, dashboard_panels, dashboard_targets,
-                                load_yaml)
+                                DOCKER, GRAFANA, NOT_ON_DASHBOARD, PROMETHEUS_CONFIG, ROOT, dashboard_metrics,
+                                dashboard_panels, dashboard_targets, load_yaml)
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
@@ -371,6 +371,20 @@ def test_the_panels_the_issue_lists_are_there(dashboard):
     assert has("clstream_gem_projections_total") and has("clstream_gem_qp_fallbacks_total")
     assert has("clstream_drift_events_total")
     assert has("clstream_current_bucket") and has("clstream_model_version")
+    budgets = [p for p, t in dashboard_targets(dashboard) if "clstream_calls_open" in t["expr"]]
+    assert budgets and any("clstream_calls_limit" in t["expr"] for t in budgets[0]["targets"])  # open vs limit
+    assert has("sum by (instance, budget)", "clstream_calls_refused_total")  # budgets are per server and replica
+
+
+def test_the_metrics_without_a_panel_are_the_ones_docs_list():
+    """docs/monitoring.md's "Not on the dashboard" table names exactly the metrics the tests let go without a
+    panel (tests/monitoring/test_monitoring_prometheus.py checks every other exported metric has one), and
+    none of them is on the dashboard after all."""
+    doc = (ROOT / "docs" / "monitoring.md").read_text()
+    table = doc[doc.index("Not on the dashboard:"):doc.index("## Alerts")]
+    assert set(re.findall(r"^\| `(clstream_\w+)` \|", table, re.MULTILINE)) == set(NOT_ON_DASHBOARD)
+    assert not set(NOT_ON_DASHBOARD) & dashboard_metrics(json.loads(DASHBOARD.read_text()))
+    assert all(reason for reason in NOT_ON_DASHBOARD.values())
 
 
 def test_dashboard_identity(dashboard):

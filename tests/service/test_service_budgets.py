@@ -69,6 +69,8 @@ def test_idle_streams_lock_out_no_other_call_and_health_is_never_refused(start, 
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_open_streams" in e.value.details()
     metrics = scrape(service)  # what an operator sees: the stream budget full, five calls refused by it
     assert value(metrics, "clstream_calls_open", budget="streams") == 16
+    assert value(metrics, "clstream_calls_limit", budget="streams") == 16  # at its limit: the dashboard's ratio is 1
+    assert value(metrics, "clstream_calls_limit", budget="serving") == service.settings.max_concurrent_predictions
     assert value(metrics, "clstream_calls_refused", "_total", budget="streams") == 5
     assert value(metrics, "clstream_calls_refused", "_total", budget="serving") == 0
     assert sum(s.value for s in metrics["clstream_requests"].samples

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 import struct
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,9 @@ from clstream_proto import continual_learner_pb2 as pb
 from server.codec import (PARALLEL_MIN_IMAGE_BYTES, DecodeLimits, decode_images, decode_labels, decode_samples,
                           decode_tensor, encode_tensor)
 from server.errors import InvalidArgument
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the cuda helpers
+from cuda_helpers import DEVICE  # noqa: E402
 
 SHAPE = (1, 8, 8)
 LIMITS = DecodeLimits(max_samples=64, max_image_bytes=100_000, max_image_pixels=256 * 256)
@@ -162,7 +167,7 @@ def test_images_need_an_image_schema():
 def test_the_imagenet_transform_is_the_engines():
     """With image_transform=imagenet, served images are preprocessed exactly as cl_engine's image
     streams (CLEAR) preprocess theirs: the evaluation transform, or the training one for Train."""
-    from cl_engine.streams.images import image_transforms
+    from cl_engine.streams.images import image_transforms, stored_transform
 
     rng = np.random.default_rng(3)
     buf = io.BytesIO()
@@ -172,8 +177,8 @@ def test_the_imagenet_transform_is_the_engines():
     evaluation, _ = image_transforms(32)
     expected = evaluation(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
     assert torch.equal(decode_images(images, "samples.images", (3, 32, 32), limits)[0], expected)
-    trained = decode_images(images, "samples.images", (3, 32, 32), limits, train=True)
-    assert trained.shape == (1, 3, 32, 32) and torch.isfinite(trained).all()
+    trained = decode_images(images, "samples.images", (3, 32, 32), limits, train=True)  # as the learner stores it
+    assert torch.equal(trained[0], stored_transform(32)(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
     with pytest.raises(InvalidArgument, match="3, size, size"):
         decode_images(images, "samples.images", (1, 32, 32), limits)
 
@@ -223,3 +228,43 @@ def test_in_parallel_the_first_bad_image_in_message_order_is_reported():
         decode_images(pb.EncodedImages(images=files), "samples.images", (1, 32, 32), BIG, pool=pool)
     assert pool.submitted == 4
     assert e.value.field == "samples.images.images[1]" and "could not be decoded" in e.value.message
+
+
+def photo_jpegs(n: int = 3) -> list[bytes]:
+    rng = np.random.default_rng(5)
+    files = []
+    for k in range(n):
+        smooth = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(smooth).resize((80 + 8 * k, 60), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=92)
+        files.append(buf.getvalue())
+    return files
+
+
+def check_batched_jpeg_decode(device: torch.device) -> None:
+    """torchvision's batched decode_jpeg path gives Pillow's stored pixels within a few levels, on `device`."""
+    from server.codec import decode_jpegs
+
+    files = photo_jpegs()
+    limits = DecodeLimits(image_transform="imagenet")
+    pil = decode_images(pb.EncodedImages(images=files), "samples.images", (3, 24, 24), limits, train=True)
+    batched = decode_jpegs(files, 24, device)
+    assert batched.dtype == torch.uint8 and batched.device.type == device.type and batched.shape == pil.shape
+    assert (batched.cpu().int() - pil.int()).abs().float().mean() < 3  # nvJPEG/libjpeg-turbo and resize rounding
+    assert decode_jpegs([b"\xff\xd8 not a jpeg"], 24, device) is None  # the Pillow path then names it
+
+
+def test_the_batched_jpeg_decode_matches_pillow_on_the_cpu():
+    check_batched_jpeg_decode(torch.device("cpu"))
+
+
+@pytest.mark.cuda
+def test_train_jpegs_are_decoded_on_the_cuda_device_batched():
+    check_batched_jpeg_decode(torch.device(DEVICE))
+    from server.codec import check_images
+
+    files = photo_jpegs()
+    batch = check_images(pb.EncodedImages(images=files), "samples.images", (3, 24, 24),
+                         DecodeLimits(image_transform="imagenet"))
+    x = batch.decode(train=True, device=torch.device(DEVICE))
+    assert x.device.type == torch.device(DEVICE).type and x.dtype == torch.uint8 and x.shape == (3, 3, 24, 24)

@@ -41,7 +41,7 @@ EXPECTED = {  # name in the exposition → type
     "clstream_end_bucket_seconds": "histogram", "clstream_duplicate_batches": "counter",
     "clstream_rejected_batches": "counter", "clstream_serving": "gauge", "clstream_eval_sets": "gauge",
     "clstream_train_streams_open": "gauge", "clstream_served_samples": "counter",
-    "clstream_calls_open": "gauge", "clstream_calls_refused": "counter",
+    "clstream_calls_open": "gauge", "clstream_calls_limit": "gauge", "clstream_calls_refused": "counter",
     "clstream_skipped_steps": "counter", "clstream_promotion_decisions": "counter",
 }
 

@@ -67,12 +67,20 @@ def test_lists_and_switches_as_flags():
     (["--selection", "el2n"], "reservoir"),
     (["--image-std", "0"], "image_std"),
     (["--image-transform", "imagenet", "--image-mean", "0.5"], "imagenet brings its own"),
+    (["--image-transform", "imagenet", "--uint8-inputs", "scale"], "needs uint8_inputs imagenet"),
     (["--log-level", "LOUD"], "log_level"),
 ])
 def test_bad_settings_are_refused_by_name(argv, words):
     with pytest.raises((ValidationError, ValueError, SystemExit)) as e:
         load_settings(argv)
     assert e.type is SystemExit or words in str(e.value)
+
+
+def test_the_imagenet_image_transform_brings_the_clear_streams_learner_views():
+    s = load_settings(["--image-transform", "imagenet"])
+    assert (s.uint8_inputs, s.augment) == ("imagenet", "crop-flip")
+    assert load_settings(["--image-transform", "imagenet", "--augment", "none"]).augment == "none"
+    assert load_settings([]).uint8_inputs == "scale"
 
 
 def test_a_typo_in_the_config_file_is_refused(tmp_path):

@@ -221,8 +221,9 @@ def test_a_stream_of_png_images_trains_and_predicts(start, connect, stream):
 
 def test_large_images_are_decoded_by_the_decode_threads(start, connect, stream):
     """Photo-sized PNGs (past the parallel threshold) go through the server's decode threads: a
-    Train stream of them is applied in order, and Predict answers exactly as for the same pixels
-    decoded in order and sent as a tensor."""
+    Train stream of them is applied in order (decoded by the worker's threads, where each batch is
+    applied), and Predict answers exactly as for the same pixels decoded in order and sent as a tensor
+    (decoded by the receiving side's threads)."""
     from server.codec import DecodeLimits, decode_images
     from test_service_codec import noise_png
 
@@ -234,9 +235,10 @@ def test_large_images_are_decoded_by_the_decode_threads(start, connect, stream):
                                                                                 for i in range(4)])),
                              schema=schema_of(stream)) for k in range(3)]
     assert [a.model_version for a in stub.Train(iter(batches))] == [1, 2, 3]
-    assert any(t.name.startswith("clstream-decode") for t in threading.enumerate())
+    assert any(t.name.startswith("clstream-train-decode") for t in threading.enumerate())
     files = pb.EncodedImages(images=[noise_png(160, 100 + i) for i in range(4)])
     by_image = stub.Predict(pb.PredictRequest(samples=pb.Samples(images=files), top_k=10))
+    assert any(t.name.startswith("clstream-decode") for t in threading.enumerate())
     pixels = decode_images(files, "samples.images", (1, 8, 8), DecodeLimits())  # in order, here
     by_tensor = stub.Predict(pb.PredictRequest(samples=encode_samples(pixels), top_k=10))
     for a, b in zip(by_image.predictions, by_tensor.predictions, strict=True):

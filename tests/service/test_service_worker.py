@@ -236,3 +236,24 @@ def test_snapshots_are_reused_only_when_no_call_reads_them(stream):
     holder.publish_model(other.model, other.version, other.device)
     with holder.reading() as now:
         assert torch.equal(now.logits(x), other.logits(x)) and now.model is not other.model
+
+
+def test_each_batch_is_checked_once_on_its_way_and_a_bad_one_is_still_refused(start, connect, stream, monkeypatch):
+    """The worker checks a batch (answering INVALID_ARGUMENT) and trains it with observe_checked: one
+    check per batch through the real server, not one more inside the learner; a bad batch is still
+    refused, and nothing of it is applied."""
+    from cl_engine.learner import Learner
+
+    checks = []
+    check_batch = Learner.check_batch
+    monkeypatch.setattr(Learner, "check_batch", lambda self, x, y: (checks.append(len(y)), check_batch(self, x, y)))
+    stub = connect(start())
+    acks = list(stub.Train(train_batches(stream, 0, limit=5)))
+    assert [a.applied for a in acks] == [True] * 5 and checks == [10] * 5
+    x, y = stream.buckets[0].train.batch(torch.arange(10))
+    x[3, 0, 0, 0] = float("nan")
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.Train(iter([pb.TrainBatch(stream_id="s", sequence=6, bucket=0, samples=encode_samples(x),
+                                            labels=y.tolist())])))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in e.value.details()
+    assert stub.GetStatus(pb.GetStatusRequest()).batches_trained == 5

@@ -1,0 +1,76 @@
+"""The benchmark scripts' scaffolding (benchmarks/common.py), through the scripts themselves: no study runs
+here (speed is never measured in tests), but every study that records its results re-renders, from its
+recorded JSON, exactly the section BENCHMARKS.md holds (`script.py render RESULTS.json`, as
+benchmarks/README.md says), and every script answers --help without running."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
+RENDERED = [p for p in SCRIPTS if "entry_point(" in p.read_text() and (BENCHMARKS / "results" / f"{p.stem}.json").exists()]
+
+
+def section(text: str, name: str) -> str | None:
+    m = re.search(rf"<!-- {re.escape(name)}:begin -->\n(.*?)\n<!-- {re.escape(name)}:end -->", text, re.DOTALL)
+    return m.group(1) if m else None
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_the_studies_that_render_are_found():
+    assert {p.stem for p in RENDERED} >= {"broker", "replicas", "serving_latency", "service_overhead", "gem_scaling",
+                                          "scale"}
+
+
+@pytest.mark.parametrize("script", RENDERED, ids=lambda p: p.stem)
+def test_a_recorded_study_renders_its_benchmarks_section_again(script, tmp_path):
+    results = tmp_path / "results.json"  # render rewrites the results file: a copy
+    results.write_bytes((BENCHMARKS / "results" / f"{script.stem}.json").read_bytes())
+    markdown = tmp_path / "BENCHMARKS.md"
+    done = run(str(script), "render", str(results), "--markdown", str(markdown))
+    assert done.returncode == 0, done.stderr[-2000:]
+    names = re.findall(r"<!-- (\S+):begin -->", markdown.read_text())
+    assert len(names) == 1, names
+    recorded = section((ROOT / "BENCHMARKS.md").read_text(), names[0])
+    assert recorded is not None, f"BENCHMARKS.md has no {names[0]} section"
+    assert section(markdown.read_text(), names[0]) == recorded
+
+
+HELP_ALL = """
+import contextlib, io, json, runpy, sys
+answers = {}
+for path in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = [path, "--help"]
+    code = "returned"
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as e:
+            code = e.code
+    answers[path] = {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}
+print(json.dumps(answers))
+"""
+
+
+def test_every_script_answers_help_without_running():
+    """In one interpreter (torch imported once): each script's --help exits 0 with its usage, and none
+    runs its study instead (engine_hotspots used to, rewriting its results)."""
+    import json
+
+    done = run("-c", HELP_ALL, *map(str, SCRIPTS), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = json.loads(done.stdout.splitlines()[-1])
+    for path, answer in answers.items():
+        assert answer["code"] in (0, None), (path, answer["code"], answer["stderr"][-500:])
+        assert answer["stdout"].startswith("usage: ") and "wrote " not in answer["stderr"], path
+    assert len(answers) == len(SCRIPTS)
