@@ -77,7 +77,8 @@ SECTION = "peer_avalanche"
 # -- settings shared by both ----------------------------------------------------------------------
 
 def our_config(strategy: str, args, seed: int, num_buckets: int) -> LearnerConfig:
-    kw = dict(model="mlp", strategy=strategy, lr=args.lr, seed=seed, device="cpu")
+    kw = dict(model=getattr(args, "model", "mlp"), strategy=strategy, lr=args.lr, seed=seed, device="cpu",
+              precision=getattr(args, "precision", "fp32"), channels_last=getattr(args, "channels_last", False))
     if strategy == "replay-defaults":
         return LearnerConfig(**{**kw, "strategy": "replay"}, buffer_capacity=args.replay_capacity)
     if strategy == "replay":

@@ -47,8 +47,14 @@ def main() -> int:
     p.add_argument("--datasets", nargs="+", default=["digits-rotated", "digits-permuted"])
     p.add_argument("--readme", action="store_true", help="rewrite the results table in docs/engine.md")
     p.add_argument("--render", action="store_true", help="no runs: the table from benchmarks/results/strategies.json")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="the learner's precision; other than fp32 writes strategies_<precision>.json, never the docs")
+    p.add_argument("--only", nargs="+", default=None, help="only the runs whose label contains one of these words")
     args = p.parse_args()
-    path = ROOT / "benchmarks" / "results" / "strategies.json"
+    suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+    path = ROOT / "benchmarks" / "results" / f"strategies{suffix}.json"
+    if suffix and args.readme:
+        p.error("--readme shows the fp32 results; leave it out with --precision")
     if args.render:
         saved = json.loads(path.read_text())
         return publish(saved["results"], saved["seeds"], args.readme)
@@ -57,9 +63,11 @@ def main() -> int:
     for dataset in args.datasets:
         streams = {order: build_stream(dataset, order=order) for order in ("time", "iid")}
         for label, (order, options) in RUNS.items():
+            if args.only and not any(word in label for word in args.only):
+                continue
             runs = []
             for seed in range(args.seeds):
-                config = LearnerConfig(lr=0.1, seed=seed, device="cpu", **options)
+                config = LearnerConfig(lr=0.1, seed=seed, device="cpu", precision=args.precision, **options)
                 report = run_stream(streams[order], config, batch_size=10, progress=False)
                 runs.append({k: report["metrics"][k] for k in SHOWN} | {"train_seconds": report["train_seconds"]})
             summary = {k: (statistics.mean(r[k] for r in runs), statistics.stdev(r[k] for r in runs)
@@ -70,7 +78,8 @@ def main() -> int:
                   file=sys.stderr)
 
     out = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
-           "seeds": args.seeds, "settings": "MLP 2x100, SGD lr 0.1, batch 10, one pass", "results": results}
+           "seeds": args.seeds, "precision": args.precision, "settings": "MLP 2x100, SGD lr 0.1, batch 10, one pass",
+           "results": results}
     path.write_text(json.dumps(jsonable(out), indent=2) + "\n")
     return publish(results, args.seeds, args.readme)
 

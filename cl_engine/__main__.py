@@ -69,6 +69,9 @@ def add_learner_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uint8-inputs", choices=["scale", "imagenet"], default=None,
                    help=f"{f['uint8_inputs'].description} (default: the stream's: imagenet for CLEAR images, else "
                         "scale)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=f["precision"].default,
+                   help=f["precision"].description)
+    p.add_argument("--channels-last", action="store_true", help=f["channels_last"].description)
     p.add_argument("--seed", type=int, default=f["seed"].default, help=f["seed"].description)
     p.add_argument("--device", default="auto", help=f["device"].description)
 
@@ -84,7 +87,7 @@ def learner_config(args: argparse.Namespace) -> LearnerConfig:
         replay_batch_size=args.replay_batch_size, memory_per_bucket=args.memory_per_bucket,
         memory_strength=args.memory_strength, agem_sample_size=args.agem_sample_size,
         gradient_outlier_ratio=args.gradient_outlier_ratio, max_update_ratio=args.max_update_ratio,
-        clip_grad_norm=args.clip_grad_norm, seed=args.seed,
+        clip_grad_norm=args.clip_grad_norm, precision=args.precision, channels_last=args.channels_last, seed=args.seed,
         device=args.device,
     )
     if args.retain_ratio is not None:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .models import MODELS
+from torch.cuda import is_available as cuda_available
 from .selection import SELECTIONS
 
 
@@ -62,6 +63,13 @@ class LearnerConfig(BaseModel):
     uint8_inputs: Literal["scale", "imagenet"] = Field(
         "scale", description="how uint8 samples (kept as uint8 in the memory) become model inputs: scale to [0, 1], "
                              "or scale and normalise by ImageNet's mean and std")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="arithmetic of every forward pass (training, evaluation, scoring, GEM/A-GEM memory "
+                            "gradients, Predict): fp32, bf16 (autocast to bfloat16 on the learner's device; weights, "
+                            "gradients and projections stay float32) or fp16 (float16 autocast with a dynamic loss "
+                            "scale, CUDA only)")
+    channels_last: bool = Field(False, description="conv models: weights and image inputs in channels_last (NHWC) "
+                                                   "memory layout, the faster one for oneDNN and cuDNN convolutions")
     prequential_window: int = Field(1000, ge=1, description="samples in the prequential accuracy window")
     seed: int = Field(0, description="seed of the model's initialisation, the batch order and the memory's draws")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
@@ -70,6 +78,9 @@ class LearnerConfig(BaseModel):
     def _check(self) -> "LearnerConfig":
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.precision == "fp16" and (self.device == "cpu" or (self.device == "auto" and not cuda_available())):
+            raise ValueError("precision fp16 needs a CUDA device (float16 training with a loss scale), and this "
+                             "learner's device is the CPU: use precision bf16 or fp32")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.retention is None:

@@ -312,7 +312,8 @@ class BucketRetention:
         slots = torch.arange(pool.size, device=pool.device)
         x, y = pool.get(slots)
         ids = pool.ids[: pool.size].clone()
-        scores = priority(selection, scorer(x), y, generator)
+        # random selection never reads the scores: no forward pass over the candidates (same draws, same picks)
+        scores = priority(selection, None if selection == "random" else scorer(x), y, generator)
         k = min(self.asked[bucket], len(y))
         chosen = torch.argsort(scores, descending=True, stable=True)[:k]
         pool.size = 0

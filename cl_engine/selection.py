@@ -33,11 +33,12 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return true - others.max(dim=1).values
 
 
-def priority(method: str, logits: torch.Tensor, labels: torch.Tensor,
+def priority(method: str, logits: torch.Tensor | None, labels: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-    """Keep-first priority of each sample (higher is kept first) under `method`."""
+    """Keep-first priority of each sample (higher is kept first) under `method`. `random` does not read
+    the logits (None is fine: the caller need not compute them); the others need them."""
     if method == "random":
-        return torch.rand(labels.shape[0], generator=generator).to(logits.device)
+        return torch.rand(labels.shape[0], generator=generator).to(labels.device)
     if method == "el2n":
         return el2n(logits, labels)
     if method == "entropy":

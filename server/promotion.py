@@ -21,6 +21,7 @@ from torch import nn
 
 from cl_engine.guard import all_finite
 from cl_engine.learner import EVAL_BATCH, Learner
+from cl_engine.precision import model_autocast
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ def canary_accuracy(model: nn.Module, learner: Learner) -> float:
         for start in range(0, len(samples), EVAL_BATCH):
             x, y = samples.batch(torch.arange(start, min(start + EVAL_BATCH, len(samples))))
             x = learner.view.evaluation(x.to(learner.device))  # as the learner evaluates: uint8 scaled, normalised
-            correct += int((model(x).argmax(dim=1).cpu() == y).sum())
+            with model_autocast(model, learner.device):  # and in its precision
+                logits = model(x)
+            correct += int((logits.argmax(dim=1).cpu() == y).sum())
             total += len(y)
     model.train(was_training)
     return correct / total if total else math.nan

@@ -28,6 +28,7 @@ from prometheus_client import Counter, Gauge
 
 from cl_engine.learner import resolve_device
 from cl_engine.models import build_model
+from cl_engine.precision import prepare
 from clstream_proto import continual_learner_pb2 as pb
 from clstream_proto import continual_learner_pb2_grpc as pb_grpc
 
@@ -199,7 +200,8 @@ class Follower:
         key = (first.model, schema.input_shape, schema.num_classes)
         try:
             if self._module_key != key:
-                self._module = build_model(first.model, schema.input_shape, schema.num_classes).to(self.device)
+                self._module = prepare(build_model(first.model, schema.input_shape, schema.num_classes).to(self.device),
+                                       self.settings.precision, self.settings.channels_last)
                 self._module_key = key
             state = torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
             with torch.no_grad():

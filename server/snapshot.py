@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from cl_engine.precision import model_autocast
+
 EVAL_BATCH = 512
 
 
@@ -69,10 +71,12 @@ class Snapshot:
     @torch.inference_mode()
     def logits(self, x: torch.Tensor, view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The model's logits for x; `view` (the learner's evaluation view, cl_engine/views.py) turns each
-        batch, on the device, into model inputs as the learner does (uint8 scaled, normalised)."""
+        batch, on the device, into model inputs as the learner does (uint8 scaled, normalised); the forward
+        runs in the learner's precision (the model carries its mark: cl_engine/precision.py)."""
         view = view or (lambda b: b.float())
-        return torch.cat([self.model(view(x[i: i + EVAL_BATCH].to(self.device))).float().cpu()
-                          for i in range(0, len(x), EVAL_BATCH)])
+        with model_autocast(self.model, self.device):
+            return torch.cat([self.model(view(x[i: i + EVAL_BATCH].to(self.device))).float().cpu()
+                              for i in range(0, len(x), EVAL_BATCH)])
 
 
 class SnapshotHolder:

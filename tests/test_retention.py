@@ -225,3 +225,26 @@ def test_counts_follow_every_change_of_the_memory():
     assert buf.counts_by_bucket() == {0: 3, 3: 1} and buf.counts_by_class() == {0: 1, 2: 1, 3: 1, 7: 1}
     buf.keep(torch.tensor([1, 2]))
     assert buf.counts_by_bucket() == {0: 1, 3: 1} and buf.counts_by_class() == {2: 1, 7: 1}
+
+
+def test_random_selection_keeps_its_draws_without_scoring_the_candidates():
+    """Random selection never reads the scores, so the bucket end runs no forward pass over the candidates,
+    and keeps exactly the samples its generator draws (the same as when the scores were computed)."""
+    calls = []
+
+    def scorer(x):
+        calls.append(len(x))
+        return torch.zeros(len(x), 10)
+
+    buf = ReplayBuffer(100)
+    r = BucketRetention(buf, pool_size=1000, per_bucket=7)
+    x, y = samples(40)
+    r.observe(x, y, 0, gen())
+    r.end_bucket(0, scorer, "random", gen(3))
+    assert calls == []
+    draws = torch.rand(40, generator=gen(3))
+    expected = set(torch.argsort(draws, descending=True, stable=True)[:7].tolist())
+    assert set(buf.x[:7, 0].long().tolist()) == expected
+    r.observe(*samples(40, start=100), 1, gen())
+    r.end_bucket(1, scorer, "el2n", gen())
+    assert calls == [40]  # a selection that reads the scores still scores every candidate

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ..buffer import ReplayBuffer
 from ..guard import NonFinite, StepGuard
+from ..precision import LossScale, model_autocast, precision_of
 from .linear_pass import LinearPass, linear_only
 
 
@@ -50,7 +51,9 @@ class Strategy:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
-        self.linear = LinearPass(ctx.model) if linear_only(ctx.model) else None
+        # the hand-written pass is float32 arithmetic: other precisions go through autocast and autograd
+        self.linear = LinearPass(ctx.model) if linear_only(ctx.model) and precision_of(ctx.model) == "fp32" else None
+        self.loss_scale = LossScale(precision_of(ctx.model) == "fp16")
         self.guard = StepGuard(ctx.optimizer, self.params, ctx.counters, ctx.config.clip_grad_norm,
                                ctx.config.gradient_outlier_ratio, ctx.config.max_update_ratio,
                                [b for b in ctx.model.buffers() if b.is_floating_point()])
@@ -68,10 +71,15 @@ class Strategy:
             n = y.shape[0]
             _, grads, logits, losses = self.linear(x, y, torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device))
             return logits, losses, grads
-        logits = model(x)
+        with model_autocast(model):
+            logits = model(x).float()
         losses = F.cross_entropy(logits, y, reduction="none")
-        grads = torch.autograd.grad(losses.mean(), self.params, allow_unused=True)
-        return logits.detach(), losses.detach(), list(grads)
+        scale = self.loss_scale.scale
+        grads = list(torch.autograd.grad(losses.mean() * scale if scale != 1 else losses.mean(), self.params,
+                                         allow_unused=True))
+        if scale != 1:  # fp16: back to the true gradient, in float32 (an overflow stays non-finite for the guard)
+            torch._foreach_div_([g for g in grads if g is not None], scale)
+        return logits.detach(), losses.detach(), grads
 
     def _dense(self, grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
         """`grads` with zeros for the parameters a loss did not reach, as a projection needs them."""
@@ -79,7 +87,9 @@ class Strategy:
 
     def _update(self, grads: list[torch.Tensor | None], losses: torch.Tensor) -> str | None:
         """One guarded SGD step (guard.py); None when applied, else the reason it was not."""
-        return self.guard.step(grads, losses)
+        skipped = self.guard.step(grads, losses)
+        self.loss_scale.update(skipped not in ("non_finite_gradient", "non_finite_loss"))
+        return skipped
 
     def _refuse(self, losses: torch.Tensor) -> str:
         """Skip a step whose gradients proved non-finite before they reached the update (NonFinite)."""

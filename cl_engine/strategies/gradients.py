@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from ..buffer import ReplayBuffer
 from .base import ensure_training
+from ..precision import model_autocast, precision_of
 from .linear_pass import LinearPass, linear_only
 
 
@@ -36,7 +37,7 @@ def has_batchnorm(model: nn.Module) -> bool:
 def gradient_path(model: nn.Module) -> str:
     if has_batchnorm(model):
         return "loop"
-    return "linear" if linear_only(model) else "vmap"
+    return "linear" if linear_only(model) and precision_of(model) == "fp32" else "vmap"
 
 
 class MemoryGradients:
@@ -115,14 +116,17 @@ class MemoryGradients:
         params = {n: p.detach() for n, p in named}
         if bool((counts == x.shape[1]).all()):  # no padding: a plain mean per bucket
             def bucket_loss(params, x, y):
-                return F.cross_entropy(functional_call(model, params, (x,)), y)
+                with model_autocast(model):
+                    logits = functional_call(model, params, (x,)).float()
+                return F.cross_entropy(logits, y)
 
             grads = vmap(grad(bucket_loss), in_dims=(None, 0, 0))(params, x, y)
         else:
             weight = (torch.arange(x.shape[1], device=x.device) < counts[:, None]).to(x.dtype)
 
             def bucket_loss(params, x, y, w):
-                logits = functional_call(model, params, (x,))
+                with model_autocast(model):
+                    logits = functional_call(model, params, (x,)).float()
                 return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
 
             grads = vmap(grad(bucket_loss), in_dims=(None, 0, 0, 0))(params, x, y, weight)
@@ -133,7 +137,9 @@ class MemoryGradients:
         blocks = [torch.zeros(len(counts), *p.shape, dtype=p.dtype, device=p.device) for p in self.params]
         for t, n in enumerate(counts.tolist()):
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[t, :n]), y[t, :n]).backward()
+            with model_autocast(model):
+                logits = model(x[t, :n]).float()
+            F.cross_entropy(logits, y[t, :n]).backward()
             for block, p in zip(blocks, self.params):
                 if p.grad is not None:
                     block[t] = p.grad
