@@ -63,6 +63,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def eval_batch_of(model: nn.Module) -> int:
+    """The batch in which `model` is evaluated, scored and served: smaller for conv models."""
+    return CONV_EVAL_BATCH if any(isinstance(m, nn.Conv2d) for m in model.modules()) else EVAL_BATCH
+
+
 def on_cpu(value):
     """`value` with every tensor nested in its dicts and lists on the CPU (a CPU tensor as it is)."""
     if isinstance(value, torch.Tensor):
@@ -87,7 +92,7 @@ class Learner:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.eval_batch = CONV_EVAL_BATCH if any(isinstance(m, nn.Conv2d) for m in self.model.modules()) else EVAL_BATCH
+        self.eval_batch = eval_batch_of(self.model)
         self.view = InputView(config.augment, config.uint8_inputs)
         self.augment_generator = torch.Generator().manual_seed(config.seed + 1)  # crops: apart from the memory's draws
         strategy_cls = STRATEGIES[config.strategy]

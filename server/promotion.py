@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cl_engine.guard import all_finite
-from cl_engine.learner import EVAL_BATCH, Learner
+from cl_engine.learner import Learner
 from cl_engine.precision import model_autocast
 
 log = logging.getLogger(__name__)
@@ -40,8 +40,8 @@ def canary_accuracy(model: nn.Module, learner: Learner) -> float:
     model.eval()
     correct = total = 0
     for samples in learner.eval_sets.values():
-        for start in range(0, len(samples), EVAL_BATCH):
-            x, y = samples.batch(torch.arange(start, min(start + EVAL_BATCH, len(samples))))
+        for start in range(0, len(samples), learner.eval_batch):
+            x, y = samples.batch(torch.arange(start, min(start + learner.eval_batch, len(samples))))
             x = learner.view.evaluation(x.to(learner.device))  # as the learner evaluates: uint8 scaled, normalised
             with model_autocast(model, learner.device):  # and in its precision
                 logits = model(x)

@@ -23,9 +23,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from cl_engine.learner import eval_batch_of
 from cl_engine.precision import model_autocast
-
-EVAL_BATCH = 512
 
 
 def _tensors(model: nn.Module) -> list[torch.Tensor]:
@@ -43,6 +42,7 @@ class Snapshot:
         self._source = source
         self._source_tensors = _tensors(source) if source is not None else []
         self._own_tensors = _tensors(model)  # listed once: walking the modules costs about as much as the copy
+        self.batch = eval_batch_of(model)  # the learner's evaluation batch
 
     @classmethod
     def of(cls, model: nn.Module, version: int, device: torch.device) -> "Snapshot":
@@ -75,8 +75,8 @@ class Snapshot:
         runs in the learner's precision (the model carries its mark: cl_engine/precision.py)."""
         view = view or (lambda b: b.float())
         with model_autocast(self.model, self.device):
-            return torch.cat([self.model(view(x[i: i + EVAL_BATCH].to(self.device))).float().cpu()
-                              for i in range(0, len(x), EVAL_BATCH)])
+            return torch.cat([self.model(view(x[i: i + self.batch].to(self.device))).float().cpu()
+                              for i in range(0, len(x), self.batch)])
 
 
 class SnapshotHolder:
