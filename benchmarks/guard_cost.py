@@ -19,7 +19,6 @@ Writes benchmarks/results/guard_cost.json and rewrites the `guard_cost` section 
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path

@@ -15,7 +15,6 @@ Writes benchmarks/results/update_guard.json and rewrites the `update_guard` sect
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
