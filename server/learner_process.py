@@ -42,8 +42,9 @@ from .errors import ServiceError, Unavailable
 from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
 from .snapshot import Snapshot, SnapshotHolder
-from .worker import (STATUS_WAIT_SECONDS, _STOP, EndBucketOp, ForgetStreamOp, Op, RegisterEvalOp, RollbackOp,
-                     TrainingWorker, TrainOp, WorkerOptions, check_checkpoint, dropped, enqueue)
+from .durability import check_checkpoint
+from .operations import STOP, EndBucketOp, ForgetStreamOp, Op, RegisterEvalOp, RollbackOp, TrainOp, dropped, enqueue
+from .worker import STATUS_WAIT_SECONDS, TrainingWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
 PIPELINE = 8  # operations sent to the learner process and not yet answered, at most
@@ -144,7 +145,7 @@ class LearnerProcess:
         if self._feeder is None:
             return {"durable": self.options.checkpoint_dir is None, "error": self._exited or "not started",
                     "batches_lost": 0, "last_checkpoint": "", "checkpoints": self.options.checkpoint_dir is not None}
-        self.queue.put(_STOP)
+        self.queue.put(STOP)
         for thread in (self._feeder, self._receiver):
             thread.join(timeout)
         self._process.join(timeout)
@@ -188,7 +189,7 @@ class LearnerProcess:
     def _feed(self) -> None:
         while True:
             op = self.queue.get()
-            if op is _STOP:
+            if op is STOP:
                 self._send(("stop",))
                 return
             if not op.scope.live:
@@ -296,7 +297,7 @@ class LearnerProcess:
                 op = self.queue.get_nowait()
             except queue.Empty:
                 return
-            if op is not _STOP:
+            if op is not STOP:
                 op.future.set_exception(error)
 
 

@@ -38,7 +38,8 @@ from .schema_bounds import SchemaBounds
 from .settings import ServerSettings
 from .snapshot import Snapshot, SnapshotHolder
 from .watch import ModelWatch
-from .worker import CallScope, EndBucketOp, ForgetStreamOp, RegisterEvalOp, RollbackOp, TrainingWorker, TrainOp
+from .operations import CallScope, EndBucketOp, ForgetStreamOp, RegisterEvalOp, RollbackOp, TrainOp
+from .worker import TrainingWorker
 
 log = logging.getLogger(__name__)
 MAX_STREAM_ID = 128

@@ -18,13 +18,11 @@ at bucket ends, every N batches, every T seconds and at shutdown; they hold each
 sequence together with the model, so both always agree.
 
 "Done" means durable: EndBucket answers only once a checkpoint holds the bucket's end (NotDurable
-otherwise). A periodic checkpoint that fails is logged once per streak of failures and retried
-with back-off (1 s doubling to a minute), never after every batch; `on_durability(ok, why)` is told
-each time the state becomes durable again or stops being so (the service's training health).
+otherwise); server/durability.py keeps what the last checkpoint holds and retries a failing volume.
+The operations and their results are in server/operations.py.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import queue
@@ -34,8 +32,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import torch
 
 from cl_engine import Learner, LearnerConfig
 from cl_engine.drift import PageHinkley
@@ -47,9 +43,11 @@ from . import eval_sets
 from .checkpoint import CheckpointStore
 from .codec import EncodedBatch
 from .eval_sets import EvalSetBudget
-from .errors import (Cancelled, FailedPrecondition, InvalidArgument, NotDurable, ResourceExhausted, ServiceError,
-                     Unavailable)
+from .durability import CHECKPOINT_FORMAT, Durability, check_checkpoint
+from .errors import FailedPrecondition, InvalidArgument, NotDurable, ServiceError, Unavailable
 from .metrics import ServerMetrics
+from .operations import (STOP, EndBucketOp, EndBucketResult, ForgetStreamOp, ForgetStreamResult, Op, RegisterEvalOp,
+                         RegisterResult, RollbackOp, TrainOp, TrainResult, dropped, enqueue)
 from .promotion import Promotion, PromotionOptions
 from .rollback import ServedVersions
 from .schema import Schema, SchemaHolder
@@ -57,179 +55,7 @@ from .snapshot import SnapshotHolder
 from .stream_marks import StreamMarks
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
-CHECKPOINT_KEYS = frozenset({"format", "schema", "learner", "applied_sequences", "drift", "last_loss",
-                             "last_drift_version", "written_at"})
-CHECKPOINT_OPTIONAL_KEYS = frozenset({"promotion", "served_versions"})  # absent from checkpoints before issue 19
-CHECKPOINT_RETRY_SECONDS = (1.0, 60.0)  # back-off between periodic checkpoint attempts after a failure
-
-
-class CallScope:
-    """The operations one gRPC call submitted. Once failed (or its call ended), the rest are dropped."""
-
-    _keys = itertools.count(1)
-
-    def __init__(self):
-        self._failed = threading.Event()
-        self.key = next(self._keys)  # names the scope to a learner process
-
-    @classmethod
-    def of(cls, context) -> "CallScope":
-        """A scope that fails when the gRPC call ends: told by gRPC's termination callback, so that
-        checking it is one flag read, not `context.is_active()`, which takes the call's lock."""
-        scope = cls()
-        if not context.add_callback(scope.fail):  # False: the call has already ended
-            scope.fail()
-        return scope
-
-    def fail(self) -> None:
-        self._failed.set()
-
-    @property
-    def live(self) -> bool:
-        return not self._failed.is_set()
-
-
-@dataclass
-class Op:
-    scope: CallScope
-    future: Future = field(default_factory=Future, init=False)
-
-
-@dataclass
-class TrainOp(Op):
-    stream_id: str
-    sequence: int
-    bucket: int
-    x: torch.Tensor | EncodedBatch  # encoded images are decoded when the batch is applied, not before
-    y: torch.Tensor
-    schema: Schema
-    ids: torch.Tensor | None = None  # sample identities within the bucket (TrainBatch.sample_ids), if sent
-    bucket_batches: int = 0  # the bucket's planned batches (TrainBatch.bucket_batches); 0: not declared
-
-
-@dataclass
-class EndBucketOp(Op):
-    bucket: int
-    bucket_size: int | None
-    expected: dict[str, int] = field(default_factory=dict)  # stream_id → sequence the caller expects applied
-
-
-@dataclass
-class RollbackOp(Op):
-    version: int
-
-
-@dataclass
-class RegisterEvalOp(Op):
-    bucket: int
-    x: torch.Tensor
-    y: torch.Tensor
-    schema: Schema
-
-
-@dataclass
-class ForgetStreamOp(Op):
-    stream_id: str
-
-
-@dataclass
-class TrainResult:
-    applied: bool
-    accuracy: float
-    loss: float
-    version: int
-    samples_trained: int
-    applied_sequence: int
-    durable_sequence: int = 0
-    skip_reason: str = ""  # the step guard's reason when the batch was consumed but not learned
-
-    @property
-    def learned(self) -> bool:
-        return self.applied and not self.skip_reason
-
-
-@dataclass
-class ForgetStreamResult:
-    stream_id: str
-    sequence: int | None  # the mark dropped; None: there was none
-    streams_known: int
-
-
-@dataclass
-class EndBucketResult:
-    bucket: int
-    row: list[float]
-    metrics: dict[str, float]
-    version: int
-    open_bucket: int
-    already_ended: bool
-    checkpoint: str
-    durable: bool = False
-
-
-@dataclass
-class RegisterResult:
-    bucket: int
-    num_samples: int
-    already_registered: bool
-    registered: list[int]
-
-
-_STOP = object()
 STATUS_WAIT_SECONDS = 5.0  # how long status() waits for the worker to build a current one
-
-
-def dropped() -> Cancelled:
-    """The error of an operation dropped unapplied (its call failed or ended before it was reached)."""
-    return Cancelled("dropped unapplied: an earlier operation of the same call failed, or the call ended")
-
-
-def check_checkpoint(state: dict, config: LearnerConfig, schemas: SchemaHolder, path: Path | None) -> None:
-    """Refuse a checkpoint this server cannot continue from (ValueError naming why); establish its schema."""
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"checkpoint {path}: format {found!r}; this server reads {CHECKPOINT_FORMAT}")
-    missing = sorted(CHECKPOINT_KEYS - state.keys())
-    unknown = sorted(state.keys() - CHECKPOINT_KEYS - CHECKPOINT_OPTIONAL_KEYS)
-    if missing or unknown:
-        raise ValueError(f"checkpoint {path} verifies but is incomplete or foreign: "
-                         f"missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; move it aside "
-                         "(the next older checkpoint is then used) or start with another checkpoint directory")
-    if state["schema"] is not None:
-        schema = Schema.from_dict(state["schema"])
-        fixed = schemas.schema
-        if fixed is not None and not fixed.matches(schema):
-            raise ValueError(f"checkpoint {path} does not fit the settings' schema: the checkpoint's model has "
-                             f"{schema.describe()}, the settings (class_names, input_shape) declare "
-                             f"{fixed.describe()}")
-        schemas.establish(schema)
-    if state["learner"] is not None:
-        saved = LearnerConfig(**state["learner"]["config"])
-        ours, theirs = config.model_dump(exclude={"device"}), saved.model_dump(exclude={"device"})
-        if ours != theirs:
-            diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
-            raise ValueError(f"checkpoint {path} was trained with other learner settings "
-                             f"(setting: checkpoint → now): {diff}; start with the same settings, or with "
-                             "an empty checkpoint directory")
-
-
-def enqueue(ops: queue.Queue, op: "Op", timeout: float, accepting: Callable[[], bool]) -> Future:
-    """Put `op` on the bounded queue `ops`, waiting up to `timeout` seconds for room while its call is
-    alive: back-pressure for the sender, RESOURCE_EXHAUSTED past the wait."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if not accepting():
-            raise Unavailable("the server is shutting down; send again after it restarts")
-        if not op.scope.live:
-            raise Cancelled("the call ended before its operation could be queued")
-        try:
-            ops.put(op, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
-            return op.future
-        except queue.Full:
-            if time.monotonic() >= deadline:
-                raise ResourceExhausted(f"the training queue is full ({ops.maxsize} operations) and stayed "
-                                        f"full for {timeout:g}s; send more slowly") from None
 
 
 @dataclass
@@ -285,9 +111,8 @@ class TrainingWorker:
         self.queue_size = queue_size
         self.snapshot_interval = snapshot_interval
         self.max_streams = max_streams
-        self.checkpoints = checkpoints
-        self.checkpoint_every_batches = checkpoint_every_batches
-        self.checkpoint_every_seconds = checkpoint_every_seconds
+        self.durability = Durability(checkpoints, metrics, checkpoint_every_batches, checkpoint_every_seconds,
+                                     on_durability)
         self.drift = drift or PageHinkley()
         self.promotion = Promotion(promotion or PromotionOptions())  # which version serves (server/promotion.py)
         self.versions = ServedVersions(rollback_keep)  # served versions kept for Rollback (server/rollback.py)
@@ -296,16 +121,6 @@ class TrainingWorker:
         self.applied: dict[str, int] = {}  # stream_id → applied high-water mark
         self.last_loss = math.nan
         self.last_drift_version = 0
-        self.last_checkpoint = ""
-        self.last_checkpoint_time = 0.0
-        self._batches_since_checkpoint = 0
-        self._dirty = False  # changed since the last checkpoint
-        self.on_durability = on_durability
-        self.durable_sequences: dict[str, int] = {}  # each stream's mark in the last checkpoint
-        self._durable_open_bucket = 0  # the open bucket in the last checkpoint: buckets before it ended durably
-        self.checkpoint_error = ""  # why the last checkpoint attempt failed; "" when it succeeded
-        self._checkpoint_failures = 0  # failed attempts in the current streak
-        self._checkpoint_retry_at = 0.0  # monotonic time before which no periodic attempt is made
         self._last_snapshot = 0.0
         self._unservable_version = -1  # the last version refused publication as non-finite (logged once)
         self._finite_learner: Learner | None = None  # the learner whose weights were checked finite (see _servable)
@@ -332,14 +147,11 @@ class TrainingWorker:
                                  "checkpoint directory") from None
         self.applied = dict(state["applied_sequences"])
         self.marks.restored(self.applied)
-        self.durable_sequences = dict(self.applied)
-        self._durable_open_bucket = 0 if self.learner is None else self.learner.open_bucket
+        self.durability.restored(path, state, 0 if self.learner is None else self.learner.open_bucket)
         configured = {k: getattr(self.drift, k) for k in ("delta", "threshold", "min_samples", "alpha")}
         self.drift.load_state_dict({**state["drift"], **configured})  # the running test, today's parameters
         self.last_loss = state["last_loss"]
         self.last_drift_version = state["last_drift_version"]
-        self.last_checkpoint = str(path or "")
-        self.last_checkpoint_time = state["written_at"]
         self.promotion.load_state_dict(state.get("promotion"), self.learner)
         self.versions.load_state_dict(state.get("served_versions"))
 
@@ -357,7 +169,7 @@ class TrainingWorker:
     def finish(self) -> dict:
         """After the last operation: the final checkpoint and status. Returns whether the final state
         is durable, and if not why and how many applied batches a restart loses."""
-        if self._dirty and self.checkpoints is not None:
+        if self.durability.dirty and self.durability.enabled:
             self._checkpoint()
         self._publish(snapshot=False)
         if self.decode_pool is not None:
@@ -365,10 +177,7 @@ class TrainingWorker:
         return self.final_state()
 
     def final_state(self) -> dict:
-        durable = self.checkpoints is None or not self._dirty
-        return {"durable": durable, "checkpoints": self.checkpoints is not None,
-                "batches_lost": 0 if durable else self._batches_since_checkpoint,
-                "error": "" if durable else self.checkpoint_error, "last_checkpoint": self.last_checkpoint}
+        return self.durability.final_state()
 
     def stop(self, timeout: float | None = None) -> dict:
         """Stop taking operations, apply those already queued, write a final checkpoint; the final
@@ -376,7 +185,7 @@ class TrainingWorker:
         self._accepting = False
         if self._thread is None:
             return self.final_state()
-        self.queue.put(_STOP)  # after everything already queued
+        self.queue.put(STOP)  # after everything already queued
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("training worker did not finish within %.0fs; no final checkpoint", timeout or 0)
@@ -386,7 +195,7 @@ class TrainingWorker:
                 late = self.queue.get_nowait()
             except queue.Empty:
                 break
-            if late is not _STOP:
+            if late is not STOP:
                 late.future.set_exception(Unavailable("the server is shutting down; send again after it restarts"))
         return self.finish()
 
@@ -428,7 +237,7 @@ class TrainingWorker:
             if self.queue.empty():
                 self.settle()
             op = self.queue.get()
-            if op is _STOP:
+            if op is STOP:
                 return
             if not op.scope.live:
                 op.future.set_exception(dropped())
@@ -482,10 +291,7 @@ class TrainingWorker:
         snapshot = not train or idle or now - self._last_snapshot >= self.snapshot_interval
         if train and self.learner is not None and self.promotion.trained(self.learner):
             self.versions.record(self.learner)  # before a checkpoint, which then holds the decision
-        if self.checkpoints is not None and self._dirty and train and now >= self._checkpoint_retry_at and (
-                (self.checkpoint_every_batches and self._batches_since_checkpoint >= self.checkpoint_every_batches)
-                or (self.checkpoint_every_seconds and time.time() - self.last_checkpoint_time
-                    >= self.checkpoint_every_seconds)):
+        if train and self.durability.due():
             self._checkpoint()
         self._ops_done += 1
         self._publish(snapshot, status=not train or idle or self._status_wanted.is_set())
@@ -508,7 +314,7 @@ class TrainingWorker:
             self.learner = learner
             log.info("built a %s model for %s (%s, device %s)", self.config.model, schema.describe(),
                      self.config.strategy, learner.device)
-            self._dirty = True
+            self.durability.changed()
         return learner
 
     def _train(self, op: TrainOp) -> TrainResult:
@@ -518,7 +324,7 @@ class TrainingWorker:
             self.marks.used(op.stream_id)
             self.metrics.duplicate_batches.inc()
             return TrainResult(False, math.nan, math.nan, self.learner.version, self.learner.counters["samples_trained"],
-                               mark, self.durable_sequences.get(op.stream_id, 0))
+                               mark, self.durability.sequences.get(op.stream_id, 0))
         learner = self._candidate(op.schema)
         try:
             learner.check_bucket(op.bucket)
@@ -542,17 +348,16 @@ class TrainingWorker:
         self._adopt(learner, op.schema)
         self.applied[op.stream_id] = op.sequence  # a skipped step's batch is consumed too: exactly-once holds
         self.marks.used(op.stream_id)
-        self._batches_since_checkpoint += 1
-        self._dirty = True
+        self.durability.changed(batch=True)
         if not step.learned:
             return TrainResult(True, step.accuracy, step.loss, step.version, learner.counters["samples_trained"],
-                               op.sequence, self.durable_sequences.get(op.stream_id, 0), skip_reason=step.skipped)
+                               op.sequence, self.durability.sequences.get(op.stream_id, 0), skip_reason=step.skipped)
         self.last_loss = step.loss
         if self.drift.update(1.0 - step.accuracy, step.total):
             self.last_drift_version = step.version
             log.info("drift detected at model version %d (bucket %d)", step.version, op.bucket)
         return TrainResult(True, step.accuracy, step.loss, step.version, learner.counters["samples_trained"],
-                           op.sequence, self.durable_sequences.get(op.stream_id, 0))
+                           op.sequence, self.durability.sequences.get(op.stream_id, 0))
 
     def _end_bucket(self, op: EndBucketOp) -> EndBucketResult:
         learner = self.learner
@@ -576,17 +381,17 @@ class TrainingWorker:
             learner.end_bucket(op.bucket, bucket_size=op.bucket_size)  # the weights do not change: no new snapshot
             if not self.promotion.enabled or self.promotion.check(learner):  # guarded: each bucket end is a check
                 self.versions.record(learner)  # a version served at a bucket end, kept for Rollback
-            self._dirty = True
-        if self.checkpoints is not None and op.bucket >= self._durable_open_bucket:
+            self.durability.changed()
+        if self.durability.enabled and op.bucket >= self.durability.open_bucket:
             if self._checkpoint() is None:
-                raise NotDurable(f"the end of bucket {op.bucket}", f"the checkpoint failed: {self.checkpoint_error}; "
+                raise NotDurable(f"the end of bucket {op.bucket}", f"the checkpoint failed: {self.durability.error}; "
                                  "free space on or repair the checkpoint volume, then call EndBucket for this bucket "
                                  "again (it retries the checkpoint)")
         if not already:
             self.metrics.end_bucket_seconds.observe(time.perf_counter() - t0)
         R = learner.matrix.matrix()
         return EndBucketResult(op.bucket, R[op.bucket].tolist(), learner.metrics(), learner.version,
-                               learner.open_bucket, already, self.last_checkpoint, self.checkpoints is not None)
+                               learner.open_bucket, already, self.durability.last_path, self.durability.enabled)
 
     def _rollback(self, op: RollbackOp) -> tuple[int, int, str, bool]:
         """The learner and serving back to a kept version (server/rollback.py); durable when checkpoints are on."""
@@ -594,13 +399,13 @@ class TrainingWorker:
             raise FailedPrecondition("no model yet: nothing to roll back")
         self.learner = self.versions.restore(op.version, self.learner, self.config.device)
         self.promotion.reset(self.learner)
-        self._dirty = True
+        self.durability.changed()
         log.warning("rolled back to model version %d (open bucket %d); the streams' marks stay: batches applied "
                     "after it are forgotten", op.version, self.learner.open_bucket)
-        if self.checkpoints is not None and self._checkpoint() is None:
+        if self.durability.enabled and self._checkpoint() is None:
             raise NotDurable(f"the rollback to version {op.version}", f"the checkpoint failed: "
-                             f"{self.checkpoint_error}; it is applied in memory; fix the checkpoint volume")
-        return self.learner.version, self.learner.open_bucket, self.last_checkpoint, self.checkpoints is not None
+                             f"{self.durability.error}; it is applied in memory; fix the checkpoint volume")
+        return self.learner.version, self.learner.open_bucket, self.durability.last_path, self.durability.enabled
 
     def _register(self, op: RegisterEvalOp) -> RegisterResult:
         learner = self._candidate(op.schema)
@@ -614,55 +419,19 @@ class TrainingWorker:
         self.eval_budget.check(learner.eval_sets, op.bucket, op.x, op.y)
         learner.register_eval_set(op.bucket, eval_sets.held(op.x, op.y))
         self._adopt(learner, op.schema)
-        self._dirty = True
+        self.durability.changed()
         return RegisterResult(op.bucket, len(op.y), False, sorted(learner.eval_sets))
 
     def _forget(self, op: ForgetStreamOp) -> ForgetStreamResult:
         sequence = self.marks.forget(self.applied, op.stream_id)
         if sequence is not None:
-            self._dirty = True
+            self.durability.changed()
             log.info("dropped the applied mark of stream %r (at %d), as ForgetStream asked", op.stream_id, sequence)
         return ForgetStreamResult(op.stream_id, sequence, len(self.applied))
 
     def _checkpoint(self) -> Path | None:
-        """Write a checkpoint now: its path, or None when it failed (then `checkpoint_error` says why;
-        the first failure of a streak is logged, the next periodic attempt waits out a back-off)."""
-        t0 = time.perf_counter()
-        state = self.checkpoint_state()
-        try:
-            path = self.checkpoints.save(state)
-        except Exception as e:
-            self.metrics.checkpoint_failures.inc()
-            self._checkpoint_failures += 1
-            first, most = CHECKPOINT_RETRY_SECONDS
-            backoff = min(most, first * 2 ** (self._checkpoint_failures - 1))
-            self._checkpoint_retry_at = time.monotonic() + backoff
-            was_ok = not self.checkpoint_error
-            self.checkpoint_error = (f"{e.strerror} ({e.filename or self.checkpoints.directory})"
-                                     if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}")
-            if was_ok:
-                log.error("checkpoint write failed in %s: %s; training goes on in memory only (the last durable "
-                          "checkpoint is %s), retrying with back-off; further failures of this streak are not "
-                          "logged", self.checkpoints.directory, self.checkpoint_error, self.last_checkpoint or "none",
-                          exc_info=not isinstance(e, OSError))  # a disk fault needs no traceback; a bug does
-                if self.on_durability is not None:
-                    self.on_durability(False, self.checkpoint_error)
-            return None
-        self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
-        self.metrics.checkpoints.inc()
-        if self.checkpoint_error:
-            log.warning("checkpoint %s written after %d failed attempts; the state is durable again", path,
-                        self._checkpoint_failures)
-            if self.on_durability is not None:
-                self.on_durability(True, "")
-        self.checkpoint_error, self._checkpoint_failures, self._checkpoint_retry_at = "", 0, 0.0
-        self.last_checkpoint = str(path)
-        self.last_checkpoint_time = state["written_at"]
-        self.durable_sequences = state["applied_sequences"]
-        self._durable_open_bucket = 0 if self.learner is None else self.learner.open_bucket
-        self._batches_since_checkpoint = 0
-        self._dirty = False
-        return path
+        """Write a checkpoint now: its path, or None when it failed (server/durability.py)."""
+        return self.durability.save(self.checkpoint_state(), 0 if self.learner is None else self.learner.open_bucket)
 
     def checkpoint_state(self) -> dict:
         schema = self.schemas.schema
@@ -719,12 +488,7 @@ class TrainingWorker:
             "last_loss": self.last_loss,
             "drift": {"statistic": self.drift.statistic, "threshold": self.drift.threshold,
                       "events": self.drift.events, "last_event_version": self.last_drift_version},
-            "last_checkpoint": self.last_checkpoint,
-            "last_checkpoint_time": self.last_checkpoint_time,
-            "checkpoints": self.checkpoints is not None,
-            "batches_since_checkpoint": self._batches_since_checkpoint,
-            "checkpoint_error": self.checkpoint_error,
-            "durable_sequences": dict(self.durable_sequences),
+            **self.durability.status(),
             "promotion": self.promotion.status(),
             "rollback_versions": self.versions.versions(),
         }

@@ -16,7 +16,8 @@ from server.errors import Cancelled, FailedPrecondition, ResourceExhausted, Unav
 from server.metrics import ServerMetrics
 from server.schema import Schema, SchemaHolder
 from server.snapshot import SnapshotHolder
-from server.worker import CallScope, TrainingWorker, TrainOp
+from server.operations import CallScope, TrainOp
+from server.worker import TrainingWorker
 from service_helpers import eval_chunks, train_batches
 
 SCHEMA = Schema(tuple(str(c) for c in range(10)), (1, 8, 8))
