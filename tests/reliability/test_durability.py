@@ -352,12 +352,16 @@ def test_incomplete_and_corrupt_checkpoints_are_refused_at_start(volume, tmp_pat
     finally:
         servers.stop_all()
     newest = sorted(volume.path.glob("checkpoint-*.ckpt"))[-1]
-    state = decode(newest.read_bytes())
-    state.pop("drift")
-    newest.write_bytes(encode(state))  # verifies (a good hash), lacks a key
     flags = servers.args + ["--port", "0", "--no-metrics-enabled"]
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}  # main() installs its own
     try:
+        assert server_main(flags + ["--lr", "0.05"]) == 2, "a model trained at another learning rate is not continued"
+        assert f"checkpoint {newest} was trained with other learner settings" in caplog.text
+        assert "'lr': (0.1, 0.05)" in caplog.text
+        caplog.clear()
+        state = decode(newest.read_bytes())
+        state.pop("drift")
+        newest.write_bytes(encode(state))  # verifies (a good hash), lacks a key
         assert server_main(flags) == 2
         assert f"checkpoint {newest} verifies but is incomplete" in caplog.text and "missing ['drift']" in caplog.text
         for path in volume.path.glob("checkpoint-*.ckpt"):
