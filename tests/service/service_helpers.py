@@ -3,6 +3,7 @@ stream as the messages a client sends (the same batches run_stream feeds, by cl_
 from __future__ import annotations
 
 import grpc
+import numpy as np
 import torch
 
 from cl_engine.schedule import bucket_batches
@@ -51,6 +52,20 @@ def train_batches(stream, bucket: int, first_sequence: int = 1, stream_id: str =
         x, y = train.batch(index, train=True)
         yield pb.TrainBatch(stream_id=stream_id, sequence=first_sequence + k, bucket=bucket,
                             samples=encode_samples(x), labels=y.tolist(), schema=schema_of(stream))
+
+
+def run_stream_through(stub, stream, seed: int):
+    """What run_stream does in-process, through the service: every held-out set registered, every bucket's
+    batches (run_stream's, for `seed`) trained and the bucket ended with its size. Returns the status and
+    its accuracy matrix."""
+    register_all(stub, stream)
+    sequence = 1
+    for bucket in range(len(stream.buckets)):
+        acks = list(stub.Train(train_batches(stream, bucket, first_sequence=sequence, seed=seed)))
+        sequence += len(acks)
+        stub.EndBucket(pb.EndBucketRequest(bucket=bucket, bucket_size=len(stream.buckets[bucket].train)))
+    status = stub.GetStatus(pb.GetStatusRequest())
+    return status, np.array([r.accuracy for r in status.accuracy_matrix])
 
 
 def train_buckets(stub, stream, buckets: int) -> list:

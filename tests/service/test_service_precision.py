@@ -10,7 +10,7 @@ from cl_engine import LearnerConfig, run_stream
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
 from cli_helpers import one_line_error
-from service_helpers import register_all, train_batches
+from service_helpers import run_stream_through, train_batches
 
 
 @pytest.mark.parametrize("strategy, learner_process", [("replay", False), ("gem", True)])
@@ -20,15 +20,7 @@ def test_bf16_service_matches_the_in_process_run(start, connect, stream, strateg
     reference = run_stream(stream, LearnerConfig(**options), batch_size=10, epochs=1, progress=False)
     fp32 = run_stream(stream, LearnerConfig(**{**options, "precision": "fp32"}), batch_size=10, progress=False)
     assert reference["accuracy_matrix"] != fp32["accuracy_matrix"]  # bf16 really changed the arithmetic
-    stub = connect(start(learner_process=learner_process, **options))
-    register_all(stub, stream)
-    sequence = 1
-    for bucket in range(len(stream.buckets)):
-        acks = list(stub.Train(train_batches(stream, bucket, first_sequence=sequence, seed=3)))
-        sequence += len(acks)
-        stub.EndBucket(pb.EndBucketRequest(bucket=bucket, bucket_size=len(stream.buckets[bucket].train)))
-    status = stub.GetStatus(pb.GetStatusRequest())
-    R = np.array([r.accuracy for r in status.accuracy_matrix])
+    status, R = run_stream_through(connect(start(learner_process=learner_process, **options)), stream, seed=3)
     np.testing.assert_allclose(R, np.array(reference["accuracy_matrix"]), rtol=0, atol=1e-9)
     assert status.samples_trained == reference["samples_trained"]
 

@@ -11,7 +11,7 @@ import torch
 from cl_engine import LearnerConfig, run_stream
 from clstream_proto import continual_learner_pb2 as pb
 from server.codec import encode_samples
-from service_helpers import eval_chunks, register_all, schema_of, train_batches
+from service_helpers import eval_chunks, register_all, run_stream_through, schema_of, train_batches
 
 
 def test_trains_bucket_by_bucket_with_acks(start, connect, stream):
@@ -54,15 +54,7 @@ def test_service_matches_the_in_process_run(start, connect, stream, strategy, le
     learner in a thread of the server or in a process of its own."""
     options = dict(strategy=strategy, lr=0.1, buffer_capacity=200, memory_per_bucket=40, seed=3, device="cpu")
     reference = run_stream(stream, LearnerConfig(**options), batch_size=10, epochs=1, progress=False)
-    stub = connect(start(learner_process=learner_process, **options))
-    register_all(stub, stream)
-    sequence = 1
-    for bucket in range(len(stream.buckets)):
-        acks = list(stub.Train(train_batches(stream, bucket, first_sequence=sequence, seed=3)))
-        sequence += len(acks)
-        stub.EndBucket(pb.EndBucketRequest(bucket=bucket, bucket_size=len(stream.buckets[bucket].train)))
-    status = stub.GetStatus(pb.GetStatusRequest())
-    R = np.array([r.accuracy for r in status.accuracy_matrix])
+    status, R = run_stream_through(connect(start(learner_process=learner_process, **options)), stream, seed=3)
     np.testing.assert_allclose(R, np.array(reference["accuracy_matrix"]), rtol=0, atol=1e-9)
     np.testing.assert_allclose(status.initial_accuracy.accuracy, reference["initial_accuracy"], rtol=0, atol=1e-9)
     assert status.samples_trained == reference["samples_trained"]
