@@ -44,7 +44,8 @@ from .schema import Schema, SchemaHolder
 from .snapshot import Snapshot, SnapshotHolder
 from .durability import check_checkpoint
 from .operations import STOP, EndBucketOp, ForgetStreamOp, Op, RegisterEvalOp, RollbackOp, TrainOp, dropped, enqueue
-from .worker import STATUS_WAIT_SECONDS, TrainingWorker, WorkerOptions
+from .worker import TrainingWorker, WorkerOptions
+from .worker_status import StatusBoard
 
 log = logging.getLogger(__name__)
 PIPELINE = 8  # operations sent to the learner process and not yet answered, at most
@@ -93,7 +94,7 @@ class LearnerProcess:
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC threads
         self._weights_lock = self._context.Lock()
         self._weights_version = self._context.Value("q", 0, lock=False)
-        self._status_wanted = self._context.Event()
+        self._board = StatusBoard(self._context.Event())  # the learner process's worker builds on request too
         self._shared_model: nn.Module | None = None  # the learner's weights, in shared memory
         self._device = torch.device("cpu")  # the learner's, where snapshots answer
         self._restore: tuple[dict, Path | None] | None = None
@@ -107,10 +108,7 @@ class LearnerProcess:
         self._accepting = True
         self._exited: str | None = None  # why the learner process is gone, once it is
         self._ready = threading.Event()
-        self._status: dict = {}
         self._ops_done = 0  # operations the learner process answered (applied or refused)
-        self._status_ops = 0
-        self._status_built = threading.Condition()
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -124,7 +122,7 @@ class LearnerProcess:
         self._process = self._context.Process(
             target=learner_main, name="clstream-learner", daemon=True,
             args=(child, ProcessOptions(self.options, self.schemas.schema, self.log_level, self.nice), self._restore,
-                  self._weights_lock, self._weights_version, self._status_wanted))
+                  self._weights_lock, self._weights_version, self._board.wanted))
         self._process.start()
         child.close()
         self._conn = parent
@@ -156,7 +154,7 @@ class LearnerProcess:
         self._fail_queued(Unavailable("the server is shutting down; send again after it restarts"))
         if self._final is not None:
             return self._final
-        status = self._status or {}
+        status = self._board.status
         return {"durable": self.options.checkpoint_dir is None, "checkpoints": self.options.checkpoint_dir is not None,
                 "error": self._exited or "the learner process did not report its final checkpoint",
                 "batches_lost": status.get("batches_since_checkpoint", 0),
@@ -175,14 +173,7 @@ class LearnerProcess:
 
     def status(self) -> dict:
         """As TrainingWorker.status: the status after the last answered operation."""
-        wanted = self._ops_done
-        if self._status_ops >= wanted or self._exited is not None:
-            return self._status
-        with self._status_built:
-            self._status_wanted.set()
-            self._status_built.wait_for(lambda: self._status_ops >= wanted or self._exited is not None,
-                                        STATUS_WAIT_SECONDS)
-        return self._status
+        return self._board.current(self._ops_done, lambda: self._exited is None)
 
     # -- feeder and receiver threads ----------------------------------------------------------------
 
@@ -236,8 +227,7 @@ class LearnerProcess:
                 for op_id in list(self._in_flight):
                     self._in_flight.pop(op_id).future.set_exception(self._gone())
                 self._window.release(PIPELINE)
-                with self._status_built:
-                    self._status_built.notify_all()
+                self._board.wake()
 
     def _dispatch(self, message: tuple) -> bool:
         """Apply one piece of news from the learner process; True when it is the last."""
@@ -256,9 +246,7 @@ class LearnerProcess:
             self._in_flight.pop(message[1]).future.set_exception(dropped())
             self._window.release()
         elif kind == "status":
-            with self._status_built:
-                self._status, self._status_ops = message[1], message[2]
-                self._status_built.notify_all()
+            self._board.post(message[1], message[2])
         elif kind == "metrics":
             for name, method, value in message[1]:
                 getattr(getattr(self.metrics, name), method)(value)
@@ -377,9 +365,9 @@ def learner_main(conn, options: ProcessOptions, restore, lock, version, status_w
     metrics = _RecordedMetrics()
     w = options.worker
     checkpoints = CheckpointStore(w.checkpoint_dir, w.checkpoint_keep) if w.checkpoint_dir is not None else None
-    worker = TrainingWorker.of(w, _RelayedSchemas(options.schema, news.append),
-                               _SharedWeights(news.append, lock, version), metrics, checkpoints, status_wanted,
-                               on_durability=lambda ok, why: news.append(("durability", ok, why)))
+    worker = TrainingWorker(w, _RelayedSchemas(options.schema, news.append),
+                            _SharedWeights(news.append, lock, version), metrics, checkpoints, status_wanted,
+                            on_durability=lambda ok, why: news.append(("durability", ok, why)))
     worker.queue = _PipeQueue(conn)
     sent_status = [None]
 

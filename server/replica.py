@@ -37,7 +37,7 @@ from .metrics import ServerMetrics
 from .schema import Schema, SchemaHolder
 from .settings import ServerSettings
 from .snapshot import SnapshotHolder
-from .worker import TrainingWorker
+from .worker import TrainingWorker, WorkerOptions
 
 log = logging.getLogger(__name__)
 SERVICE_PREFIX = "/" + pb.DESCRIPTOR.services_by_name["ContinualLearner"].full_name + "/"
@@ -90,7 +90,8 @@ class Follower:
         self.learner_version = 0  # the newest version the learner said it has published
         self.learner_published = 0.0  # and when (Unix time, the learner's clock)
         self.connected = False
-        empty = TrainingWorker(settings.learner_config(), SchemaHolder(), SnapshotHolder(), metrics, queue_size=1)
+        empty = TrainingWorker(WorkerOptions(settings.learner_config(), queue_size=1), SchemaHolder(), SnapshotHolder(),
+                               metrics)
         empty.begin()
         self._empty_status = empty.status()  # what GetStatus says of training on a replica: none
         r = metrics.registry  # no learner status here: samples trained, buffer, matrix are the learner's metrics

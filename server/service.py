@@ -89,8 +89,8 @@ class Service:
                                          nice=settings.learner_nice, on_exit=self._learner_gone,
                                          on_durability=self._durability)
         else:
-            self.worker = TrainingWorker.of(options, self.schemas, self.snapshots, self.metrics, self.checkpoints,
-                                            on_durability=self._durability)
+            self.worker = TrainingWorker(options, self.schemas, self.snapshots, self.metrics, self.checkpoints,
+                                         on_durability=self._durability)
         self._durable = True  # whether the training state can be made durable (the last checkpoint attempt worked)
         self.resumed_from = None
         if self.checkpoints is not None:

@@ -35,15 +35,13 @@ from typing import Callable
 
 from cl_engine import Learner, LearnerConfig
 from cl_engine.drift import PageHinkley
-from cl_engine.guard import REASONS as SKIP_REASONS
 from cl_engine.guard import all_finite
-from cl_engine.metrics import METRIC_KEYS, forgetting_per_bucket
 
 from . import eval_sets
 from .checkpoint import CheckpointStore
 from .codec import EncodedBatch
-from .eval_sets import EvalSetBudget
 from .durability import CHECKPOINT_FORMAT, Durability, check_checkpoint
+from .eval_sets import EvalSetBudget
 from .errors import FailedPrecondition, InvalidArgument, NotDurable, ServiceError, Unavailable
 from .metrics import ServerMetrics
 from .operations import (STOP, EndBucketOp, EndBucketResult, ForgetStreamOp, ForgetStreamResult, Op, RegisterEvalOp,
@@ -53,9 +51,9 @@ from .rollback import ServedVersions
 from .schema import Schema, SchemaHolder
 from .snapshot import SnapshotHolder
 from .stream_marks import StreamMarks
+from .worker_status import LearnerStatus, StatusBoard
 
 log = logging.getLogger(__name__)
-STATUS_WAIT_SECONDS = 5.0  # how long status() waits for the worker to build a current one
 
 
 @dataclass
@@ -79,43 +77,29 @@ class WorkerOptions:
 
 
 class TrainingWorker:
-    @classmethod
-    def of(cls, options: WorkerOptions, schemas: SchemaHolder, snapshots, metrics,
-           checkpoints: CheckpointStore | None = None, status_wanted: threading.Event | None = None,
-           on_durability: Callable[[bool, str], None] | None = None) -> "TrainingWorker":
-        return cls(options.config, schemas, snapshots, metrics, queue_size=options.queue_size,
-                   snapshot_interval=options.snapshot_interval, max_streams=options.max_streams,
-                   checkpoints=checkpoints, checkpoint_every_batches=options.checkpoint_every_batches,
-                   checkpoint_every_seconds=options.checkpoint_every_seconds, drift=options.drift,
-                   status_wanted=status_wanted, on_durability=on_durability, eval_budget=options.eval_budget,
-                   stream_mark_max_idle_seconds=options.stream_mark_max_idle_seconds, promotion=options.promotion,
-                   rollback_keep=options.rollback_keep, decode_threads=options.decode_threads)
+    """Applies the queued operations to the Learner, one at a time, on its own thread (or, in a learner
+    process, on that process's main thread: server/learner_process.py)."""
 
-    def __init__(self, config: LearnerConfig, schemas: SchemaHolder, snapshots: SnapshotHolder,
-                 metrics: ServerMetrics, *, queue_size: int = 64, snapshot_interval: float = 0.0,
-                 max_streams: int = 1024, checkpoints: CheckpointStore | None = None,
-                 checkpoint_every_batches: int = 0, checkpoint_every_seconds: float = 0.0,
-                 drift: PageHinkley | None = None, status_wanted: threading.Event | None = None,
-                 on_durability: Callable[[bool, str], None] | None = None,
-                 eval_budget: EvalSetBudget | None = None, stream_mark_max_idle_seconds: float = 0.0,
-                 promotion: PromotionOptions | None = None, rollback_keep: int = 3, decode_threads: int = 1):
-        self.config = config
-        self.decode_pool = (ThreadPoolExecutor(decode_threads, thread_name_prefix="clstream-train-decode")
-                            if decode_threads > 1 else None)  # for Train images (codec.EncodedBatch.decode)
-        self.marks = StreamMarks(max_streams, stream_mark_max_idle_seconds)
-        self.eval_budget = eval_budget or EvalSetBudget()
+    def __init__(self, options: WorkerOptions, schemas: SchemaHolder, snapshots: SnapshotHolder,
+                 metrics: ServerMetrics, checkpoints: CheckpointStore | None = None,
+                 status_wanted: threading.Event | None = None,
+                 on_durability: Callable[[bool, str], None] | None = None):
+        self.config = options.config
+        self.decode_pool = (ThreadPoolExecutor(options.decode_threads, thread_name_prefix="clstream-train-decode")
+                            if options.decode_threads > 1 else None)  # for Train images (codec.EncodedBatch.decode)
+        self.marks = StreamMarks(options.max_streams, options.stream_mark_max_idle_seconds)
+        self.eval_budget = options.eval_budget
         self.schemas = schemas
         self.snapshots = snapshots
         self.metrics = metrics
-        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.queue_size = queue_size
-        self.snapshot_interval = snapshot_interval
-        self.max_streams = max_streams
-        self.durability = Durability(checkpoints, metrics, checkpoint_every_batches, checkpoint_every_seconds,
-                                     on_durability)
-        self.drift = drift or PageHinkley()
-        self.promotion = Promotion(promotion or PromotionOptions())  # which version serves (server/promotion.py)
-        self.versions = ServedVersions(rollback_keep)  # served versions kept for Rollback (server/rollback.py)
+        self.queue: queue.Queue = queue.Queue(maxsize=options.queue_size)
+        self.queue_size = options.queue_size
+        self.snapshot_interval = options.snapshot_interval
+        self.durability = Durability(checkpoints, metrics, options.checkpoint_every_batches,
+                                     options.checkpoint_every_seconds, on_durability)
+        self.drift = options.drift
+        self.promotion = Promotion(options.promotion)  # which version serves (server/promotion.py)
+        self.versions = ServedVersions(options.rollback_keep)  # served versions kept for Rollback (server/rollback.py)
         # State that only the worker thread touches once it runs.
         self.learner: Learner | None = None
         self.applied: dict[str, int] = {}  # stream_id → applied high-water mark
@@ -124,14 +108,11 @@ class TrainingWorker:
         self._last_snapshot = 0.0
         self._unservable_version = -1  # the last version refused publication as non-finite (logged once)
         self._finite_learner: Learner | None = None  # the learner whose weights were checked finite (see _servable)
-        self._matrix_cache: tuple | None = None  # (learner, its matrix version, derived status)
+        self.learner_status = LearnerStatus()
         self._accepting = True
         self._thread: threading.Thread | None = None
-        self._status: dict = {}
         self._ops_done = 0  # operations finished by the worker (applied or refused)
-        self._status_ops = 0  # _ops_done when _status was built
-        self._status_wanted = status_wanted or threading.Event()  # a reader waits for a current status
-        self._status_built = threading.Condition()
+        self.board = StatusBoard(status_wanted)
 
     # -- life cycle (any thread, before start / after stop) -----------------------------------------
 
@@ -212,23 +193,16 @@ class TrainingWorker:
     @property
     def published_status(self) -> tuple[dict, int]:
         """The last status built and how many operations it covers (the worker thread's view)."""
-        return self._status, self._status_ops
+        return self.board.status, self.board.ops
 
     def status(self) -> dict:
         """The status after the last operation the worker finished (a consistent view; never mutated
         after publication). While the worker is busy with a run of batches it builds one only on
         request: this waits for its next operation boundary, at most STATUS_WAIT_SECONDS (then the
         last one built is returned)."""
-        wanted = self._ops_done
         thread = self._thread
-        no_worker = thread is None or not thread.is_alive() or thread is threading.current_thread()  # none to wait for
-        if self._status_ops >= wanted or no_worker:
-            return self._status
-        with self._status_built:
-            self._status_wanted.set()
-            self._status_built.wait_for(lambda: self._status_ops >= wanted or not thread.is_alive(),
-                                        STATUS_WAIT_SECONDS)
-        return self._status
+        return self.board.current(self._ops_done, lambda: thread is not None and thread.is_alive()
+                                  and thread is not threading.current_thread())  # else: none to wait for
 
     # -- the worker thread --------------------------------------------------------------------------
 
@@ -253,7 +227,7 @@ class TrainingWorker:
         """With nothing waiting: publish what a run of operations left unpublished, the throttled
         snapshot and the status built only on request (the run may have ended in dropped operations,
         which publish nothing)."""
-        self._publish(snapshot=True, status=self._status_ops < self._ops_done)
+        self._publish(snapshot=True, status=self.board.ops < self._ops_done)
 
     def process(self, op: Op) -> tuple[object, Exception | None]:
         """Apply `op` whole or not at all, then publish: (result, None) or (None, the error)."""
@@ -294,7 +268,7 @@ class TrainingWorker:
         if train and self.durability.due():
             self._checkpoint()
         self._ops_done += 1
-        self._publish(snapshot, status=not train or idle or self._status_wanted.is_set())
+        self._publish(snapshot, status=not train or idle or self.board.wanted.is_set())
 
     def _ensure_learner(self, schema: Schema) -> Learner:
         return self._adopt(self._candidate(schema), schema)
@@ -459,10 +433,8 @@ class TrainingWorker:
             self._last_snapshot = time.monotonic()
         if status:
             built = self._build_status()
-            with self._status_built:
-                self._status, self._status_ops = built, self._ops_done
-                self._status_wanted.clear()
-                self._status_built.notify_all()
+            self.board.wanted.clear()  # before posting: a reader then waits for no more than this one
+            self.board.post(built, self._ops_done)
 
     def _servable(self, learner: Learner) -> bool:
         """A model with a non-finite weight or statistic never reaches serving. Each learner (built,
@@ -480,9 +452,8 @@ class TrainingWorker:
         return False
 
     def _build_status(self) -> dict:
-        learner = self.learner
-        base = {
-            "has_model": learner is not None,
+        return {
+            "has_model": self.learner is not None,
             "schema": self.schemas.schema,
             "applied_sequences": dict(self.applied),
             "last_loss": self.last_loss,
@@ -491,38 +462,5 @@ class TrainingWorker:
             **self.durability.status(),
             "promotion": self.promotion.status(),
             "rollback_versions": self.versions.versions(),
+            **self.learner_status.of(self.learner),
         }
-        if learner is None:
-            return {**base, "version": 0, "open_bucket": 0, "samples_trained": 0, "batches_trained": 0,
-                    "projections": 0, "qp_fallbacks": 0, "skipped_steps": dict.fromkeys(SKIP_REASONS, 0),
-                    "prequential_accuracy": math.nan,
-                    "prequential_accuracy_overall": math.nan, "matrix": [], "initial": [],
-                    "metrics": {k: math.nan for k in METRIC_KEYS}, "forgetting_per_bucket": [],
-                    "buffer": {"size": 0, "capacity": 0, "bytes": 0, "bytes_per_sample": 0, "by_bucket": {},
-                               "by_class": {}},
-                    "eval_buckets": []}
-        s = learner.status()
-        return {
-            **base,
-            "version": learner.version,
-            "open_bucket": learner.open_bucket,
-            **{k: learner.counters[k] for k in ("samples_trained", "batches_trained", "projections", "qp_fallbacks")},
-            "skipped_steps": {r: learner.counters.get(f"skipped_{r}", 0) for r in SKIP_REASONS},
-            "prequential_accuracy": s["prequential_accuracy"],
-            "prequential_accuracy_overall": s["prequential_accuracy_overall"],
-            **self._matrix_status(learner),
-            "buffer": {**s["buffer"], "bytes_per_sample": learner.buffer.bytes_per_sample()},
-            "eval_buckets": sorted(learner.eval_sets),
-        }
-
-    def _matrix_status(self, learner: Learner) -> dict:
-        """The accuracy matrix and what derives from it, recomputed only when the matrix changed
-        (at bucket ends), not after every batch."""
-        cached = self._matrix_cache
-        if cached is None or cached[0] is not learner or cached[1] != learner.matrix.version:
-            R = learner.matrix.matrix()
-            cached = (learner, learner.matrix.version, {
-                "matrix": R.tolist(), "initial": learner.matrix.initial_row().tolist(),
-                "metrics": learner.metrics(), "forgetting_per_bucket": forgetting_per_bucket(R)})
-            self._matrix_cache = cached
-        return cached[2]

@@ -17,7 +17,7 @@ from server.metrics import ServerMetrics
 from server.schema import Schema, SchemaHolder
 from server.snapshot import SnapshotHolder
 from server.operations import CallScope, TrainOp
-from server.worker import TrainingWorker
+from server.worker import TrainingWorker, WorkerOptions
 from service_helpers import eval_chunks, train_batches
 
 SCHEMA = Schema(tuple(str(c) for c in range(10)), (1, 8, 8))
@@ -26,8 +26,8 @@ SCHEMA = Schema(tuple(str(c) for c in range(10)), (1, 8, 8))
 @pytest.fixture
 def gated():
     """A worker whose training steps wait for `gate` (so the queue can be filled at will)."""
-    worker = TrainingWorker(LearnerConfig(device="cpu"), SchemaHolder(SCHEMA), SnapshotHolder(), ServerMetrics(),
-                            queue_size=2)
+    worker = TrainingWorker(WorkerOptions(LearnerConfig(device="cpu"), queue_size=2), SchemaHolder(SCHEMA),
+                            SnapshotHolder(), ServerMetrics())
     gate = threading.Event()
     train = worker._train
     worker._train = lambda op: (gate.wait(10), train(op))[1]
@@ -123,8 +123,8 @@ def test_a_call_scope_ends_with_its_call(gated):
 
 
 def test_status_is_built_on_request_while_batches_keep_coming_and_is_current_when_read():
-    worker = TrainingWorker(LearnerConfig(device="cpu"), SchemaHolder(SCHEMA), SnapshotHolder(), ServerMetrics(),
-                            queue_size=4)
+    worker = TrainingWorker(WorkerOptions(LearnerConfig(device="cpu"), queue_size=4), SchemaHolder(SCHEMA),
+                            SnapshotHolder(), ServerMetrics())
     turns = threading.Semaphore(0)  # one training step per release
     train = worker._train
     worker._train = lambda op: (turns.acquire(timeout=10), train(op))[1]
