@@ -24,6 +24,7 @@ instead of once per step. Change the contents only through those.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -36,10 +37,16 @@ def content_ids(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     flat = x.reshape(len(x), -1)
     if flat.dtype.is_floating_point:
         flat = flat.float().view(torch.int32)
-    g = torch.Generator().manual_seed(1234)
-    weights = torch.randint(-(2 ** 62), 2 ** 62, (flat.shape[1],), generator=g, dtype=torch.int64).to(x.device) | 1
+    weights = _hash_weights(flat.shape[1], x.device)
     return torch.cat([(flat[i: i + chunk].long() * weights).sum(dim=1) for i in range(0, len(flat), chunk)]
                      or [torch.empty(0, dtype=torch.int64, device=x.device)])
+
+
+@functools.lru_cache(maxsize=8)
+def _hash_weights(features: int, device: torch.device) -> torch.Tensor:
+    """content_ids' odd int64 weights, one per feature: the same for every call (made once per shape and device)."""
+    g = torch.Generator().manual_seed(1234)
+    return torch.randint(-(2 ** 62), 2 ** 62, (features,), generator=g, dtype=torch.int64).to(device) | 1
 
 
 class ReplayBuffer:
