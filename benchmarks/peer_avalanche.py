@@ -145,10 +145,9 @@ def in_stream_order(stream):
     return dataclasses.replace(stream, info={**stream.info, "samples_without_upload_time": 0})
 
 
-def run_ours(stream, strategy: str, args, seed: int, shuffle: bool | None = None, **overrides) -> dict:
-    """One run of ours; `overrides`: LearnerConfig fields set on top of `our_config`'s."""
+def run_ours(stream, strategy: str, args, seed: int, shuffle: bool | None = None) -> dict:
     shuffle = args.peer_shuffle if shuffle is None else shuffle
-    config = our_config(strategy, args, seed, len(stream)).model_copy(update=overrides)
+    config = our_config(strategy, args, seed, len(stream))
     seed_everything(seed)
     _EvalCPU.install()
     eval_cpu0, cpu0 = _EvalCPU.seconds, time.thread_time()
