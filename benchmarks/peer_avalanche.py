@@ -34,13 +34,22 @@ How runs are ordered: one warm-up of every (library, strategy) on a small stream
 alternating which goes first. Repetition r uses seed `--seed + r` (weights and sampling) for
 both; the table shows medians over repetitions.
 
-An equivalence check comes first: naive fine-tuning with Avalanche's shuffling turned off
-feeds both engines identical batches from identical weights, so their accuracy matrices must
-agree (up to float rounding); its largest difference is reported.
+Two equivalence checks come first, on the first stream and seed; their largest differences
+of the accuracy matrices are reported (they must be 0 up to float rounding):
+- naive: fine-tuning with Avalanche's shuffling turned off feeds both engines identical batches
+  from identical weights.
+- replay: the same, with the randomness of replay shared too. Both train each bucket in stream
+  order; ours walks its memory in slot order instead of shuffled passes (ReplayBuffer.pass_order),
+  as the peer's unshuffled memory loader walks its memory; the peer's storage policy (KeepOurs)
+  keeps, after each experience, exactly the memories ours holds after that bucket, in our slot
+  order. Every step then sees the same new batch and the same memory batch. (This check found the
+  one place where the two replays' arithmetic differed: a bucket's last, partial batch replayed as
+  many memories as it held, where the peer replays its fixed batch_size_mem; issue 21 fixed it.)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -60,6 +69,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the v
 
 from benchmarks.common import command_line, machine, median, write_markdown, write_results  # noqa: E402
 from cl_engine import LearnerConfig, build_stream, run_stream  # noqa: E402
+from cl_engine.buffer import ReplayBuffer  # noqa: E402
 from cl_engine.learner import Learner  # noqa: E402
 from cl_engine.metrics import gem_metrics  # noqa: E402
 from cl_engine.models import build_model  # noqa: E402
@@ -165,7 +175,8 @@ def avalanche_benchmark(stream):
     )
 
 
-def peer_strategy(strategy: str, model, args, num_buckets: int):
+def peer_strategy(strategy: str, model, args, num_buckets: int, storage_policy=None):
+    """`storage_policy`: replay's memory (None: as `--peer-replay-storage` says)."""
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.training import AGEM, GEM, Naive, Replay
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
@@ -185,7 +196,9 @@ def peer_strategy(strategy: str, model, args, num_buckets: int):
             return Replay(mem_size=args.replay_capacity, **common)
         # Replay is SupervisedTemplate + ReplayPlugin; the plugin takes the storage policy.
         # batch_size_mem defaults to train_mb_size: incoming batch + an equally sized memory batch.
-        plugin = ReplayPlugin(mem_size=args.replay_capacity, storage_policy=ReservoirSamplingBuffer(args.replay_capacity))
+        plugin = ReplayPlugin(mem_size=args.replay_capacity,
+                              storage_policy=storage_policy if storage_policy is not None
+                              else ReservoirSamplingBuffer(args.replay_capacity))
         return Naive(plugins=[plugin], **common)
     if strategy == "gem":
         return GEM(patterns_per_exp=args.memory_per_bucket, memory_strength=args.memory_strength, **common)
@@ -194,14 +207,14 @@ def peer_strategy(strategy: str, model, args, num_buckets: int):
     raise ValueError(strategy)
 
 
-def run_peer(stream, strategy: str, args, seed: int, shuffle: bool | None = None) -> dict:
+def run_peer(stream, strategy: str, args, seed: int, shuffle: bool | None = None, storage_policy=None) -> dict:
     shuffle = (args.peer_shuffle or strategy == "replay-defaults") if shuffle is None else shuffle
     config = our_config(strategy, args, seed, len(stream))
     model = build_model(config.model, stream.input_shape, stream.num_classes)
     model.load_state_dict(initial_state(config, stream))
     bench = avalanche_benchmark(stream)
     seed_everything(seed)
-    strat = peer_strategy(strategy, model, args, len(stream))
+    strat = peer_strategy(strategy, model, args, len(stream), storage_policy)
     n = len(stream)
     keys = [f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}" for j in range(n)]
 
@@ -230,6 +243,74 @@ def run_peer(stream, strategy: str, args, seed: int, shuffle: bool | None = None
     R, b = np.array(R), np.array(b)
     return {"R": R.tolist(), "b": b.tolist(), **gem_metrics(R, b), "train_seconds": train_seconds,
             "train_cpu_seconds": train_cpu, "eval_seconds": eval_seconds, "last_row_check": float(np.max(np.abs(np.array(direct) - R[-1])))}
+
+
+# -- the equivalence checks: the same randomness on both sides ---------------------------------------
+
+def max_diff(ours: dict, peer: dict) -> dict:
+    """The largest differences of the two accuracy matrices (R) and initial rows (b), and both ACCs."""
+    diff = {k: float(np.nanmax(np.abs(np.array(ours[k]) - np.array(peer[k])))) for k in ("R", "b")}
+    return {"max_abs_diff_R": diff["R"], "max_abs_diff_b": diff["b"], "acc_ours": ours["acc"], "acc_peer": peer["acc"]}
+
+
+def naive_equivalence(stream, args, seed: int) -> dict:
+    """Naive fine-tuning, both unshuffled: identical batches from identical weights."""
+    return max_diff(run_ours(stream, "naive", args, seed, shuffle=False),
+                    run_peer(stream, "naive", args, seed, shuffle=False))
+
+
+@contextlib.contextmanager
+def ours_in_slot_order(memories: list):
+    """For the replay check, while it lasts: our replay walks its memory in slot order (every pass), as the
+    peer's unshuffled memory loader walks its memory, and after each bucket the memory's contents, as
+    (bucket, index in the bucket) per slot, are appended to `memories`."""
+    pass_order, end_bucket = ReplayBuffer.pass_order, Learner.end_bucket
+
+    def recording_end_bucket(self, bucket, bucket_size=None):
+        row = end_bucket(self, bucket, bucket_size)
+        n = self.buffer.size
+        memories.append(list(zip(self.buffer.bucket[:n].tolist(), self.buffer.ids[:n].tolist())))
+        return row
+
+    ReplayBuffer.pass_order = lambda self, generator: torch.arange(self.size)
+    Learner.end_bucket = recording_end_bucket
+    try:
+        yield memories
+    finally:
+        ReplayBuffer.pass_order, Learner.end_bucket = pass_order, end_bucket
+
+
+def keep_ours(memories: list, max_size: int):
+    """A peer storage policy that keeps, after experience j, exactly the memories ours held after bucket j
+    (`memories[j]`, from ours_in_slot_order), in our slot order."""
+    from avalanche.benchmarks.utils.utils import concat_datasets
+    from avalanche.training.storage_policy import ExemplarsBuffer
+
+    class KeepOurs(ExemplarsBuffer):
+        def __init__(self):
+            super().__init__(max_size)
+            self.seen = []  # every experience's dataset so far
+
+        def post_adapt(self, agent, exp):
+            self.seen.append(exp.dataset)
+            start = np.cumsum([0] + [len(d) for d in self.seen])  # of each experience in their concatenation
+            held = memories[len(self.seen) - 1]
+            self.buffer = concat_datasets(self.seen).subset([int(start[b] + i) for b, i in held])
+
+        def resize(self, strategy, new_size):
+            self.max_size = new_size
+
+    return KeepOurs()
+
+
+def replay_equivalence(stream, args, seed: int) -> dict:
+    """Replay, both unshuffled, the peer keeping our memories and both walking them in the same order
+    (the module's docstring): identical batches, memory batches and weights."""
+    args = argparse.Namespace(**{**vars(args), "our_replay_retention": "reservoir-end", "peer_replay_storage": "reservoir"})
+    with ours_in_slot_order([]) as memories:
+        ours = run_ours(stream, "replay", args, seed, shuffle=False)
+    return max_diff(ours, run_peer(stream, "replay", args, seed, shuffle=False,
+                                   storage_policy=keep_ours(memories, args.replay_capacity)))
 
 
 # -- the study ------------------------------------------------------------------------------------
@@ -346,14 +427,14 @@ def main(argv=None) -> int:
 
     # Equivalence: identical batches (Avalanche unshuffled, our first pass keeps stream order).
     s0 = streams[args.streams[0]]
-    eq_ours = run_ours(s0, "naive", args, args.seed, shuffle=False)
-    eq_peer = run_peer(s0, "naive", args, args.seed, shuffle=False)
     eq = {"stream": args.streams[0], "strategy": "naive", "peer_shuffle": False,
-          "max_abs_diff_R": float(np.nanmax(np.abs(np.array(eq_ours["R"]) - np.array(eq_peer["R"])))),
-          "max_abs_diff_b": float(np.nanmax(np.abs(np.array(eq_ours["b"]) - np.array(eq_peer["b"])))),
-          "acc_ours": eq_ours["acc"], "acc_peer": eq_peer["acc"]}
+          **naive_equivalence(s0, args, args.seed)}
     print(f"equivalence (naive, identical batches): max |R_ours - R_peer| = {eq['max_abs_diff_R']:.4f}, "
           f"|b| diff {eq['max_abs_diff_b']:.4f}", file=sys.stderr)
+    replay_eq = {"stream": args.streams[0], "strategy": "replay", "peer_shuffle": False,
+                 **replay_equivalence(s0, args, args.seed)}
+    print(f"equivalence (replay, identical batches and memories): max |R_ours - R_peer| = "
+          f"{replay_eq['max_abs_diff_R']:.4f}, |b| diff {replay_eq['max_abs_diff_b']:.4f}", file=sys.stderr)
 
     if not args.no_warmup:
         small = build_stream(args.streams[0], StreamOptions(seed=0, samples_per_bucket=100))
@@ -389,6 +470,7 @@ def main(argv=None) -> int:
                   "peer": "wall time of strategy.train(exp) per experience, minimal evaluator (experience "
                           "accuracy, no loggers); eval outside the timer"},
         "equivalence_check": eq,
+        "replay_equivalence_check": replay_eq,
         "runs": runs,
         "wall_seconds": time.perf_counter() - t_start,
     }
@@ -432,8 +514,19 @@ def publish(out: dict, path: Path, markdown: Path, section: str) -> None:
         "",
         f"Equivalence check (naive, identical batches and weights): max |R_ours − R_peer| = "
         f"{eq['max_abs_diff_R']:.4f}.",
+        *replay_equivalence_text(out.get("replay_equivalence_check")),
     ])
     write_markdown(markdown, body, section)
+
+
+def replay_equivalence_text(check: dict | None) -> list[str]:
+    """The replay check's line of the section (none for results recorded before it existed)."""
+    if check is None:
+        return []
+    return ["", (
+        "Equivalence check (replay, the randomness shared: both unshuffled, the peer keeping exactly the memories "
+        "ours keeps, both walking them in slot order, so identical batches, memory batches and weights): "
+        f"max |R_ours − R_peer| = {check['max_abs_diff_R']:.4f}.")]
 
 
 def render(argv=None) -> int:

@@ -190,11 +190,17 @@ class ReplayBuffer:
         else:
             order, position, version = self._pass or (None, 0, -1)
             if version != self.version or position >= self.size:
-                order, position = torch.randperm(self.size, generator=generator), 0
+                order, position = self.pass_order(generator), 0
             picks = order[position: position + n]
             self._pass = (order, position + len(picks), self.version)
         x, y = self.get(picks)
         return self.training_view(x), y
+
+    def pass_order(self, generator: torch.Generator) -> torch.Tensor:
+        """The order of `draw`'s next pass: a random permutation of the filled slots. (One place, so that
+        benchmarks/peer_avalanche.py's replay equivalence check can walk the memory in slot order, as an
+        unshuffled loader walks the peer's.)"""
+        return torch.randperm(self.size, generator=generator)
 
     def buckets_held(self) -> list[int]:
         return list(self._cached("held", lambda: sorted(self.bucket[: self.size].unique().tolist())))

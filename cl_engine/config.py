@@ -41,7 +41,8 @@ class LearnerConfig(BaseModel):
     selection: Literal[SELECTIONS] = Field("random", description="which samples a bucket leaves behind")
     class_balanced: bool = Field(False, description="reservoir retention evicts from the largest class")
     candidate_pool: int = Field(2000, ge=1, description="candidates kept per bucket for end-of-bucket selection")
-    replay_batch_size: int | None = Field(None, ge=1, description="memory samples per step; default the batch size")
+    replay_batch_size: int | None = Field(None, ge=1, description="memory samples per step; default the bucket's batch "
+                                          "size (its largest batch so far: a last, partial batch replays a full one)")
     # GEM and A-GEM.
     memory_per_bucket: int = Field(256, ge=1, description="episodic memories per bucket")
     memory_strength: float = Field(0.5, ge=0, description="GEM's margin γ in the dual QP")

@@ -307,6 +307,7 @@ class Learner:
             "counters": dict(self.counters),
             "guard": self.strategy.guard.state_dict(),
             "loss_scale": self.strategy.loss_scale.state_dict(),
+            "strategy": self.strategy.state_dict(),
             "version": self.version,
             "open_bucket": self.open_bucket,
             "planned_batches": self.planned_batches,
@@ -330,6 +331,8 @@ class Learner:
             self.strategy.guard.load_state_dict(state["guard"])
         if "loss_scale" in state:  # fp16's; absent from checkpoints before precision options
             self.strategy.loss_scale.load_state_dict(state["loss_scale"])
+        if state.get("strategy"):  # replay's memory batch; absent from checkpoints before it (it restarts at the next batch)
+            self.strategy.load_state_dict(state["strategy"])
         self.version = state["version"]
         self.open_bucket = state["open_bucket"]
         self.planned_batches = state.get("planned_batches")  # absent from checkpoints before lr schedules

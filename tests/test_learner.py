@@ -90,6 +90,55 @@ def test_reservoir_end_replays_finished_buckets_only():
         LearnerConfig(strategy="replay", retention="reservoir-end", selection="el2n")
 
 
+def memory_batches(learner) -> list[int]:
+    """From now on, how many memories each of the learner's replay steps draws (appended as they happen)."""
+    sizes, draw = [], learner.buffer.draw
+
+    def counting_draw(n, generator):
+        sizes.append(n)
+        return draw(n, generator)
+
+    learner.buffer.draw = counting_draw
+    return sizes
+
+
+def test_a_partial_last_batch_replays_a_full_batch_of_memories():
+    """The memory batch is the bucket's batch size, not the last batch's: a bucket of 104 samples fed in tens
+    replays 10 memories with its last 4, as a fixed memory batch does (Avalanche's batch_size_mem); before,
+    it replayed 4, which cost 0.3-0.6 points of ACC against Avalanche's Replay over 360 seeds."""
+    learner = trained(CONFIGS["replay-reservoir-end"], through_bucket=1, extra=0)
+    sizes = memory_batches(learner)
+    train = STREAM.buckets[1].train
+    for start in range(0, 104, 10):
+        learner.observe(*train.batch(torch.arange(start, min(start + 10, 104)), train=True), 1)
+    assert sizes == [10] * 11
+    learner.end_bucket(1, bucket_size=104)
+    x, y = next(batches(2, 0, 1, size=6))  # a new bucket's batch size is its own
+    learner.observe(x, y, 2)
+    assert sizes[-1] == 6
+    explicit = trained(CONFIGS["replay-reservoir-end"].model_copy(update={"replay_batch_size": 3}), extra=0)
+    sizes = memory_batches(explicit)
+    explicit.observe(*next(batches(1, 0, 1)), 1)
+    assert sizes == [3]
+
+
+def test_a_restored_learner_keeps_the_buckets_memory_batch():
+    """A learner restored mid-bucket still replays a full batch of memories with the bucket's partial last batch,
+    and continues bit for bit as the original does."""
+    original = trained(CONFIGS["replay-reservoir-end"], through_bucket=1, extra=3)
+    blob = io.BytesIO()
+    torch.save(original.state_dict(), blob)
+    blob.seek(0)
+    restored = Learner.from_state_dict(torch.load(blob, weights_only=False))
+    x, y = STREAM.buckets[1].train.batch(torch.arange(30, 34), train=True)
+    for learner in (original, restored):
+        sizes = memory_batches(learner)
+        learner.observe(x, y, 1)
+        assert sizes == [10]
+    for (k, a), b in zip(original.model.state_dict().items(), restored.model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_bad_batches_are_refused_with_the_reason():
     learner = Learner(LearnerConfig(strategy="naive"), (1, 8, 8), 10)
     good_x, good_y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64)

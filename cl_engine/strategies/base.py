@@ -61,6 +61,14 @@ class Strategy:
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """What the strategy itself carries from step to step (beyond the learner's model, memory and
+        generator), for the learner's checkpoint; none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def _forward_backward(self, x: torch.Tensor, y: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
         """Logits and per-sample losses of (x, y) in training mode, and the mean loss's gradient

@@ -176,3 +176,17 @@ def test_a_served_point_at_the_start_is_not_hidden_on_the_y_axis(recorded):
     ax = over_time_figure(report).axes[0]
     [served] = [line for line in ax.lines if line.get_label().startswith("served")]
     assert list(served.get_xdata()) == [0] and ax.get_xlim()[0] < 0 < ax.get_xlim()[1]
+
+
+def test_a_partial_last_batch_replays_a_full_memory_batch_through_the_server(service, small_stream):
+    """Batches of 7 leave each 200-sample bucket a last batch of 4, which replays a full batch of 7 memories
+    (the bucket's batch size, docs/engine.md): the server at its default memory batch trains matrix for
+    matrix as the in-process run told to replay 7 memories every step."""
+    config = learner()
+    with Client(target(service(config))) as client:
+        result = Replay(client, small_stream, ReplayOptions(batch_size=7, query_every=0, progress=False)).run()
+    served = build_report(result, config={"dataset": "digits-rotated"})
+    reference = run_stream(small_stream, learner(replay_batch_size=7), batch_size=7, progress=False)
+    assert reference["batches_trained"] == 3 * 29  # 28 of 7 and one of 4 a bucket
+    np.testing.assert_allclose(served["accuracy_matrix"], reference["accuracy_matrix"], rtol=0, atol=1e-9)
+    assert served["buffer"]["by_bucket"] == reference["buffer"]["by_bucket"]
