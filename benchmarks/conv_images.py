@@ -474,11 +474,13 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         f"Machine: {machine_line(out['machine'], loads)}.",
         "",
         f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.0f} min). {_workload(out)}, "
-        f"1 epoch, SGD lr {st['lr']}; {_replay_memory(st)}, "
-        f"GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}; "
-        f"engine and floor in {st.get('precision', 'fp32')}{', channels_last' if st.get('channels_last') else ''} "
+        f"1 epoch, SGD lr {st['lr']}; {_replay_memory(st)}"
+        + (f", GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}; "
+           if {"gem", "agem"} & set(st["strategies"]) else "; ")
+        + f"engine and floor in {st.get('precision', 'fp32')}{', channels_last' if st.get('channels_last') else ''} "
         + ("(the peer in fp32); " if "peer" in out["runners"] else "(no peer in this run); ")
-        + f"medians of {st['reps']} repetitions, runners ({', '.join(out['runners'])}) alternated"
+        + (f"medians of {st['reps']} repetitions" if st["reps"] > 1 else "one repetition (one seed)")
+        + f", runners ({', '.join(out['runners'])}) alternated"
         f"{'' if st.get('warmup') else ', no warm-up (the first run of a runner pays oneDNN primitive creation)'}.",
         "",
         md,
