@@ -2,7 +2,9 @@
 
     PYTHONPATH=. /work/venv-bench/bin/python benchmarks/conv_images.py --quick   # ~10 min on 2 shared cores
     PYTHONPATH=. /work/venv-bench/bin/python benchmarks/conv_images.py           # the issue's size: hours here
-    .venv/bin/python benchmarks/conv_images.py --clear PATH --no-peer            # a CLEAR-layout folder
+    .venv/bin/python benchmarks/conv_images.py --clear PATH                      # a CLEAR-layout folder (engine, floor)
+    ... --make-clear 10 30 --clear /tmp/clear10 --models resnet18 --strategies replay --batch-sizes 64 \
+        --retain-ratio 0.05                          # CLEAR-10's shape, written first: 10 buckets × 11 classes × 30
 
 Writes benchmarks/results/conv_images.json (`--out`), prints the table and rewrites the
 `conv_images` section of BENCHMARKS.md (`--markdown -`: none).
@@ -21,8 +23,14 @@ Three runners train the same stream with the same model from the same initial we
 
 Streams: `synthetic` (default): `--buckets` × `--samples` float 3×32×32 images of 10 classes (a
 class pattern plus noise, each bucket shifts colour and contrast), `--test-samples` held out per
-bucket, the same tensors for all three runners. `--clear PATH`: a CLEAR-layout folder at 32 px
-(engine and floor only: the peer would need its own image pipeline).
+bucket, the same tensors for all three runners. `--clear PATH`: a CLEAR-layout folder (`--make-clear`
+writes one first, cl_engine.streams.clear_fixture: CLEAR-10's 11 classes, photos of 320×240 to 640×480),
+decoded once into memory as the learner stores it (uint8 at 32 px; decoding is not timed), then trained as
+an image stream is: ImageNet normalisation, crop and flip at every use, streaming protocol (each bucket
+tested on its own images). Engine and floor only: the peer reads float tensors and would need its own
+image pipeline. `--retain-ratio R`: replay keeps a random R of each bucket (the engine's ratio retention;
+the floor the same) instead of the reservoir, as the CLEAR study's "replay 5%"; no peer (its replay here
+is the reservoir).
 
 Timed: training only. Thread CPU seconds (the statistic other jobs on a shared machine move
 least; one torch thread) beside wall seconds. Engine: run_stream's training (observe loop and
@@ -33,6 +41,7 @@ configuration the three run back to back, the order rotated each time; tables sh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -57,7 +66,8 @@ from cl_engine.precision import model_autocast, prepare  # noqa: E402
 from cl_engine.projection import solve_gem_dual  # noqa: E402
 from cl_engine.run import with_stream_defaults  # noqa: E402
 from cl_engine.schedule import bucket_batches  # noqa: E402
-from cl_engine.streams import Bucket, Stream, StreamOptions, TensorSet, build_stream, stored_batch  # noqa: E402
+from cl_engine.streams import Bucket, StoredSet, Stream, StreamOptions, TensorSet, build_stream, stored_batch  # noqa: E402
+from cl_engine.streams.clear_fixture import CLEAR10_CLASSES, write_clear_fixture  # noqa: E402
 from cl_engine.views import InputView  # noqa: E402
 
 SECTION = "conv_images"
@@ -68,6 +78,8 @@ FULL = dict(buckets=5, samples=1000, test_samples=200, replay_capacity=500, memo
             agem_sample_size=100, reps=3)
 QUICK = dict(buckets=3, samples=200, test_samples=100, replay_capacity=100, memory_per_bucket=40,
              agem_sample_size=40, reps=2)
+# --make-clear's photos, (width, height): camera and phone sizes between 320×240 and 640×480, both orientations
+CLEAR_SIZES = ((320, 240), (240, 320), (480, 360), (360, 480), (500, 375), (500, 500), (640, 480), (480, 640))
 
 
 # -- the stream -----------------------------------------------------------------------------------
@@ -90,6 +102,20 @@ def synthetic_stream(buckets: int, samples: int, test_samples: int, seed: int = 
 
         out.append(Bucket(draw(samples), draw(test_samples), f"b{b}"))
     return Stream("synthetic-images", out, (3, px, px), CLASSES, info={"samples_without_upload_time": 0})
+
+
+def decoded_once(stream: Stream) -> Stream:
+    """An image stream with every bucket decoded once into memory as the learner stores it (uint8 pixels at the
+    stream's size, resized and centre cropped): every runner trains on these same tensors (and views and augments
+    them as the stream's learner defaults say), and none times JPEG decoding."""
+    def stored(samples):
+        return StoredSet(*stored_batch(samples, torch.arange(len(samples))))
+
+    buckets = []
+    for b in stream.buckets:
+        train = stored(b.train)
+        buckets.append(Bucket(train, train if b.test is b.train else stored(b.test), b.name))
+    return dataclasses.replace(stream, buckets=buckets)
 
 
 # -- the floor ------------------------------------------------------------------------------------
@@ -157,7 +183,11 @@ def run_floor(stream: Stream, strategy: str, args, seed: int) -> dict:
             opt.step()
         # the bucket's end: write the memory (uncounted work such as evaluation is not done here)
         xs, ys = stored_batch(bucket.train, torch.arange(n))
-        if strategy == "replay":
+        if strategy == "replay" and args.retain_ratio:  # the engine's ratio retention: a random share of each bucket
+            keep = torch.randperm(n, generator=g)[: max(1, round(args.retain_ratio * n))]
+            mem_x = xs[keep] if mem_x is None else torch.cat([mem_x, xs[keep]])
+            mem_y = ys[keep] if mem_y is None else torch.cat([mem_y, ys[keep]])
+        elif strategy == "replay":
             mem_x, mem_y, seen = _reservoir(mem_x, mem_y, xs, ys, seen, args.replay_capacity, g)
         elif strategy in ("gem", "agem"):
             keep = torch.randperm(n, generator=g)[: args.memory_per_bucket]
@@ -315,7 +345,14 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="engine and floor (the peer stays fp32)")
     p.add_argument("--channels-last", action="store_true", help="engine and floor (the peer keeps NCHW)")
-    p.add_argument("--clear", type=Path, default=None, help="a CLEAR-layout folder instead of the synthetic stream")
+    p.add_argument("--clear", type=Path, default=None,
+                   help="a CLEAR-layout folder instead of the synthetic stream (decoded once at 32 px; no peer)")
+    p.add_argument("--make-clear", type=int, nargs=2, default=None, metavar=("BUCKETS", "PER_CLASS"),
+                   help="first write --clear as a CLEAR-10-layout fixture (11 classes, photos of "
+                        f"{CLEAR_SIZES[0][0]}×{CLEAR_SIZES[0][1]} to {CLEAR_SIZES[-2][0]}×{CLEAR_SIZES[-2][1]})")
+    p.add_argument("--retain-ratio", type=float, default=None,
+                   help="replay keeps this share of each bucket (the engine's ratio retention, random selection; the "
+                        "floor the same) instead of a --replay-capacity reservoir; no peer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                    help="one small discarded run per runner and strategy first")
@@ -345,11 +382,22 @@ def main(argv=None) -> int:
     warnings.showwarning = lambda *a, **k: None
     if args.threads:
         torch.set_num_threads(args.threads)
-    runners = [r for r in args.runners if r != "peer" or (peer_available() and args.clear is None)]
+    if args.retain_ratio:
+        args.our_replay_retention = "ratio"
+    runners = [r for r in args.runners
+               if r != "peer" or (peer_available() and args.clear is None and args.retain_ratio is None)]
     t_start = time.perf_counter()
     info = machine()
+    fixture = None
+    if args.make_clear:
+        if args.clear is None or (args.clear.exists() and any(args.clear.iterdir())):
+            p.error("--make-clear writes the folder --clear names, which must be given and empty or absent")
+        fixture = write_clear_fixture(args.clear, args.make_clear[0], CLEAR10_CLASSES, args.make_clear[1], CLEAR_SIZES,
+                                      seed=args.seed, workers=os.cpu_count() or 1)
     if args.clear:
-        stream = build_stream(f"clear:{args.clear}", StreamOptions(image_size=32))
+        t0 = time.perf_counter()
+        stream = decoded_once(build_stream(f"clear:{args.clear}", StreamOptions(image_size=32)))
+        print(f"decoded {args.clear} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     else:
         stream = synthetic_stream(args.buckets, args.samples, args.test_samples, seed=args.seed)
     print(f"stream {stream.name}: {len(stream)} buckets, {sum(len(b.train) for b in stream.buckets)} training "
@@ -381,9 +429,33 @@ def main(argv=None) -> int:
     out = {"study": "conv models on images: engine vs floor vs peer", "command": command_line(argv),
            "machine": info, "stream": stream.summary(),
            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-           "runners": runners, "runs": runs, "wall_seconds": time.perf_counter() - t_start}
+           "runners": runners, "runs": runs, **({"fixture": fixture} if fixture else {}),
+           "wall_seconds": time.perf_counter() - t_start}
     publish(out, args.out, args.markdown)
     return 0
+
+
+def _workload(out: dict) -> str:
+    """The stream, in words."""
+    s, st = out["stream"], out["settings"]
+    if not st.get("clear"):
+        return (f"Stream {s['name']}: {s['buckets']} buckets × {s['train_sizes'][0]} images 3×32×32 "
+                f"({s['test_sizes'][0]} held out each), {s['num_classes']} classes")
+    fx = out.get("fixture")
+    made = (f", written by `--make-clear`: {fx['images']} JPEG photos of {fx['jpeg_sizes'][0][0]}×{fx['jpeg_sizes'][0][1]} "
+            f"to {fx['jpeg_sizes'][-2][0]}×{fx['jpeg_sizes'][-2][1]}, median {fx['jpeg_bytes_median'] / 1024:.0f} KiB"
+            if fx else "")
+    return (f"Stream {s['name']}: a CLEAR-layout folder{made}; {s['buckets']} buckets × {s['train_sizes'][0]} images, "
+            f"{s['num_classes']} classes, decoded once into memory as uint8 3×32×32 (decoding not timed), viewed as "
+            "the learner does (ImageNet normalisation; crop and flip for training); streaming protocol (each bucket "
+            "is tested on its own images)")
+
+
+def _replay_memory(st: dict) -> str:
+    if st.get("retain_ratio"):
+        return (f"replay keeps {st['retain_ratio'] * 100:g}% of each bucket (ratio retention, random selection, "
+                "written at bucket ends; the floor the same)")
+    return f"replay memory {st['replay_capacity']} (reservoir written at bucket ends)"
 
 
 def publish(out: dict, path: Path, markdown: Path) -> None:
@@ -393,7 +465,7 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
     write_results(out, path)
     if str(markdown) == "-":
         return
-    st, s = out["settings"], out["stream"]
+    st = out["settings"]
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
     body = "\n".join([
         "### Conv models on images: engine vs floor vs peer (`benchmarks/conv_images.py`"
@@ -401,13 +473,14 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         "",
         f"Machine: {machine_line(out['machine'], loads)}.",
         "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.0f} min). Stream {s['name']}: {s['buckets']} "
-        f"buckets × {s['train_sizes'][0]} images 3×32×32 ({s['test_sizes'][0]} held out each), {s['num_classes']} "
-        f"classes, 1 epoch, SGD lr {st['lr']}; replay memory {st['replay_capacity']} (reservoir written at bucket ends), "
-        f"GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}; "
-        f"engine and floor in {st.get('precision', 'fp32')}{', channels_last' if st.get('channels_last') else ''} "
-        "(the peer in fp32); "
-        f"medians of {st['reps']} repetitions, runners ({', '.join(out['runners'])}) alternated"
+        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.0f} min). {_workload(out)}, "
+        f"1 epoch, SGD lr {st['lr']}; {_replay_memory(st)}"
+        + (f", GEM/A-GEM {st['memory_per_bucket']} memories per bucket, A-GEM sample {st['agem_sample_size']}; "
+           if {"gem", "agem"} & set(st["strategies"]) else "; ")
+        + f"engine and floor in {st.get('precision', 'fp32')}{', channels_last' if st.get('channels_last') else ''} "
+        + ("(the peer in fp32); " if "peer" in out["runners"] else "(no peer in this run); ")
+        + (f"medians of {st['reps']} repetitions" if st["reps"] > 1 else "one repetition (one seed)")
+        + f", runners ({', '.join(out['runners'])}) alternated"
         f"{'' if st.get('warmup') else ', no warm-up (the first run of a runner pays oneDNN primitive creation)'}.",
         "",
         md,
@@ -415,7 +488,8 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         "CPU s: thread CPU seconds of training (evaluation excluded for all); ratios are of those medians. "
         "Bucket ends: the engine's consolidation (scoring, selection, memory writes), its share of the engine's "
         "training wall time. Evaluation s: the engine's held-out evaluations (T² + T sets), not in training. "
-        "ACC: mean final accuracy over the buckets' held-out sets.",
+        "ACC: mean final accuracy over the buckets' held-out sets"
+        + (" (streaming protocol: each bucket's own training images)." if st.get("clear") else "."),
     ])
     write_markdown(markdown, body, st.get("section", SECTION))
 

@@ -44,7 +44,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +51,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the i
 
 from benchmarks.common import (  # noqa: E402
     command_line, entry_point, machine, machine_line, write_markdown, write_results)
+from cl_engine.streams.clear_fixture import CLEAR10_CLASSES, write_clear_fixture  # noqa: E402
 
 SECTION = "device_check"
-CLEAR10 = ["BACKGROUND", "baseball", "bus", "camera", "cosplay", "dress", "hockey", "laptop", "racing", "soccer",
-           "sweater"]
 SIZES = [(500, 375), (375, 500), (500, 333), (333, 500), (500, 500)]  # (width, height) of the fixture's JPEGs
 WAYS = ("floor", "engine", "service-thread", "service-process")
 FULL = dict(pixels=224, buckets=3, per_class=50, batch=64, sizes=SIZES)  # 550 images a bucket, 2 timed buckets
@@ -80,45 +78,6 @@ class Clock:
 
 
 # -- the fixture ----------------------------------------------------------------------------------
-
-def _write_jpeg(args) -> int:
-    path, size, label, seed = args
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    small = rng.integers(0, 256, (max(2, h // 25), max(2, w // 25), 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize((w, h), Image.BICUBIC)
-    pixels = np.asarray(image).astype(np.int16) + rng.integers(-12, 13, (h, w, 3), dtype=np.int16)
-    pixels[..., label % 3] += 20 + 4 * label  # a colour cast per class: something to learn
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-    return path.stat().st_size
-
-
-def make_fixture(root: Path, buckets: int, per_class: int, sizes, workers: int) -> dict:
-    """A CLEAR-10-layout folder (NeurIPS 2021 release) with `buckets` buckets (1..buckets) of `per_class` JPEGs
-    per class; returns what it holds."""
-    jobs, lists = [], {}
-    for b in range(1, buckets + 1):
-        lines = []
-        for label, name in enumerate(CLEAR10):
-            for k in range(per_class):
-                rel = f"labeled_images/{b}/{name}/{b}{label:02d}{k:05d}.jpg"
-                size = sizes[(b * 7 + label * 3 + k) % len(sizes)]
-                jobs.append((root / rel, size, label, b * 100003 + label * 1009 + k))
-                lines.append(f"{rel} {label}")
-        lists[b] = lines
-    with ThreadPoolExecutor(workers) as pool:
-        sizes_written = list(pool.map(_write_jpeg, jobs))
-    (root / "class_names.txt").write_text("\n".join(CLEAR10) + "\n")
-    for b, lines in lists.items():
-        folder = root / "training_folder" / "filelists" / str(b)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "all.txt").write_text("\n".join(lines) + "\n")
-    return {"images": len(jobs), "buckets": buckets, "classes": len(CLEAR10), "jpeg_sizes": [list(s) for s in sizes],
-            "jpeg_bytes_median": int(np.median(sizes_written)), "jpeg_bytes_total": int(sum(sizes_written))}
-
 
 def decode_stream(root: Path, pixels: int, workers: int) -> tuple[object, list, dict]:
     """The fixture through cl_engine's CLEAR loader, every bucket decoded once as the memory stores it (uint8):
@@ -323,7 +282,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, help="batch size (default 64; --tiny 4)")
     p.add_argument("--budget-seconds", type=float, default=270.0,
                    help="time box: a (strategy, precision) group that would start after the box is left out, and said so")
-    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="threads making and decoding JPEGs")
+    p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="processes making the JPEGs, threads decoding them")
     p.add_argument("--fixture", type=Path, default=None, help="folder for the CLEAR-layout fixture (default: a temp folder)")
     p.add_argument("--tests", type=Path, default=None, help="junit XML of the CUDA tests, summarised into the results")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "device_check.json")
@@ -356,7 +315,8 @@ def main(argv=None) -> int:
            "precision_option": _has_precision(), "rows": [], "left_out": [], "tests": test_summary(args.tests)}
     with tempfile.TemporaryDirectory(prefix="clstream-device-check-") as tmp:
         root = args.fixture or Path(tmp) / "clear"
-        out["fixture"] = make_fixture(root, size["buckets"], size["per_class"], size["sizes"], args.workers)
+        out["fixture"] = write_clear_fixture(root, size["buckets"], CLEAR10_CLASSES, size["per_class"], size["sizes"],
+                                             release="neurips2021", workers=args.workers)
         clock.say(f"fixture: {out['fixture']['images']} JPEGs ({out['fixture']['jpeg_bytes_median'] // 1024} KiB "
                   f"median) in {root}")
         stream, decoded, out["decode"] = decode_stream(root, size["pixels"], args.workers)

@@ -95,6 +95,8 @@ def our_config(strategy: str, args, seed: int, num_buckets: int) -> LearnerConfi
         kw.update(buffer_capacity=args.replay_capacity, retention=args.our_replay_retention)
         if args.our_replay_retention == "per-bucket":  # Avalanche's ExperienceBalancedBuffer, in our terms
             kw.update(memory_per_bucket=args.replay_capacity)
+        elif args.our_replay_retention == "ratio":  # a share of each bucket, no capacity (conv_images --retain-ratio)
+            kw.update(buffer_capacity=None, retain_ratio=args.retain_ratio)
     elif strategy in ("gem", "agem"):
         # per-bucket retention (the default for GEM/A-GEM); room for every bucket's memories
         kw.update(memory_per_bucket=args.memory_per_bucket, buffer_capacity=args.memory_per_bucket * num_buckets,

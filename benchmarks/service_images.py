@@ -8,12 +8,13 @@ the learner in the server's thread or in a process of its own.
 Writes benchmarks/results/service_images.json, prints a table and rewrites the `service_images`
 section of BENCHMARKS.md.
 
-The fixture is made here (in a temporary folder): the current CLEAR release's train/ layout, photo-like
-JPEGs (`--photo` 320×240 RGB, smooth random content, quality 90) of 3 classes, `--buckets` buckets;
-streaming protocol, `--image-size` 32. Learner: reduced-resnet18, replay with a reservoir memory of
-100 (its end of bucket is a no-op, so the two sides' times hold the same work), the CLEAR stream's
-views (uint8 stored, ImageNet normalisation, crop and flip at every use), SGD at the defaults, seed
-per repetition, one pass, one torch thread in every process.
+The fixture is made here (in a temporary folder, by cl_engine.streams.clear_fixture): the current CLEAR
+release's train/ layout, photo-like JPEGs (`--photo` 320×240 RGB, smooth random content, a colour cast
+per class, quality 90) of 3 classes, `--buckets` buckets; streaming protocol, `--image-size` 32.
+Learner: reduced-resnet18, replay with a reservoir memory of 100 (its end of bucket is a no-op, so the
+two sides' times hold the same work), the CLEAR stream's views (uint8 stored, ImageNet normalisation,
+crop and flip at every use), SGD at the defaults, seed per repetition, one pass, one torch thread in
+every process.
 
 Five ways, back to back in every repetition (their order rotates):
 - inproc: cl_engine.run_stream; time = its train_seconds (fetching and decoding every batch from the
@@ -35,7 +36,6 @@ Goal (issue 24): every service way ≥ 0.9× the in-process images/s.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -51,41 +51,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the v
 
 from benchmarks.common import (  # noqa: E402
     command_line, entry_point, machine, machine_line, median, scrape, write_markdown, write_results)
+from cl_engine.streams.clear_fixture import write_clear_fixture  # noqa: E402
 
 SECTION = "service_images"
 VARIANTS = ("inproc", "tensor-thread", "tensor-process", "files-thread", "files-process")
 GOAL = 0.9
 CLASSES = ["BACKGROUND", "bus", "camera"]
-
-
-def write_fixture(root: Path, buckets: int, per_class: int, photo: tuple[int, int], seed: int = 0) -> Path:
-    """The current release's train/ layout with photo-like JPEGs; returns the root (`clear:ROOT`)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder = root / "train"
-    folder.mkdir(parents=True)
-    (folder / "class_names.txt").write_text("\n".join(CLASSES) + "\n")
-    index = {}
-    for b in range(1, buckets + 1):
-        index[str(b)] = {}
-        for label, name in enumerate(CLASSES):
-            metadata = {}
-            for k in range(per_class):
-                fid = str(100_000 * b + 1000 * label + k)
-                rel = f"labeled_images/{b}/{name}/{fid}.jpg"
-                coarse = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
-                coarse[..., label] //= 2  # something to learn
-                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(coarse, "RGB").resize(photo, Image.Resampling.BICUBIC).save(folder / rel, "JPEG",
-                                                                                              quality=90)
-                metadata[fid] = {"ID": fid, "EXT": "jpg", "IMG_PATH": rel}
-            meta = f"labeled_metadata/{b}/{name}.json"
-            (folder / meta).parent.mkdir(parents=True, exist_ok=True)
-            (folder / meta).write_text(json.dumps(metadata))
-            index[str(b)][name] = meta
-    (folder / "labeled_metadata.json").write_text(json.dumps(index))
-    return root
 
 
 def learner_kwargs(seed: int) -> dict:
@@ -233,7 +204,8 @@ def main(argv=None) -> int:
     info = machine()
     runs = []
     with tempfile.TemporaryDirectory(prefix="clstream-bench-images-") as tmp:
-        root = write_fixture(Path(tmp) / "clear", args.buckets, args.per_class, tuple(args.photo))
+        root = Path(tmp) / "clear"
+        write_clear_fixture(root, args.buckets, CLASSES, args.per_class, [args.photo], args.seed)
         sizes = [p.stat().st_size for p in root.rglob("*.jpg")]
         stream = build_stream(f"clear:{root}", StreamOptions(image_size=args.image_size))
         run_inproc(stream, args.seed, args.batch_size)  # warm-up (imports, allocator, page cache), discarded

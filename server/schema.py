@@ -6,8 +6,8 @@ both schemas in the message.
 """
 from __future__ import annotations
 
-import threading
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -56,15 +56,19 @@ class Schema:
         return not (self.declares_range and other.declares_range) or self.value_range == other.value_range
 
     def check_values(self, x: torch.Tensor, field: str) -> None:
-        """INVALID_ARGUMENT naming the first sample with a value outside `value_range`."""
+        """INVALID_ARGUMENT naming the first sample with a value outside `value_range`. Compared in x's precision,
+        one rounding step wide: a value at a bound computed in float32 (a 0 or 255 pixel after normalisation, a
+        float32 sample equal to a bound) is inside, though the bound's float64 value may lie a step within it."""
         low, high = self.value_range
-        lo, hi = (float(v) for v in torch.aminmax(x))
-        if low <= lo and hi <= high:
+        dtype = x.dtype if x.is_floating_point() else torch.float64
+        bounds = torch.nextafter(torch.tensor([low, high], dtype=dtype), torch.tensor([-math.inf, math.inf], dtype=dtype))
+        lo, hi = torch.aminmax(x)
+        if bounds[0] <= lo and hi <= bounds[1]:
             return
         flat = x.reshape(len(x), -1)
-        bad = ((flat < low) | (flat > high)).any(dim=1).nonzero()[0, 0]
+        bad = ((flat < bounds[0]) | (flat > bounds[1])).any(dim=1).nonzero()[0, 0]
         row = flat[bad]
-        value = float(row[(row < low) | (row > high)][0])
+        value = float(row[(row < bounds[0]) | (row > bounds[1])][0])
         origin = "the schema's value range" if self.declares_range else "the default range for a schema that declares none"
         raise InvalidArgument(field, f"sample {int(bad)} holds the value {value:g}; expected values in "
                                      f"[{low:g}, {high:g}] ({origin})")

@@ -14,7 +14,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
-RENDERED = [p for p in SCRIPTS if "entry_point(" in p.read_text() and (BENCHMARKS / "results" / f"{p.stem}.json").exists()]
+# a study recorded under its script's name, and the variants recorded under their own (--out, --section)
+VARIANTS = {"conv_images": ("conv_images_bf16", "conv_images_full", "conv_images_full_bf16", "conv_images_clear",
+                             "conv_images_clear_bf16")}
+RENDERED = [(p, BENCHMARKS / "results" / f"{name}.json") for p in SCRIPTS if "entry_point(" in p.read_text()
+            for name in (p.stem, *VARIANTS.get(p.stem, ())) if (BENCHMARKS / "results" / f"{name}.json").exists()]
 
 
 def section(text: str, name: str) -> str | None:
@@ -27,14 +31,14 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def test_the_studies_that_render_are_found():
-    assert {p.stem for p in RENDERED} >= {"broker", "replicas", "serving_latency", "service_overhead", "gem_scaling",
-                                          "scale"}
+    assert {r.stem for _, r in RENDERED} >= {"broker", "replicas", "serving_latency", "service_overhead", "gem_scaling",
+                                             "scale", *VARIANTS["conv_images"]}
 
 
-@pytest.mark.parametrize("script", RENDERED, ids=lambda p: p.stem)
-def test_a_recorded_study_renders_its_benchmarks_section_again(script, tmp_path):
+@pytest.mark.parametrize("script, recorded", RENDERED, ids=[r.stem for _, r in RENDERED])
+def test_a_recorded_study_renders_its_benchmarks_section_again(script, recorded, tmp_path):
     results = tmp_path / "results.json"  # render rewrites the results file: a copy
-    results.write_bytes((BENCHMARKS / "results" / f"{script.stem}.json").read_bytes())
+    results.write_bytes(recorded.read_bytes())
     markdown = tmp_path / "BENCHMARKS.md"
     done = run(str(script), "render", str(results), "--markdown", str(markdown))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -14,11 +14,11 @@ import torch
 
 import client.api
 from cl_engine import Learner, StreamOptions, build_stream, run_stream
+from cl_engine.streams.clear_fixture import write_clear_fixture
 from client.api import Client
 from client.replay import Replay, ReplayOptions
 from client.report import build_report
 from client_helpers import clean_environment, learner, target
-from image_helpers import write_clear
 from server.checkpoint import CheckpointStore
 
 SIZE = 16
@@ -27,7 +27,10 @@ CONFIG = dict(model="mlp", buffer_capacity=10, lr=0.05, seed=1, augment="crop-fl
 
 @pytest.fixture(scope="module")
 def clear_root(tmp_path_factory):
-    return write_clear(tmp_path_factory.mktemp("clear") / "clear")
+    root = tmp_path_factory.mktemp("clear") / "clear"  # 2 buckets x 4 classes x 6 photos, one grey a class
+    write_clear_fixture(root, buckets=2, classes=("BACKGROUND", "a", "b", "c"), per_class=6, sizes=((40, 30),),
+                        grayscale=1)
+    return root
 
 
 @pytest.fixture(scope="module")
