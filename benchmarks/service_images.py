@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "proto")]  # this checkout, whatever the venv has installed
 
 from benchmarks.common import (  # noqa: E402
-    command_line, entry_point, machine, machine_line, median, scrape, write_markdown, write_results)
+    command_line, entry_point, machine, median, scrape, section_head, write_markdown, write_results)
 from cl_engine.streams.clear_fixture import write_clear_fixture  # noqa: E402
 
 SECTION = "service_images"
@@ -156,11 +156,9 @@ def publish(out: dict, path: Path, markdown: Path) -> None:
         return
     st, fx = out["settings"], out["fixture"]
     loads = [r["loadavg_1min_before"] for r in out["runs"]]
-    body = "\n".join([
-        "### Images through the service: JPEG files or tensors vs in-process (`benchmarks/service_images.py`)", "",
-        "Machine: " + machine_line(out["machine"], loads, "; one torch thread in every process") + ".", "",
-        f"Command: `{out['command']}` ({out['wall_seconds'] / 60:.1f} min)"
-        f"{' — QUICK run, not a result' if st['quick'] else ''}", "",
+    body = "\n".join(section_head(
+        "### Images through the service: JPEG files or tensors vs in-process (`benchmarks/service_images.py`)",
+        out, loads, "; one torch thread in every process") + [
         f"Workload: CLEAR layout made by the script, {fx['buckets']} buckets × {fx['per_bucket']} JPEG photos "
         f"({fx['photo'][0]}×{fx['photo'][1]}, {fx['mean_file_bytes'] / 1024:.0f} KiB on average), 3 classes, "
         f"{st['image_size']} px, reduced-resnet18, replay (reservoir 100), crop-flip at every use, batch "
