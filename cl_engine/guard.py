@@ -17,14 +17,35 @@ gradient) is applied on a backup copy of the weights and momentum, checked, and 
 weight came out non-finite. Nothing here changes the arithmetic of a finite step.
 
 The update-size guard (`gradient_outlier_ratio`, default 10): a step whose gradient norm is more
-than that many times the running typical norm is not applied (`gradient_outlier`). A finite but
-absurd batch (constant 1e4 samples, say) has a gradient hundreds of times the usual one and would
-undo in one step what the stream taught; the stream's own batches stay far below the bar (measured
-in BENCHMARKS.md: not one step skipped on the embedded streams, so their results are unchanged).
-The typical norm is an exponential average over the steps taken (factor `OUTLIER_DECAY`), into which
-a refused step enters capped at the bar: one outlier barely moves it, while a lasting change of scale
-(a new kind of data) lifts it by ratio-fold within tens of steps and is learned from again. The
-check starts after `OUTLIER_WARMUP` steps, the first ones setting the typical norm.
+than that many times the typical norm is not applied (`gradient_outlier`). A finite but absurd batch
+(constant 1e4 samples, say) has a gradient tens of thousands of times the usual one and would undo in
+one step what the stream taught; the stream's own batches stay below a third of the bar (measured in
+BENCHMARKS.md, update_guard: not one step refused on the embedded streams at 1 and 5 passes, nor on a
+conv model's images, so their results are unchanged).
+
+The typical norm is a decaying peak: the largest recent norm, falling by `PEAK_DECAY` a step. Not a
+mean: as a model fits its bucket its gradients shrink a hundredfold between rare large ones (a
+misclassified batch, a new bucket's first steps), and a mean that had sunk with them put those
+ordinary steps 19× (the digits MLP at 5 passes) to 72× (a conv model) over it, where the peak keeps
+them under 4×. A refused norm lifts the peak only `OUTLIER_RISE` of the way to the bar (9%): one
+outlier barely moves it, while a lasting change of scale (a new kind of data) lifts it ratio-fold
+within about 30 steps and is learned from again. The check starts after `OUTLIER_WARMUP` steps, the
+first ones setting the typical norm.
+
+A batch-norm model divides the input's scale out of its gradient: constant 1e4 gives a reduced ResNet18
+a gradient a few times its usual one, under the bar, yet its forward pass moves the running statistics
+by orders of magnitude, and every later prediction (which reads them) is then chance. So a step is also
+refused when its forward passes grew a channel's running variance more than ratio-fold, or moved its
+running mean by more than ratio of the channel's standard deviations (`statistics_outlier`; the caller
+puts the statistics back). A normal batch moves them a tenth of the way to its own (the batch-norm
+momentum): past the bar only with a batch whose variance is about 90 times the running one, inputs
+scaled about tenfold (measured: BENCHMARKS.md, update_guard_conv). The bar is lifted as the gradients'
+is: each refused step multiplies it by 1 + OUTLIER_RISE·(ratio − 1), each applied one lets it fall back
+by PEAK_DECAY to ratio, so a lasting change of scale is learned from again; it is checked after the
+OUTLIER_WARMUP steps in which the statistics leave their initial values for the data's. A model
+without batch norm skips this check. A constant batch (every pixel 0, say) is not caught: its variance
+is nil, so batch norm multiplies its gradient by up to 1/√eps, about 300 times, which on a conv model
+is within the ordinary spread of step sizes; guarded promotion is for that (docs/server.md).
 
 Its second half (`max_update_ratio`, default 10): a step whose update could be more than that many
 times the weights' own norm (at least 1) is not applied (`update_too_large`). That is a learning
@@ -46,15 +67,18 @@ import logging
 import math
 
 import torch
+from torch import nn
 
 from .sgd import sgd_step
 
 log = logging.getLogger(__name__)
 
-REASONS = ("non_finite_loss", "non_finite_gradient", "non_finite_weights", "gradient_outlier", "update_too_large")
+REASONS = ("non_finite_loss", "non_finite_gradient", "non_finite_weights", "gradient_outlier", "statistics_outlier",
+           "update_too_large")
 SAFE_BOUND = 1e30  # far below float32's 3.4e38: an update bounded by it cannot overflow a weight
-OUTLIER_WARMUP = 20  # steps that set the typical gradient norm before the outlier check starts
-OUTLIER_DECAY = 0.99  # the typical norm's exponential average: about the last hundred steps
+OUTLIER_WARMUP = 20  # steps that set the typical norm before the outlier check starts
+PEAK_DECAY = 0.999  # the typical norm is a decaying peak: without a larger norm it falls e-fold in 1000 steps
+OUTLIER_RISE = 0.01  # a refused norm lifts the typical norm this share of the way to the bar (9% at a bar of 10)
 
 
 class NonFinite(ArithmeticError):
@@ -87,25 +111,107 @@ def all_finite(tensors) -> bool:
     return not floats or math.isfinite(float(_norm(floats, floats[0].device)))
 
 
+class TypicalNorm:
+    """The typical size of a series of norms, with an outlier bar at `ratio` times it (see the module
+    docstring): a decaying peak (the largest recent norm, falling by PEAK_DECAY a step), set by the first
+    OUTLIER_WARMUP norms, which are never outliers; a norm past the bar lifts it only OUTLIER_RISE of the
+    way to the bar."""
+
+    def __init__(self, of: str, ratio: float):
+        self.of = of  # what the norms are of: "gradient" or "statistics"
+        self.ratio = ratio
+        self.value = 0.0
+        self.seen = 0
+
+    def outlier(self, norm: float) -> bool:
+        """Whether `norm` is past the bar; takes it into the typical norm either way."""
+        if not self.ratio:
+            return False
+        bar = self.ratio * self.value
+        outlier = self.seen >= OUTLIER_WARMUP and norm > bar
+        self.seen += 1
+        if outlier:
+            self.value += OUTLIER_RISE * (bar - self.value)
+        else:
+            self.value = max(norm, PEAK_DECAY * self.value)
+        return outlier
+
+
+class ShiftBar:
+    """The bar for how far one step may move the batch-norm statistics (see the module docstring): `ratio`
+    times an allowance that each refused step lifts by OUTLIER_RISE of the way to ratio-fold (9%) and
+    each applied one lets fall back towards 1 by PEAK_DECAY; checked after OUTLIER_WARMUP steps, in which
+    the statistics leave their initial values (0 and 1) for the data's."""
+
+    def __init__(self, ratio: float):
+        self.ratio = ratio
+        self.allowance = 1.0
+        self.seen = 0
+
+    def outlier(self, shift: float) -> bool:
+        outlier = self.seen >= OUTLIER_WARMUP and shift > self.ratio * self.allowance
+        self.seen += 1
+        if outlier:
+            self.allowance *= 1 + OUTLIER_RISE * (self.ratio - 1)
+        else:
+            self.allowance = max(1.0, PEAK_DECAY * self.allowance)
+        return outlier
+
+
+def batch_norms(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """(running mean, running variance, eps) of each batch-norm layer that keeps running statistics."""
+    return [(m.running_mean, m.running_var, m.eps) for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+
+
 class StepGuard:
     """Applies SGD updates for one optimizer and parameter list, guarded (see the module docstring).
     Counts skipped steps by reason into `counters` (keys `skipped_<reason>`)."""
 
     def __init__(self, optimizer: torch.optim.SGD, params: list[torch.Tensor], counters: dict[str, int],
                  clip_grad_norm: float = 0.0, outlier_ratio: float = 0.0, update_ratio: float = 0.0,
-                 statistics: list[torch.Tensor] | None = None):
+                 model: nn.Module | None = None):
         self.optimizer = optimizer
         self.params = params
-        self.statistics = statistics or []  # the model's float buffers (batch-norm statistics): the forward moved them
+        self.buffers = [] if model is None else list(model.buffers())  # the forward pass moves them (batch norm)
+        self.statistics = [b for b in self.buffers if b.is_floating_point()]
+        where = {id(b): i for i, b in enumerate(self.buffers)}
+        # per batch-norm layer: where its running mean and variance are in `buffers`, and its eps
+        self.normalisations = [] if model is None else [(where[id(m)], where[id(v)], eps) for m, v, eps in batch_norms(model)]
+        self.saved: list[torch.Tensor] = []  # the buffers before this step's forward pass (save_buffers)
         self.counters = counters
         self.clip = clip_grad_norm
         self.outlier_ratio = outlier_ratio
         self.update_ratio = update_ratio
-        self.typical_norm = 0.0  # running average of the gradient norms (see the module docstring)
-        self.norms_seen = 0
+        self.gradients = TypicalNorm("gradient", outlier_ratio)
+        self.shift_bar = ShiftBar(outlier_ratio if self.normalisations else 0.0)
         self.streak = 0  # consecutive skipped steps, logged once per streak
         for reason in REASONS:
             counters.setdefault(f"skipped_{reason}", 0)
+
+    def save_buffers(self) -> None:
+        """Before a step's forward passes: what put_back_buffers restores and the statistics check compares."""
+        self.saved = [b.clone() for b in self.buffers]
+
+    @torch.no_grad()
+    def put_back_buffers(self) -> None:
+        """After a refused step: the buffers as its forward passes found them."""
+        for b, old in zip(self.buffers, self.saved):
+            b.copy_(old)
+
+    def _shift(self) -> torch.Tensor | None:
+        """How far this step's forward passes moved the batch-norm normalisations (0-d, no sync): the
+        largest factor by which a channel's running variance grew, or shift of its running mean in
+        the channel's former standard deviations."""
+        if not self.normalisations or not self.saved:
+            return None
+        means, variances, eps = zip(*self.normalisations)
+        old_var = torch._foreach_add([self.saved[v] for v in variances], list(eps))
+        grown = torch._foreach_div([self.buffers[v] for v in variances], old_var)
+        moved = torch._foreach_sub([self.buffers[m] for m in means], [self.saved[m] for m in means])
+        torch._foreach_abs_(moved)
+        torch._foreach_div_(moved, torch._foreach_sqrt(old_var))
+        return torch.stack(torch._foreach_max(grown + moved)).max()
 
     def skip(self, reason: str) -> str:
         self.counters[f"skipped_{reason}"] += 1
@@ -129,8 +235,10 @@ class StepGuard:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
         bufs = [b for b in (self.optimizer.state[p].get("momentum_buffer") for p in self.params) if b is not None]
         norms = torch._foreach_norm(present + self.params + bufs + self.statistics)  # one fused call for all groups
-        checks = torch.stack([*norms, losses.detach().sum().to(norms[0].dtype)]).tolist()  # the one host sync
-        loss_v = checks[-1]
+        shift = self._shift() if self.shift_bar.ratio else None
+        extra = [losses.detach().sum()] + ([] if shift is None else [shift])
+        checks = torch.stack([*norms, *(t.to(norms[0].dtype) for t in extra)]).tolist()  # the one host sync
+        loss_v = checks[len(norms)]
         g_norm, p_norm, b_norm, s_norm = (_combined(checks[a:b]) for a, b in _slices(
             len(present), len(self.params), len(bufs), len(self.statistics)))
         if not math.isfinite(loss_v):
@@ -139,7 +247,9 @@ class StepGuard:
             return self.skip("non_finite_gradient")
         if not math.isfinite(s_norm):  # the caller puts back the statistics the forward pass moved
             return self.skip("non_finite_weights")
-        if self._outlier(g_norm):
+        if shift is not None and self.shift_bar.outlier(checks[-1]):  # the caller puts the statistics back
+            return self.skip("statistics_outlier")
+        if self.gradients.outlier(g_norm):
             return self.skip("gradient_outlier")
         if self.clip and g_norm > self.clip:
             torch._foreach_mul_(present, self.clip / (g_norm + 1e-6))
@@ -154,27 +264,19 @@ class StepGuard:
             return None
         return self._step_with_backup(grads)
 
-    def _outlier(self, g_norm: float) -> bool:
-        """Whether `g_norm` is past the bar; updates the typical norm (a refused norm enters capped)."""
-        if not self.outlier_ratio:
-            return False
-        bar = self.outlier_ratio * self.typical_norm
-        outlier = self.norms_seen >= OUTLIER_WARMUP and g_norm > bar
-        seen = min(g_norm, bar) if outlier else g_norm
-        self.norms_seen += 1
-        decay = min(OUTLIER_DECAY, 1 - 1 / self.norms_seen)  # a plain mean over the warm-up steps
-        self.typical_norm = decay * self.typical_norm + (1 - decay) * seen
-        return outlier
-
     def _too_large(self, update: float, p_norm: float) -> bool:
         """Whether an update of norm at most `update` could move weights of norm `p_norm` too far."""
         return bool(self.update_ratio) and update > self.update_ratio * max(p_norm, 1.0)
 
     def state_dict(self) -> dict:
-        return {"typical_norm": self.typical_norm, "norms_seen": self.norms_seen}
+        return {"typical_norm": self.gradients.value, "norms_seen": self.gradients.seen,
+                "statistics_allowance": self.shift_bar.allowance, "statistics_seen": self.shift_bar.seen}
 
     def load_state_dict(self, state: dict) -> None:
-        self.typical_norm, self.norms_seen = float(state["typical_norm"]), int(state["norms_seen"])
+        self.gradients.value, self.gradients.seen = float(state["typical_norm"]), int(state["norms_seen"])
+        # checkpoints written before the statistics check start it afresh (its warm-up: OUTLIER_WARMUP steps)
+        self.shift_bar.allowance = float(state.get("statistics_allowance", 1.0))
+        self.shift_bar.seen = int(state.get("statistics_seen", 0))
 
     def _step_with_backup(self, grads: list[torch.Tensor | None]) -> str | None:
         """A step that might overflow: applied on a backup, undone if any weight is then not finite."""

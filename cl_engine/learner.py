@@ -186,12 +186,10 @@ class Learner:
         self.bucket_step += 1  # by position: a batch the guard refuses takes its step of the schedule too
         x = x.to(self.device) if x.dtype == torch.uint8 else x.to(self.device, torch.float32)  # stored as arrived
         y = y.to(self.device, torch.int64)
-        saved = [b.clone() for b in self.model.buffers()]  # batch-norm statistics move in the forward pass
+        self.strategy.guard.save_buffers()  # batch-norm statistics move in the forward pass
         out = self.strategy.observe(self.training_view(x), y, bucket)
         if out.skipped is not None:
-            with torch.no_grad():
-                for b, old in zip(self.model.buffers(), saved):
-                    b.copy_(old)
+            self.strategy.guard.put_back_buffers()
             return StepResult(0, y.shape[0], out.loss, self.version, lr, out.skipped)
         if self.strategy.uses_memory:
             self.retention.observe(x, y, bucket, self.generator, ids=ids)

@@ -127,6 +127,37 @@ def test_a_finite_but_absurd_batch_is_refused_as_a_gradient_outlier(name):
     assert learner.counters["skipped_gradient_outlier"] == 1
 
 
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_finite_but_absurd_batch_for_a_batch_norm_model_is_refused_by_its_statistics(name):
+    """Batch norm divides the input's scale out of the gradient (constant 1e4 gives a few times the usual norm,
+    under the gradient bar), but the forward pass moves the running statistics thousands-fold, which would make
+    every later prediction chance: the guard refuses the step and the statistics are put back."""
+    learner = learner_past_the_warm_up(model="reduced-resnet18", **STRATEGIES[name])
+    before, counters, held = weights(learner), dict(learner.counters), len(learner.buffer)
+    x, y = next(batches(1, 1))
+    step = learner.observe(torch.full_like(x, 1e4), y, 0)
+    assert step.skipped == "statistics_outlier" and not step.learned
+    assert_unchanged(learner, before, counters)  # weights and running statistics
+    assert len(learner.buffer) == held
+    assert learner.counters["skipped_statistics_outlier"] == 1
+    assert learner.observe(*next(batches(1, 1)), 0).learned
+
+
+def test_a_model_without_statistics_never_refuses_a_step_for_them():
+    learner = learner_past_the_warm_up(strategy="naive")
+    assert learner.strategy.guard.shift_bar.ratio == 0
+    assert learner.strategy.guard.gradients.ratio == 10
+
+
+def test_a_lasting_change_of_scale_is_learned_from_again_by_a_batch_norm_model():
+    """Inputs that stay 100 times larger grow the running variances about a thousandfold in one step, past the
+    bar at first; each refusal lifts the bar (a hundredfold: about 55 refused steps), as the gradients' does."""
+    learner = learner_past_the_warm_up(model="reduced-resnet18", strategy="naive", lr=1e-3)
+    results = [learner.observe(x * 100, y, 0) for x, y in batches(1, 90)]
+    assert results[0].skipped == "statistics_outlier"
+    assert all(r.learned for r in results[-20:])
+
+
 def test_without_the_update_size_guard_the_same_batch_is_learned():
     learner = learner_past_the_warm_up(strategy="naive", gradient_outlier_ratio=0, max_update_ratio=0)
     x, y = next(batches(1, 1))
@@ -147,6 +178,20 @@ def test_the_typical_norm_survives_a_restore():
     assert restored.strategy.guard.state_dict() == learner.strategy.guard.state_dict()
     x, y = next(batches(1, 1))
     assert restored.observe(torch.full_like(x, 1e4), y, 0).skipped == "gradient_outlier"
+
+
+def test_the_statistics_check_survives_a_restore_and_old_checkpoints_start_it_afresh():
+    learner = learner_past_the_warm_up(model="reduced-resnet18", strategy="replay")
+    restored = Learner.from_state_dict(learner.state_dict())
+    assert restored.strategy.guard.state_dict() == learner.strategy.guard.state_dict()
+    x, y = next(batches(1, 1))
+    assert restored.observe(torch.full_like(x, 1e4), y, 0).skipped == "statistics_outlier"
+    state = learner.state_dict()
+    for key in ("statistics_allowance", "statistics_seen"):  # as written before the statistics check
+        del state["guard"][key]
+    old = Learner.from_state_dict(state)
+    assert old.strategy.guard.shift_bar.seen == 0  # its warm-up again
+    assert old.strategy.guard.gradients.seen == learner.strategy.guard.gradients.seen
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -55,8 +55,7 @@ class Strategy:
         self.linear = LinearPass(ctx.model) if linear_only(ctx.model) and precision_of(ctx.model) == "fp32" else None
         self.loss_scale = LossScale(precision_of(ctx.model) == "fp16")
         self.guard = StepGuard(ctx.optimizer, self.params, ctx.counters, ctx.config.clip_grad_norm,
-                               ctx.config.gradient_outlier_ratio, ctx.config.max_update_ratio,
-                               [b for b in ctx.model.buffers() if b.is_floating_point()])
+                               ctx.config.gradient_outlier_ratio, ctx.config.max_update_ratio, ctx.model)
 
     def observe(self, x: torch.Tensor, y: torch.Tensor, bucket: int) -> StepOutput:
         raise NotImplementedError
