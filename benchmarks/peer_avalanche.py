@@ -162,7 +162,7 @@ def run_ours(stream, strategy: str, args, seed: int, shuffle: bool | None = None
     b = np.array(report["initial_accuracy"])
     return {"R": R.tolist(), "b": b.tolist(), **gem_metrics(R, b), "train_seconds": report["train_seconds"],
             "train_cpu_seconds": train_cpu, "eval_seconds": report["eval_seconds"], "gem_projections": report["gem_projections"],
-            "qp_fallbacks": report["qp_fallbacks"]}
+            "qp_fallbacks": report["qp_fallbacks"], "skipped_steps": sum(report["skipped_steps"].values())}
 
 
 # -- Avalanche ------------------------------------------------------------------------------------

@@ -15,8 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
 # a study recorded under its script's name, and the variants recorded under their own (--out, --section)
-VARIANTS = {"conv_images": ("conv_images_bf16", "conv_images_full", "conv_images_full_bf16", "conv_images_clear",
-                             "conv_images_clear_bf16", "conv_images_resnet18")}
+VARIANTS = {"conv_images": ("conv_images_bf16", "conv_images_full", "conv_images_full_bf16", "conv_images_full_b10",
+                             "conv_images_clear", "conv_images_clear_bf16", "conv_images_clear_resnet18", "conv_images_resnet18",
+                             "conv_images_resnet18_gem"),
+            "update_guard": ("update_guard_conv",)}
 RENDERED = [(p, BENCHMARKS / "results" / f"{name}.json") for p in SCRIPTS if "entry_point(" in p.read_text()
             for name in (p.stem, *VARIANTS.get(p.stem, ())) if (BENCHMARKS / "results" / f"{name}.json").exists()]
 
@@ -32,7 +34,7 @@ def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_the_studies_that_render_are_found():
     assert {r.stem for _, r in RENDERED} >= {"broker", "replicas", "serving_latency", "service_overhead", "gem_scaling",
-                                             "scale", *VARIANTS["conv_images"]}
+                                             "scale", "update_guard", *(v for vs in VARIANTS.values() for v in vs)}
 
 
 @pytest.mark.parametrize("script, recorded", RENDERED, ids=[r.stem for _, r in RENDERED])
