@@ -60,7 +60,7 @@ def recording(outlier, shifted, too_large):
     bars (changes nothing)."""
     def checked_outlier(self, norm):
         if self.ratio and self.seen >= OUTLIER_WARMUP:
-            RATIOS[self.of].append(norm / self.value)
+            RATIOS["gradient"].append(norm / self.value)
         return outlier(self, norm)
 
     def checked_shift(self, shift):

@@ -117,8 +117,7 @@ class TypicalNorm:
     OUTLIER_WARMUP norms, which are never outliers; a norm past the bar lifts it only OUTLIER_RISE of the
     way to the bar."""
 
-    def __init__(self, of: str, ratio: float):
-        self.of = of  # what the norms are of: "gradient" or "statistics"
+    def __init__(self, ratio: float):
         self.ratio = ratio
         self.value = 0.0
         self.seen = 0
@@ -181,9 +180,8 @@ class StepGuard:
         self.saved: list[torch.Tensor] = []  # the buffers before this step's forward pass (save_buffers)
         self.counters = counters
         self.clip = clip_grad_norm
-        self.outlier_ratio = outlier_ratio
         self.update_ratio = update_ratio
-        self.gradients = TypicalNorm("gradient", outlier_ratio)
+        self.gradients = TypicalNorm(outlier_ratio)
         self.shift_bar = ShiftBar(outlier_ratio if self.normalisations else 0.0)
         self.streak = 0  # consecutive skipped steps, logged once per streak
         for reason in REASONS:

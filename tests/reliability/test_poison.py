@@ -4,9 +4,9 @@ A replay model (the MLP, and a batch-norm conv model: reduced ResNet18) is train
 on the embedded digits stream under a schema that declares no value range (so the default bound
 |x| <= 1e4 applies), then gets single batches of constant 1e4, 1e8, 1e20 and 3e38. Those above the
 bound are INVALID_ARGUMENT; 1e4 is accepted and refused by the update-size guard (on by default): as
-a gradient outlier by the MLP, as a statistics outlier by the conv model. After each, the accuracy on a fixed held-out set
-stays within a point of its value before and Predict answers finite probabilities; the same after a
-kill -9 and a restart from the checkpoint. A server whose learning rate makes the loss explode refuses
+a gradient outlier by the MLP, as a statistics outlier by the conv model. After each, the accuracy on
+a fixed held-out set stays within a point of its value before and Predict answers finite
+probabilities; the same after a kill -9 and a restart from the checkpoint. A server whose learning rate makes the loss explode refuses
 every step (update_too_large), so its served accuracy stays what it was, with no NaN, and counts what
 it refused, also after a kill -9.
 Figures: poison-<model>.json."""
