@@ -17,7 +17,7 @@ SCRIPTS = sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
 # a study recorded under its script's name, and the variants recorded under their own (--out, --section)
 VARIANTS = {"conv_images": ("conv_images_bf16", "conv_images_full", "conv_images_full_bf16", "conv_images_full_b10",
                              "conv_images_clear", "conv_images_clear_bf16", "conv_images_clear_resnet18", "conv_images_resnet18",
-                             "conv_images_resnet18_gem"),
+                             "conv_images_resnet18_gem", "conv_images_resnet18_bf16", "conv_images_resnet18_gem_bf16"),
             "update_guard": ("update_guard_conv",)}
 RENDERED = [(p, BENCHMARKS / "results" / f"{name}.json") for p in SCRIPTS if "entry_point(" in p.read_text()
             for name in (p.stem, *VARIANTS.get(p.stem, ())) if (BENCHMARKS / "results" / f"{name}.json").exists()]
