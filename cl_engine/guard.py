@@ -43,9 +43,19 @@ scaled about tenfold (measured: BENCHMARKS.md, update_guard_conv). The bar is li
 is: each refused step multiplies it by 1 + OUTLIER_RISE·(ratio − 1), each applied one lets it fall back
 by PEAK_DECAY to ratio, so a lasting change of scale is learned from again; it is checked after the
 OUTLIER_WARMUP steps in which the statistics leave their initial values for the data's. A model
-without batch norm skips this check. A constant batch (every pixel 0, say) is not caught: its variance
-is nil, so batch norm multiplies its gradient by up to 1/√eps, about 300 times, which on a conv model
-is within the ordinary spread of step sizes; guarded promotion is for that (docs/server.md).
+without batch norm skips this check.
+
+The same check refuses the opposite: a batch with almost no variance, such as blank frames (every pixel
+0, or 0 plus sensor noise of 0.01). Batch norm divides by the batch's own standard deviation, so such a
+batch's few differences (noise, the zero padding's edges) are blown up by up to 1/√eps, about 300 times,
+and one step of them took a trained reduced ResNet18 from 100% to 16% held-out accuracy while its gradient
+stayed within the ordinary spread. A step is refused when, in some batch-norm layer, the batch's own
+forward pass saw less than 1/ratio² of the layer's usual variance (summed over channels: the channels'
+usual scale divided by more than ratio). The batch's variance is read back from how its forward pass moved
+the running variance (new = (1 − momentum)·old + momentum·batch), compared with the variance just before
+that pass, the step's last (memory passes come first). The stream's own batches, a batch of one class
+and a batch of one repeated image (its pixels still vary) keep at least a fifth of the usual variance;
+blank frames keep 1/600 to 1/60000 (BENCHMARKS.md, update_guard_conv).
 
 Its second half (`max_update_ratio`, default 10): a step whose update could be more than that many
 times the weights' own norm (at least 1) is not applied (`update_too_large`). That is a learning
@@ -157,10 +167,56 @@ class ShiftBar:
         return outlier
 
 
-def batch_norms(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-    """(running mean, running variance, eps) of each batch-norm layer that keeps running statistics."""
-    return [(m.running_mean, m.running_var, m.eps) for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch-norm layers that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+
+
+class NormalisationShift:
+    """How far a step's forward passes moved a model's batch-norm normalisations (see the module docstring),
+    over all layers' channels at once: a dozen flat tensor ops, no host sync."""
+
+    def __init__(self, layers: list[nn.modules.batchnorm._BatchNorm]):
+        self.means = [m.running_mean for m in layers]
+        self.variances = [m.running_var for m in layers]
+        device = self.variances[0].device
+
+        def per_channel(values) -> torch.Tensor:
+            return torch.cat([torch.full((m.num_features,), float(v)) for m, v in zip(layers, values)]).to(device)
+
+        self.eps = per_channel(m.eps for m in layers)
+        # the batch's own variance from its forward pass's move of the running one: new = keep·old + share·batch;
+        # a layer that keeps a cumulative average (momentum None) has its running variance stand for the batch
+        self.keep = per_channel(0.0 if m.momentum is None else 1 - m.momentum for m in layers)
+        self.share = per_channel(1.0 if m.momentum is None else m.momentum for m in layers)
+        self.layer_sums = torch.block_diag(*(torch.ones(m.num_features, 1) for m in layers)).to(device)  # channels → layers
+        self.floor = torch.tensor([m.eps * m.num_features for m in layers], device=device)
+        self.start_mean = self.start_var = self.forward_var = None
+
+    def start(self) -> None:
+        """Before a step's forward passes."""
+        self.start_mean, self.start_var = torch.cat(self.means), torch.cat(self.variances)
+        self.forward_var = self.start_var
+
+    def before_forward(self) -> None:
+        """Before each forward pass of a step: the variance check reads the last one's batch (the batch's own;
+        memory passes come first)."""
+        self.forward_var = torch.cat(self.variances)
+
+    def shift(self) -> torch.Tensor | None:
+        """The largest factor by which a channel's running variance grew, shift of its running mean in the
+        channel's former standard deviations, or factor by which a layer's batch scaled its channels up (the
+        square root of the layer's usual variance over the batch's own, summed over its channels); 0-d."""
+        if self.start_var is None:
+            return None
+        mean, var = torch.cat(self.means), torch.cat(self.variances)
+        old = self.start_var + self.eps
+        grown = var / old
+        moved = (mean - self.start_mean).abs_().div_(old.sqrt_())
+        batch = ((var - self.keep * self.forward_var) / self.share).clamp_min_(0)
+        sums = torch.stack([self.forward_var, batch]) @ self.layer_sums + self.floor
+        scaled_up = (sums[0] / sums[1]).max().sqrt()
+        return torch.stack([grown.max(), moved.max(), scaled_up]).max()
 
 
 class StepGuard:
@@ -174,15 +230,14 @@ class StepGuard:
         self.params = params
         self.buffers = [] if model is None else list(model.buffers())  # the forward pass moves them (batch norm)
         self.statistics = [b for b in self.buffers if b.is_floating_point()]
-        where = {id(b): i for i, b in enumerate(self.buffers)}
-        # per batch-norm layer: where its running mean and variance are in `buffers`, and its eps
-        self.normalisations = [] if model is None else [(where[id(m)], where[id(v)], eps) for m, v, eps in batch_norms(model)]
+        layers = [] if model is None else batch_norms(model)
+        self.normalisations = NormalisationShift(layers) if layers else None
         self.saved: list[torch.Tensor] = []  # the buffers before this step's forward pass (save_buffers)
         self.counters = counters
         self.clip = clip_grad_norm
         self.update_ratio = update_ratio
         self.gradients = TypicalNorm(outlier_ratio)
-        self.shift_bar = ShiftBar(outlier_ratio if self.normalisations else 0.0)
+        self.shift_bar = ShiftBar(outlier_ratio if self.normalisations is not None else 0.0)
         self.streak = 0  # consecutive skipped steps, logged once per streak
         for reason in REASONS:
             counters.setdefault(f"skipped_{reason}", 0)
@@ -190,26 +245,19 @@ class StepGuard:
     def save_buffers(self) -> None:
         """Before a step's forward passes: what put_back_buffers restores and the statistics check compares."""
         self.saved = [b.clone() for b in self.buffers]
+        if self.normalisations is not None:
+            self.normalisations.start()
+
+    def before_forward(self) -> None:
+        """Before each forward pass of a step (see NormalisationShift.before_forward)."""
+        if self.normalisations is not None:
+            self.normalisations.before_forward()
 
     @torch.no_grad()
     def put_back_buffers(self) -> None:
         """After a refused step: the buffers as its forward passes found them."""
         for b, old in zip(self.buffers, self.saved):
             b.copy_(old)
-
-    def _shift(self) -> torch.Tensor | None:
-        """How far this step's forward passes moved the batch-norm normalisations (0-d, no sync): the
-        largest factor by which a channel's running variance grew, or shift of its running mean in
-        the channel's former standard deviations."""
-        if not self.normalisations or not self.saved:
-            return None
-        means, variances, eps = zip(*self.normalisations)
-        old_var = torch._foreach_add([self.saved[v] for v in variances], list(eps))
-        grown = torch._foreach_div([self.buffers[v] for v in variances], old_var)
-        moved = torch._foreach_sub([self.buffers[m] for m in means], [self.saved[m] for m in means])
-        torch._foreach_abs_(moved)
-        torch._foreach_div_(moved, torch._foreach_sqrt(old_var))
-        return torch.stack(torch._foreach_max(grown + moved)).max()
 
     def skip(self, reason: str) -> str:
         self.counters[f"skipped_{reason}"] += 1
@@ -233,7 +281,7 @@ class StepGuard:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
         bufs = [b for b in (self.optimizer.state[p].get("momentum_buffer") for p in self.params) if b is not None]
         norms = torch._foreach_norm(present + self.params + bufs + self.statistics)  # one fused call for all groups
-        shift = self._shift() if self.shift_bar.ratio else None
+        shift = self.normalisations.shift() if self.shift_bar.ratio else None
         extra = [losses.detach().sum()] + ([] if shift is None else [shift])
         checks = torch.stack([*norms, *(t.to(norms[0].dtype) for t in extra)]).tolist()  # the one host sync
         loss_v = checks[len(norms)]

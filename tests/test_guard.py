@@ -21,11 +21,11 @@ def batches(bucket, count, size=10):
         yield train.batch(torch.arange(i * size, (i + 1) * size))
 
 
-def learner_after_one_bucket(model="mlp", **config):
+def learner_after_one_bucket(model="mlp", steps=12, **config):
     learner = Learner(LearnerConfig(model=model, **config), STREAM.input_shape, STREAM.num_classes)
-    for x, y in batches(0, 12):
+    for x, y in batches(0, steps):
         learner.observe(x, y, 0)
-    learner.end_bucket(0, bucket_size=120)
+    learner.end_bucket(0, bucket_size=10 * steps)
     for x, y in batches(1, 2):
         learner.observe(x, y, 1)
     return learner
@@ -141,6 +141,58 @@ def test_a_finite_but_absurd_batch_for_a_batch_norm_model_is_refused_by_its_stat
     assert len(learner.buffer) == held
     assert learner.counters["skipped_statistics_outlier"] == 1
     assert learner.observe(*next(batches(1, 1)), 0).learned
+
+
+@pytest.mark.parametrize("name", ["gem", "agem"])
+def test_a_refused_step_counts_no_projection(name):
+    """The projection happens before the guard's check: a step refused after it counts only its refusal."""
+    learner = learner_after_one_bucket(steps=OUTLIER_WARMUP + 5, **STRATEGIES[name])
+    counters = dict(learner.counters)
+    x, y = next(batches(1, 1))
+    step = learner.observe(torch.full_like(x, 1e4), (y + 1) % STREAM.num_classes, 1)
+    assert step.skipped == "gradient_outlier"
+    assert learner.counters["projections"] == counters["projections"]
+    assert learner.counters["skipped_gradient_outlier"] == counters["skipped_gradient_outlier"] + 1
+
+
+BLANK_FRAMES = {"constant 0": lambda x, g: torch.zeros_like(x),
+                "sensor noise, sd 0.01": lambda x, g: 0.01 * torch.randn(x.shape, generator=g)}
+
+
+@pytest.mark.parametrize("frames", BLANK_FRAMES)
+@pytest.mark.parametrize("name", ["naive", "gem", "agem"])
+def test_a_batch_of_blank_frames_for_a_batch_norm_model_is_refused(name, frames):
+    """Batch norm divides by the batch's own spread: blank frames' nil variance would scale their few differences
+    up about 300-fold (with random labels, one such step takes a trained model to chance). Past the first bucket,
+    so GEM and A-GEM run their memory passes before the batch's own."""
+    learner = learner_after_one_bucket("reduced-resnet18", steps=OUTLIER_WARMUP + 5, **STRATEGIES[name])
+    before, counters, held = weights(learner), dict(learner.counters), len(learner.buffer)
+    g = torch.Generator().manual_seed(0)
+    x, _ = next(batches(1, 1))
+    step = learner.observe(BLANK_FRAMES[frames](x, g), torch.randint(0, STREAM.num_classes, (10,), generator=g), 1)
+    assert step.skipped == "statistics_outlier" and not step.learned
+    assert_unchanged(learner, before, counters)  # weights and running statistics
+    assert len(learner.buffer) == held
+    assert learner.observe(*next(batches(1, 1)), 1).learned
+
+
+def test_batches_of_one_class_are_learned_by_a_batch_norm_model():
+    """A batch of one class has less spread than the stream's mixed batches, not nil: never refused."""
+    learner = learner_after_one_bucket("reduced-resnet18", steps=OUTLIER_WARMUP + 5, strategy="naive")
+    x, y = STREAM.buckets[1].train.batch(torch.arange(len(STREAM.buckets[1].train)))
+    for c in range(STREAM.num_classes):
+        step = learner.observe(x[y == c][:10], y[y == c][:10], 1)
+        assert step.learned, f"class {c}: {step.skipped}"
+    assert learner.counters["skipped_statistics_outlier"] == 0
+
+
+def test_one_image_ten_times_is_refused_where_a_layer_sees_one_pixel():
+    """The reduced ResNet18 brings 8×8 digits down to 1×1 maps: there ten copies of one image have no variance
+    left, and their gradient is blown up as blank frames' is (with random labels, chance in one step). On 32×32
+    images the maps stay 4×4 and the same batch is learned (BENCHMARKS.md, update_guard_conv)."""
+    learner = learner_after_one_bucket("reduced-resnet18", steps=OUTLIER_WARMUP + 5, strategy="naive")
+    x, y = next(batches(1, 1))
+    assert learner.observe(x[:1].repeat(10, 1, 1, 1), y[:1].repeat(10), 1).skipped == "statistics_outlier"
 
 
 def test_a_model_without_statistics_never_refuses_a_step_for_them():

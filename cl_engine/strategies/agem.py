@@ -21,6 +21,7 @@ class AGEM(Strategy):
             mx, my = ctx.buffer.sample(ctx.config.agem_sample_size, ctx.generator, torch.tensor(past))
             g_ref = self._dense(self._forward_backward(mx, my)[2])
         logits, losses, g = self._forward_backward(x, y)
+        projected = False
         if g_ref is not None:
             full = self._dense(g)
             try:
@@ -29,5 +30,7 @@ class AGEM(Strategy):
                 return StepOutput(logits, float(losses.mean()), self._refuse(losses))
             if projected:
                 g = full
-                ctx.counters["projections"] = ctx.counters.get("projections", 0) + 1
-        return StepOutput(logits, float(losses.mean()), self._update(g, losses))
+        skipped = self._update(g, losses)
+        if skipped is None:  # a refused step counts nothing but its refusal
+            self._count("projections", projected)
+        return StepOutput(logits, float(losses.mean()), skipped)

@@ -78,6 +78,7 @@ class Strategy:
             n = y.shape[0]
             _, grads, logits, losses = self.linear(x, y, torch.full((n,), 1.0 / n, dtype=x.dtype, device=x.device))
             return logits, losses, grads
+        self.guard.before_forward()
         with model_autocast(model):
             logits = model(x).float()
         losses = F.cross_entropy(logits, y, reduction="none")
@@ -97,6 +98,10 @@ class Strategy:
         skipped = self.guard.step(grads, losses)
         self.loss_scale.update(skipped not in ("non_finite_gradient", "non_finite_loss"))
         return skipped
+
+    def _count(self, counter: str, happened: bool) -> None:
+        if happened:
+            self.ctx.counters[counter] = self.ctx.counters.get(counter, 0) + 1
 
     def _refuse(self, losses: torch.Tensor) -> str:
         """Skip a step whose gradients proved non-finite before they reached the update (NonFinite)."""

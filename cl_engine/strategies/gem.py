@@ -30,6 +30,7 @@ class GEM(Strategy):
         else:
             G = self.memory_gradients(ctx.buffer, past) if past else None
             logits, losses, g = self._forward_backward(x, y)
+        projected = fallback = False
         if G is not None:
             full = self._dense(g)
             try:
@@ -38,7 +39,8 @@ class GEM(Strategy):
                 return StepOutput(logits, float(losses.mean()), self._refuse(losses))
             if projected:
                 g = full
-                ctx.counters["projections"] = ctx.counters.get("projections", 0) + 1
-            if fallback:
-                ctx.counters["qp_fallbacks"] = ctx.counters.get("qp_fallbacks", 0) + 1
-        return StepOutput(logits, float(losses.mean()), self._update(g, losses))
+        skipped = self._update(g, losses)
+        if skipped is None:  # a refused step counts nothing but its refusal
+            self._count("projections", projected)
+            self._count("qp_fallbacks", fallback)
+        return StepOutput(logits, float(losses.mean()), skipped)

@@ -4,7 +4,9 @@ A replay model (the MLP, and a batch-norm conv model: reduced ResNet18) is train
 on the embedded digits stream under a schema that declares no value range (so the default bound
 |x| <= 1e4 applies), then gets single batches of constant 1e4, 1e8, 1e20 and 3e38. Those above the
 bound are INVALID_ARGUMENT; 1e4 is accepted and refused by the update-size guard (on by default): as
-a gradient outlier by the MLP, as a statistics outlier by the conv model. After each, the accuracy on
+a gradient outlier by the MLP, as a statistics outlier by the conv model, which also gets blank frames
+(constant 0, and sensor noise of standard deviation 0.01: batch norm would divide by their nil variance)
+and refuses them as statistics outliers too. After each, the accuracy on
 a fixed held-out set stays within a point of its value before and Predict answers finite
 probabilities; the same after a kill -9 and a restart from the checkpoint. A server whose learning rate makes the loss explode refuses
 every step (update_too_large), so its served accuracy stays what it was, with no NaN, and counts what
@@ -88,6 +90,8 @@ def wait_durable(client: Client, timeout: float = 30.0) -> None:
 # which check refuses constant 1e4: the MLP's gradient is hundreds of times its usual norm; batch norm divides the
 # input's scale out of the gradient, but the forward pass moves its running statistics thousands-fold
 REFUSED_AS = {"mlp": "gradient_outlier", "reduced-resnet18": "statistics_outlier"}
+BLANK_FRAMES = {"constant 0": lambda shape, g: torch.zeros(shape),
+                "sensor noise, sd 0.01": lambda shape, g: 0.01 * torch.randn(shape, generator=g)}
 
 
 @pytest.mark.parametrize("model", REFUSED_AS)
@@ -118,10 +122,19 @@ def test_poison_batches_leave_the_served_accuracy_within_a_point(tmp_path, small
                     seen[value] = ack.skip_reason
                 after = check_served(client, x, y)
                 assert abs(after - before) <= 0.01, (value, before, after)
+            blank = BLANK_FRAMES if model != "mlp" else {}  # the MLP has no batch variance to divide by
+            for name, frames in blank.items():
+                x_blank = frames((10, *small_stream.input_shape), torch.Generator().manual_seed(0))
+                (ack,) = client.train([Batch("s", next_sequence(client), 0, x_blank, torch.arange(10) % 10)])
+                assert ack.applied and not ack.learned and ack.skip_reason == "statistics_outlier", (name, ack)
+                seen[name] = ack.skip_reason
+                after = check_served(client, x, y)
+                assert abs(after - before) <= 0.01, (name, before, after)
+            refused = 1 + len(blank)
             status = client.status()
-            assert status.skipped_steps[reason] == 1 and sum(status.skipped_steps.values()) == 1
-            metrics = scrape(server)  # the refusal is counted; the loss series is there and finite
-            assert metrics[f'clstream_skipped_steps_total{{reason="{reason}"}}'] == 1
+            assert status.skipped_steps[reason] == refused and sum(status.skipped_steps.values()) == refused
+            metrics = scrape(server)  # the refusals are counted; the loss series is there and finite
+            assert metrics[f'clstream_skipped_steps_total{{reason="{reason}"}}'] == refused
             assert math.isfinite(metrics["clstream_train_loss"])
             # the stream goes on: good batches are learned again
             more = list(client.train(good_batches(small_stream, next_sequence(client), 1)))
