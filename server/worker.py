@@ -9,8 +9,8 @@ applied (bucket order, duplicates) and either applied whole or rejected whole.
 Operations of one call share a CallScope: once one of them fails, or the call ends, the rest are
 dropped unapplied, so a rejected batch is never followed by later batches of the same call.
 
-After each operation the worker publishes a serving snapshot, throttled by
-`snapshot_interval_seconds` but always when the queue runs empty or a bucket ends. The status (one
+After each operation the worker publishes a serving snapshot (server/publication.py: throttled by
+`snapshot_interval_seconds` but always when the queue runs empty or a bucket ends). The status (one
 consistent dict for GetStatus and the metrics) is built between operations too, but while batches
 keep coming only when someone asks for it (`status()` waits for the next operation boundary):
 building it after every batch cost about a tenth of a small model's step. Checkpoints are written
@@ -35,7 +35,6 @@ from typing import Callable
 
 from cl_engine import Learner, LearnerConfig
 from cl_engine.drift import PageHinkley
-from cl_engine.guard import all_finite
 
 from . import eval_sets
 from .checkpoint import CheckpointStore
@@ -47,6 +46,7 @@ from .metrics import ServerMetrics
 from .operations import (STOP, EndBucketOp, EndBucketResult, ForgetStreamOp, ForgetStreamResult, Op, RegisterEvalOp,
                          RegisterResult, RollbackOp, TrainOp, TrainResult, dropped, enqueue)
 from .promotion import Promotion, PromotionOptions
+from .publication import ServingPublication
 from .rollback import ServedVersions
 from .schema import Schema, SchemaHolder
 from .snapshot import SnapshotHolder
@@ -90,24 +90,20 @@ class TrainingWorker:
         self.marks = StreamMarks(options.max_streams, options.stream_mark_max_idle_seconds)
         self.eval_budget = options.eval_budget
         self.schemas = schemas
-        self.snapshots = snapshots
         self.metrics = metrics
         self.queue: queue.Queue = queue.Queue(maxsize=options.queue_size)
         self.queue_size = options.queue_size
-        self.snapshot_interval = options.snapshot_interval
         self.durability = Durability(checkpoints, metrics, options.checkpoint_every_batches,
                                      options.checkpoint_every_seconds, on_durability)
         self.drift = options.drift
         self.promotion = Promotion(options.promotion)  # which version serves (server/promotion.py)
+        self.publication = ServingPublication(snapshots, metrics, self.promotion, options.snapshot_interval)
         self.versions = ServedVersions(options.rollback_keep)  # served versions kept for Rollback (server/rollback.py)
         # State that only the worker thread touches once it runs.
         self.learner: Learner | None = None
         self.applied: dict[str, int] = {}  # stream_id → applied high-water mark
         self.last_loss = math.nan
         self.last_drift_version = 0
-        self._last_snapshot = 0.0
-        self._unservable_version = -1  # the last version refused publication as non-finite (logged once)
-        self._finite_learner: Learner | None = None  # the learner whose weights were checked finite (see _servable)
         self.learner_status = LearnerStatus()
         self._accepting = True
         self._thread: threading.Thread | None = None
@@ -259,10 +255,9 @@ class TrainingWorker:
         raise TypeError(f"unknown operation {op!r}")
 
     def _after(self, op: Op) -> None:
-        now = time.monotonic()
         idle = self.queue.empty()
         train = isinstance(op, TrainOp)
-        snapshot = not train or idle or now - self._last_snapshot >= self.snapshot_interval
+        snapshot = self.publication.due(train, idle)
         if train and self.learner is not None and self.promotion.trained(self.learner):
             self.versions.record(self.learner)  # before a checkpoint, which then holds the decision
         if train and self.durability.due():
@@ -423,33 +418,11 @@ class TrainingWorker:
         }
 
     def _publish(self, snapshot: bool, status: bool = True) -> None:
-        learner = self.learner
-        current = self.snapshots.current()
-        model, version = self.promotion.serving(learner) if learner is not None else (None, 0)
-        if (snapshot and learner is not None and (current is None or current.version != version)
-                and (model is not learner.model or self._servable(learner))):  # a promoted model passed its check
-            self.snapshots.publish_model(model, version, learner.device)
-            self.metrics.snapshots.inc()
-            self._last_snapshot = time.monotonic()
+        self.publication.publish(self.learner, snapshot)
         if status:
             built = self._build_status()
             self.board.wanted.clear()  # before posting: a reader then waits for no more than this one
             self.board.post(built, self._ops_done)
-
-    def _servable(self, learner: Learner) -> bool:
-        """A model with a non-finite weight or statistic never reaches serving. Each learner (built,
-        restored from a checkpoint, rolled back) is checked once; after that the step guard vouches for
-        it, as it applies only steps that leave every weight and statistic finite (cl_engine/guard.py)."""
-        if learner is self._finite_learner:
-            return True
-        if all_finite(learner.model.state_dict().values()):
-            self._finite_learner = learner
-            return True
-        if self._unservable_version != learner.version:
-            self._unservable_version = learner.version
-            log.error("model version %d holds non-finite weights: not published; serving stays on version %d",
-                      learner.version, self.snapshots.version)
-        return False
 
     def _build_status(self) -> dict:
         return {

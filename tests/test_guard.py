@@ -270,7 +270,7 @@ def test_a_fresh_linear_probe_on_large_features_is_not_refused():
 
 def test_a_step_that_leaves_a_non_finite_statistic_is_refused_and_the_statistics_put_back():
     """Batch-norm statistics move in the forward pass, not in the update: the guard checks them too, so a
-    model the server checked once stays finite under every step it applies (server/worker.py, _servable)."""
+    model the server checked once stays finite under every step it applies (server/publication.py, ServingPublication.servable)."""
     learner = learner_after_one_bucket("reduced-resnet18", strategy="naive")
     before, counters = weights(learner), dict(learner.counters)
     norm = next(m for m in learner.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
