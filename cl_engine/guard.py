@@ -55,7 +55,9 @@ usual scale divided by more than ratio). The batch's variance is read back from 
 the running variance (new = (1 − momentum)·old + momentum·batch), compared with the variance just before
 that pass, the step's last (memory passes come first). The stream's own batches, a batch of one class
 and a batch of one repeated image (its pixels still vary) keep at least a fifth of the usual variance;
-blank frames keep 1/600 to 1/60000 (BENCHMARKS.md, update_guard_conv).
+blank frames keep 1/600 to 1/60000 (BENCHMARKS.md, update_guard_conv). Replay normalises the batch
+together with its memories, so there blank frames collapse nothing and are not refused: what they do
+then is what any batch with wrong labels does, which no check here tells from a new bucket's first batch.
 
 Its second half (`max_update_ratio`, default 10): a step whose update could be more than that many
 times the weights' own norm (at least 1) is not applied (`update_too_large`). That is a learning
