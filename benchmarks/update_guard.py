@@ -17,7 +17,8 @@ held-out accuracy before and after.
 64 (GEM at 64 only: at 10 it takes ~7 minutes a run here), guard off and default; the largest gradient ratio
 and batch-norm statistics move it saw; then single batches sent to a replay model trained on bucket 0:
 constant 1e4, noise of standard deviation 1e4 (clamped to the default range), ten of the bucket's own images
-ten times brighter, and constant 0 (not caught: batch norm over identical samples).
+ten times brighter, blank frames (constant 0, and noise of standard deviation 0.01), and one of the bucket's
+images ten times over.
 
 Writes benchmarks/results/update_guard.json (update_guard_conv.json) and rewrites its section of
 BENCHMARKS.md.
@@ -175,7 +176,9 @@ CONV_RUNS = (("naive", 10), ("replay", 10), ("agem", 10), ("naive", 64), ("repla
 CONV_POISON = {"constant 1e4": lambda g, shape: torch.full(shape, 1e4),
                "noise, sd 1e4": lambda g, shape: (1e4 * torch.randn(shape, generator=g)).clamp(-1e4, 1e4),
                "inputs ×10": None,  # the batch's own images, ten times brighter
-               "constant 0": lambda g, shape: torch.zeros(shape)}  # what the guard does not catch
+               "constant 0": lambda g, shape: torch.zeros(shape),  # a blank frame
+               "noise, sd 0.01": lambda g, shape: 0.01 * torch.randn(shape, generator=g),  # a dark frame's sensor noise
+               "one image ×10": None}  # one of the bucket's images, ten times
 
 
 def conv_poison(stream, seed: int, guard: dict, kind: str, settings) -> dict:
@@ -190,12 +193,16 @@ def conv_poison(stream, seed: int, guard: dict, kind: str, settings) -> dict:
         learner.observe(*bucket.train.batch(index, train=True), 0)
     before = learner.evaluate(bucket.test)
     g = torch.Generator().manual_seed(seed)
-    if CONV_POISON[kind] is None:
+    if kind == "inputs ×10":
         x = 10 * bucket.train.batch(torch.arange(10))[0]
+    elif kind == "one image ×10":
+        x = bucket.train.batch(torch.zeros(10, dtype=torch.int64))[0]
     else:
         x = CONV_POISON[kind](g, (10, *stream.input_shape))
+    start_recording()
     step = learner.observe(x, torch.randint(0, stream.num_classes, (10,), generator=g), 0)
-    return {"before": before, "after": learner.evaluate(bucket.test), "skipped": step.skipped}
+    return {"before": before, "after": learner.evaluate(bucket.test), "skipped": step.skipped,
+            "statistics_ratio": recorded()["largest_statistics_ratio"]}
 
 
 def progress(label: str, row: dict) -> None:
@@ -264,8 +271,9 @@ def publish_conv(out: dict, markdown: Path) -> None:
              f"synthetic 3×32×32 images) and settings: {out['settings']}; {out['seeds']} seed(s). Per run and guard: "
              "ACC, the largest difference of any accuracy-matrix entry from the unguarded run, steps refused; under "
              "the default, the largest ratio it saw of a step's gradient norm to the typical norm and the largest "
-             "move of the batch-norm statistics in a step (a channel's running variance grown by that factor, or "
-             "its mean moved by that many standard deviations; it refuses both above 10), and the largest update "
+             "move of the batch-norm statistics in a step (a channel's running variance grown by that factor, its "
+             "mean moved by that many standard deviations, or a layer's channels scaled up by that factor by the "
+             "batch's own small variance; it refuses each above 10), and the largest update "
              "bound as a fraction of the weights' norm (it refuses above 10).", "",
              "| seed | strategy, batch | " + " | ".join(f"{n}: ACC % / max ΔR pt / skipped" for n in names)
              + " | largest gradient / typical | largest statistics move | largest update / weights |",
@@ -299,7 +307,9 @@ def poison_cells(attacks: list[dict], names: list[str]) -> str:
     cells = []
     for n in names:
         a = next(a for a in attacks if a["guard"] == n)
-        cells.append(f"{100 * a['before']:.1f} → {100 * a['after']:.1f}" + (f" (refused: {a['skipped']})" if a["skipped"] else ""))
+        reading = f"statistics move {a['statistics_ratio']:.3g}" if a.get("statistics_ratio") is not None else ""
+        notes = ", ".join(x for x in (f"refused: {a['skipped']}" if a["skipped"] else "", reading) if x)
+        cells.append(f"{100 * a['before']:.1f} → {100 * a['after']:.1f}" + (f" ({notes})" if notes else ""))
     return " | ".join(cells)
 
 
