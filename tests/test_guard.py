@@ -1,9 +1,11 @@
 """The step guard (cl_engine/guard.py): a non-finite step is never applied, a finite one exactly as before."""
+import math
+
 import pytest
 import torch
 
 from cl_engine import Learner, LearnerConfig, build_stream
-from cl_engine.guard import OUTLIER_WARMUP, StepGuard
+from cl_engine.guard import OUTLIER_WARMUP, NormalisationShift, StepGuard
 from cl_engine.sgd import sgd_step
 
 STREAM = build_stream("digits-rotated", order="time")
@@ -193,6 +195,33 @@ def test_one_image_ten_times_is_refused_where_a_layer_sees_one_pixel():
     learner = learner_after_one_bucket("reduced-resnet18", steps=OUTLIER_WARMUP + 5, strategy="naive")
     x, y = next(batches(1, 1))
     assert learner.observe(x[:1].repeat(10, 1, 1, 1), y[:1].repeat(10), 1).skipped == "statistics_outlier"
+
+
+def test_the_variance_check_reads_the_batch_variance_back_from_the_running_one():
+    """The batch's own variance, from how its forward pass moved the running variance, is the one batch norm
+    used: the reading is √(Σ usual / Σ batch) per layer, as measured directly on the batch."""
+    torch.manual_seed(0)
+    layer = torch.nn.BatchNorm2d(4).train()
+    layer.running_var.fill_(4.0)
+    shift = NormalisationShift([layer])
+    x = 0.1 * torch.randn(8, 4, 3, 3)  # a hundredth of the usual variance per channel
+    shift.start()
+    layer(x)
+    batch = x.transpose(0, 1).reshape(4, -1).var(dim=1)  # unbiased, as the running variance takes it
+    expected = math.sqrt((4 * 4.0 + 4 * layer.eps) / (float(batch.sum()) + 4 * layer.eps))
+    assert float(shift.shift()) == pytest.approx(expected, rel=1e-3)
+    assert expected > 15
+
+
+def test_a_cumulative_average_layer_is_read_without_false_collapse():
+    """momentum=None: the running variance is a cumulative average, not a fixed blend; it stands for the batch."""
+    layer = torch.nn.BatchNorm2d(4, momentum=None).train()
+    for _ in range(5):
+        layer(torch.randn(8, 4, 3, 3))
+    shift = NormalisationShift([layer])
+    shift.start()
+    layer(torch.randn(8, 4, 3, 3))
+    assert float(shift.shift()) < 2
 
 
 def test_a_model_without_statistics_never_refuses_a_step_for_them():
