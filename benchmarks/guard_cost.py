@@ -65,10 +65,15 @@ def learner_for(strategy: str, setting: str, stream, model: str = "mlp") -> Lear
     return learner
 
 
+def batches_of_ten(stream, count: int) -> list:
+    """`count` consecutive training batches of 10 from the stream's first bucket (wrapping around)."""
+    train = stream.buckets[0].train
+    return [train.batch(torch.arange(i, i + 10) % len(train), train=True) for i in range(0, 10 * count, 10)]
+
+
 def per_step(model: str, stream, steps: int, reps: int, loads: list[float]) -> dict:
     """Per strategy and setting: medians of wall and thread-CPU µs per step."""
-    train = stream.buckets[0].train
-    batches = [train.batch(torch.arange(i, i + 10) % len(train), train=True) for i in range(0, 10 * steps, 10)]
+    batches = batches_of_ten(stream, steps)
     out = {}
     for strategy in STRATEGIES:
         learners = {s: learner_for(strategy, s, stream, model) for s in SETTINGS}
@@ -103,8 +108,7 @@ def main() -> int:
     loads = []
     steps = {"mlp": per_step("mlp", stream, args.steps, args.reps, loads),
              "reduced-resnet18": per_step("reduced-resnet18", images, args.conv_steps, args.reps, loads)}
-    train = stream.buckets[0].train
-    batches = [train.batch(torch.arange(i, i + 10) % len(train), train=True) for i in range(0, 10 * args.steps, 10)]
+    batches = batches_of_ten(stream, args.steps)
 
     # one canary check against one training step
     learner = learner_for("replay", "default", stream)

@@ -173,12 +173,13 @@ def conv_study(args) -> dict:
 
 
 CONV_RUNS = (("naive", 10), ("replay", 10), ("agem", 10), ("naive", 64), ("replay", 64), ("gem", 64), ("agem", 64))
-CONV_POISON = {"constant 1e4": lambda g, shape: torch.full(shape, 1e4),
-               "noise, sd 1e4": lambda g, shape: (1e4 * torch.randn(shape, generator=g)).clamp(-1e4, 1e4),
-               "inputs ×10": None,  # the batch's own images, ten times brighter
-               "constant 0": lambda g, shape: torch.zeros(shape),  # a blank frame
-               "noise, sd 0.01": lambda g, shape: 0.01 * torch.randn(shape, generator=g),  # a dark frame's sensor noise
-               "one image ×10": None}  # one of the bucket's images, ten times
+# each from a generator and ten of the bucket's own images
+CONV_POISON = {"constant 1e4": lambda g, own: torch.full_like(own, 1e4),
+               "noise, sd 1e4": lambda g, own: (1e4 * torch.randn(own.shape, generator=g)).clamp(-1e4, 1e4),
+               "inputs ×10": lambda g, own: 10 * own,  # ten times brighter
+               "constant 0": lambda g, own: torch.zeros_like(own),  # a blank frame
+               "noise, sd 0.01": lambda g, own: 0.01 * torch.randn(own.shape, generator=g),  # a dark frame's sensor noise
+               "one image ×10": lambda g, own: own[:1].repeat(len(own), *[1] * (own.dim() - 1))}
 
 
 def conv_poison(stream, seed: int, guard: dict, kind: str, settings) -> dict:
@@ -193,12 +194,7 @@ def conv_poison(stream, seed: int, guard: dict, kind: str, settings) -> dict:
         learner.observe(*bucket.train.batch(index, train=True), 0)
     before = learner.evaluate(bucket.test)
     g = torch.Generator().manual_seed(seed)
-    if kind == "inputs ×10":
-        x = 10 * bucket.train.batch(torch.arange(10))[0]
-    elif kind == "one image ×10":
-        x = bucket.train.batch(torch.zeros(10, dtype=torch.int64))[0]
-    else:
-        x = CONV_POISON[kind](g, (10, *stream.input_shape))
+    x = CONV_POISON[kind](g, bucket.train.batch(torch.arange(10))[0])
     start_recording()
     step = learner.observe(x, torch.randint(0, stream.num_classes, (10,), generator=g), 0)
     return {"before": before, "after": learner.evaluate(bucket.test), "skipped": step.skipped,
